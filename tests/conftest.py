@@ -1,0 +1,52 @@
+"""Shared fixtures: the tiny preset, its tokenizer and processor, synthetic images. Nothing touches the network."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from training_core.model import build_config, build_model, build_processor, build_tiny_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    return build_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_config, tiny_tokenizer):
+    return build_processor(tiny_config, tiny_tokenizer, num_crops=4)
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    torch.manual_seed(0)
+    return build_model(tiny_config, attn_implementation="eager")
+
+
+def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A deterministic RGB image with structure in both directions (so crops and views differ)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(0, 256, (3,), generator=g)
+    ys = torch.arange(height).view(-1, 1)
+    xs = torch.arange(width).view(1, -1)
+    channels = [(base[c] + (c + 1) * xs + (3 - c) * ys) % 256 for c in range(3)]
+    array = torch.stack(channels, dim=-1).to(torch.uint8).numpy()
+    return Image.fromarray(array, "RGB")
+
+
+@pytest.fixture
+def make_image():
+    return gradient_image

@@ -1,0 +1,125 @@
+"""`Phi3VConfig`: the official `phi3_v` config.json, read natively on transformers 5.x.
+
+It is transformers' `Phi3Config` (decoder sizes, LongRoPE: the official rope type "su" is read as "longrope")
+plus the two vision blocks of the official file:
+
+- `img_processor`: `{name, model_name, image_dim_out, num_img_tokens}` and optionally `layer_idx` (default -2,
+  the penultimate CLIP layer) and `type_feature` (default "patch", CLS dropped). The official file names
+  `openai/clip-vit-large-patch14-336`, whose architecture the remote code hard-codes (`CLIP_VIT_L14_336`). Any
+  other tower (the tiny preset's) is described by an explicit `vision_config` dict inside `img_processor`.
+- `embd_layer`: `{embedding_cls, hd_transform_order, projection_cls, use_hd_transform, with_learnable_separator}`;
+  only the official combination (image / sub_glb / mlp / HD / learnable separators) is implemented, anything else
+  is rejected with a clear error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPVisionConfig
+from transformers.models.phi3.configuration_phi3 import Phi3Config
+
+CLIP_L14_336_NAME = "openai/clip-vit-large-patch14-336"
+
+# The CLIP architecture the official remote code builds in code for `openai/clip-vit-large-patch14-336`
+# (fact sheet 2.5). Weights come from the Phi checkpoint, never from OpenAI's.
+CLIP_VIT_L14_336: dict[str, Any] = {
+    "hidden_size": 1024,
+    "image_size": 336,
+    "patch_size": 14,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 24,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "attention_dropout": 0.0,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "projection_dim": 768,
+    "num_channels": 3,
+}
+
+DEFAULT_IMG_PROCESSOR: dict[str, Any] = {
+    "name": "clip_vision_model",
+    "model_name": CLIP_L14_336_NAME,
+    "image_dim_out": 1024,
+    "num_img_tokens": 144,
+}
+
+DEFAULT_EMBD_LAYER: dict[str, Any] = {
+    "embedding_cls": "image",
+    "hd_transform_order": "sub_glb",
+    "projection_cls": "mlp",
+    "use_hd_transform": True,
+    "with_learnable_separator": True,
+}
+
+
+@strict
+class Phi3VConfig(Phi3Config):
+    model_type = "phi3_v"
+
+    img_processor: dict | None = None
+    embd_layer: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        self.img_processor = {**DEFAULT_IMG_PROCESSOR, **(self.img_processor or {})}
+        self.embd_layer = {**DEFAULT_EMBD_LAYER, **(self.embd_layer or {})}
+        for source in (kwargs.get("rope_scaling"), self.rope_parameters):
+            _su_to_longrope(source)
+        super().__post_init__(**kwargs)
+        _check_embd_layer(self.embd_layer)
+
+    # ----- derived vision facts (not serialised; computed from the two official blocks) -----
+    def vision_config(self) -> CLIPVisionConfig:
+        """The CLIP tower's config: the hard-coded ViT-L/14-336 or the explicit `img_processor.vision_config`."""
+        explicit = self.img_processor.get("vision_config")
+        if explicit is None:
+            if self.img_processor.get("model_name") != CLIP_L14_336_NAME:
+                raise ValueError(
+                    f"config.img_processor.model_name={self.img_processor.get('model_name')!r}: only "
+                    f"{CLIP_L14_336_NAME!r} is known by name; describe any other tower with an explicit "
+                    "img_processor.vision_config dict (hidden_size, image_size, patch_size, ...)"
+                )
+            explicit = CLIP_VIT_L14_336
+        vision = CLIPVisionConfig(**explicit)
+        vision._attn_implementation = self._attn_implementation
+        return vision
+
+    @property
+    def layer_idx(self) -> int:
+        return int(self.img_processor.get("layer_idx", -2))
+
+    @property
+    def crop_size(self) -> int:
+        return int((self.img_processor.get("vision_config") or CLIP_VIT_L14_336)["image_size"])
+
+    @property
+    def patch_size(self) -> int:
+        return int((self.img_processor.get("vision_config") or CLIP_VIT_L14_336)["patch_size"])
+
+
+def _su_to_longrope(rope: dict | None) -> None:
+    """The official files say `"type": "su"` (LongRoPE's first name); transformers 5 calls it "longrope"."""
+    if not rope:
+        return
+    for key in ("type", "rope_type"):
+        if rope.get(key) == "su":
+            rope[key] = "longrope"
+
+
+def _check_embd_layer(embd: dict) -> None:
+    expected = {
+        "embedding_cls": "image",
+        "hd_transform_order": "sub_glb",
+        "projection_cls": "mlp",
+        "use_hd_transform": True,
+        "with_learnable_separator": True,
+    }
+    for key, value in expected.items():
+        if embd.get(key) != value:
+            raise ValueError(
+                f"config.embd_layer.{key}={embd.get(key)!r} is not supported: this implementation covers the "
+                f"official Phi-3(.5)-vision layout ({key}={value!r})"
+            )

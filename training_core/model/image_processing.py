@@ -1,0 +1,129 @@
+"""The HD image transform of Phi-3(.5)-vision (fact sheet 2.6/2.7), on PIL and torch only.
+
+Per image: RGB; portrait images are transposed to landscape; the largest `scale` with
+`scale * ceil(scale / ratio) <= num_crops` sets the width `scale * crop` (images are always rescaled to it,
+upsampling included); bilinear PIL resize (what torchvision's resize does for PIL input); the height is padded to
+the next multiple of `crop` with centred white rows; transposed back; to [0, 1], CLIP-normalised; the global view is
+a bicubic resize of the normalised tensor to `crop x crop`; local crops row-major; zero crops pad to `num_crops+1`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_CROPS = 16
+
+
+def check_num_crops(num_crops: int) -> int:
+    if isinstance(num_crops, bool) or not isinstance(num_crops, int) or not 1 <= num_crops <= MAX_CROPS:
+        raise ValueError(
+            f"num_crops={num_crops!r} is out of range: it must be an integer from 1 to {MAX_CROPS} "
+            "(the recipe uses 16 for single images, 4 for multi-frame input)"
+        )
+    return num_crops
+
+
+@dataclass(frozen=True)
+class HDGeometry:
+    """Where an image of a given raw size ends up: resized size and padded HD size (pixels)."""
+
+    resized_w: int
+    resized_h: int
+    hd_w: int  # padded HD width, a multiple of crop
+    hd_h: int  # padded HD height, a multiple of crop
+    transposed: bool
+
+
+def hd_geometry(width: int, height: int, num_crops: int, crop: int = 336) -> HDGeometry:
+    check_num_crops(num_crops)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    transposed = width < height
+    if transposed:
+        width, height = height, width
+    ratio = width / height
+    scale = 1
+    while scale * math.ceil(scale / ratio) <= num_crops:
+        scale += 1
+    scale -= 1
+    new_w = int(scale * crop)
+    new_h = int(new_w / ratio)
+    pad_h = int(math.ceil(new_h / crop) * crop)
+    if transposed:
+        return HDGeometry(new_h, new_w, pad_h, new_w, True)
+    return HDGeometry(new_w, new_h, new_w, pad_h, False)
+
+
+def tokens_for_hd_size(hd_h: int, hd_w: int, crop: int = 336, patch: int = 14) -> int:
+    """`(h*w + 1) * g^2 + 1 + (h + 1) * g` with h, w crops per side and g = crop / patch / 2 (12 for 336/14)."""
+    g = crop // patch // 2
+    h, w = hd_h // crop, hd_w // crop
+    return (h * w + 1) * g * g + 1 + (h + 1) * g
+
+
+def num_image_tokens(width: int, height: int, num_crops: int, *, crop_size: int = 336, patch_size: int = 14) -> int:
+    """Image placeholder tokens for a raw `width x height` image at `num_crops`."""
+    geo = hd_geometry(width, height, num_crops, crop_size)
+    return tokens_for_hd_size(geo.hd_h, geo.hd_w, crop_size, patch_size)
+
+
+def hd_transform(image: Image.Image, num_crops: int, crop: int = 336) -> Image.Image:
+    """Resize + centred white height padding, as a PIL image of size (hd_w, hd_h)."""
+    image = image.convert("RGB")
+    transposed = image.width < image.height
+    if transposed:
+        image = image.transpose(Image.Transpose.TRANSPOSE)
+    geo = hd_geometry(image.width, image.height, num_crops, crop)
+    resized = image.resize((geo.resized_w, geo.resized_h), Image.Resampling.BILINEAR)
+    canvas = Image.new("RGB", (geo.hd_w, geo.hd_h), (255, 255, 255))
+    canvas.paste(resized, (0, int((geo.hd_h - geo.resized_h) / 2)))
+    return canvas.transpose(Image.Transpose.TRANSPOSE) if transposed else canvas
+
+
+def normalize(image: Image.Image, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    return (array - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def crops_of(hd: torch.Tensor, num_crops: int, crop: int = 336) -> torch.Tensor:
+    """[global view, row-major local crops, zero crops] -> (num_crops + 1, 3, crop, crop)."""
+    _, h, w = hd.shape
+    global_view = F.interpolate(hd[None].float(), size=(crop, crop), mode="bicubic", align_corners=False)
+    local = hd.reshape(1, 3, h // crop, crop, w // crop, crop).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3, crop, crop)
+    stacked = torch.cat([global_view, local], dim=0)
+    padding = torch.zeros(num_crops + 1 - stacked.shape[0], 3, crop, crop)
+    return torch.cat([stacked, padding], dim=0)
+
+
+@dataclass(frozen=True)
+class Phi3VImageProcessor:
+    num_crops: int = 4
+    crop_size: int = 336
+    patch_size: int = 14
+    image_mean: tuple[float, float, float] = CLIP_MEAN
+    image_std: tuple[float, float, float] = CLIP_STD
+
+    def __post_init__(self):
+        check_num_crops(self.num_crops)
+
+    def __call__(self, images: list[Image.Image]) -> dict:
+        """-> pixel_values (n, num_crops+1, 3, crop, crop), image_sizes (n, 2) [H, W], num_img_tokens [n]."""
+        pixel_values, sizes, tokens = [], [], []
+        for image in images:
+            hd = normalize(hd_transform(image, self.num_crops, self.crop_size), self.image_mean, self.image_std)
+            pixel_values.append(crops_of(hd, self.num_crops, self.crop_size))
+            sizes.append([hd.shape[1], hd.shape[2]])
+            tokens.append(tokens_for_hd_size(hd.shape[1], hd.shape[2], self.crop_size, self.patch_size))
+        return {
+            "pixel_values": torch.stack(pixel_values),
+            "image_sizes": torch.tensor(sizes, dtype=torch.long),
+            "num_img_tokens": tokens,
+        }
