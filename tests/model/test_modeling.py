@@ -194,3 +194,52 @@ def test_loss_falls_then_generation_answers_and_stops_at_eos(tiny_model, tiny_pr
     assert new[-1] == eos and len(new) < max_new  # stopped at <|endoftext|>, not at the length limit
     assert tiny_processor.decode(new) == ANSWER + "\n"  # "<|end|>" is special and skipped; "\n" is text
     assert out.tolist() == no_cache.tolist()  # the KV cache path (image features on the first step) agrees
+
+
+def test_tiny_model_dir_loads_like_a_real_checkpoint(tmp_path, make_image):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from training_core.model import Phi3VForCausalLM, Phi3VProcessor, save_tiny_model_dir
+
+    directory = save_tiny_model_dir(tmp_path / "tiny", num_crops=4)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
+        p.name for p in directory.iterdir()
+    }
+    processor = Phi3VProcessor.from_pretrained(directory)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token == "<|endoftext|>"
+    assert tokenizer.bos_token == "<s>" and tokenizer.chat_template
+    assert AutoConfig.from_pretrained(directory).model_type == "phi3_v"
+    auto = AutoModelForCausalLM.from_pretrained(directory)  # native class, no remote code
+    assert isinstance(auto, Phi3VForCausalLM)
+    loaded = build_model(None, weights=directory, dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16 and loaded.model.rotary_emb.inv_freq.dtype == torch.float32
+    batch = processor(processor.chat_prompt("<|image_1|>\nhi"), [make_image(60, 60)])
+    with torch.no_grad():
+        ref = auto.eval()(**batch).logits
+        low = loaded.eval()(**batch).logits
+    torch.testing.assert_close(low.float(), ref, rtol=0.1, atol=0.1)
+
+
+def test_generation_computes_image_features_once(tiny_model, tiny_processor, tiny_tokenizer, make_image, monkeypatch):
+    vision = tiny_model.model.vision_embed_tokens
+    calls = []
+    original = vision.image_features
+    monkeypatch.setattr(vision, "image_features", lambda pv: calls.append(pv.shape) or original(pv))
+    prompt = _batch(tiny_processor, make_image(80, 60))
+    tiny_model.eval()
+    with torch.no_grad():
+        out = tiny_model.generate(**prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                  eos_token_id=tiny_tokenizer.eos_token_id)
+    assert out.shape[1] == prompt["input_ids"].shape[1] + 6
+    assert len(calls) == 1  # prefill only; decoding steps reuse the KV cache
+
+
+def test_longrope_scaling_matches_the_fact_sheet(tiny_model):
+    # cos/sin are multiplied by sqrt(1 + ln(131072/4096) / ln(4096)) ~ 1.1902 (fact sheet 2.9)
+    assert tiny_model.model.rotary_emb.attention_scaling == pytest.approx(1.1902, abs=1e-4)
+    rotary = tiny_model.model.rotary_emb
+    x = torch.zeros(1, 1, 16)
+    short_cos, _ = rotary(x, torch.tensor([[10]]))
+    long_cos, _ = rotary(x, torch.tensor([[10, 5000]]))  # a sequence past 4096 switches to the long factors
+    assert not torch.allclose(short_cos[0, 0], long_cos[0, 0])

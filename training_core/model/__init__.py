@@ -13,6 +13,20 @@ from .presets import PRESETS, UNCONFIRMED
 from .processing import Phi3VProcessor, parse_image_tags
 from .tokenizer import build_tiny_tokenizer
 
+
+def _register_auto_classes() -> None:
+    """Let transformers' Auto classes resolve model_type "phi3_v" to this native implementation, never remote code."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        AutoConfig.register("phi3_v", Phi3VConfig)
+        AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register_auto_classes()
+
 __all__ = [
     "ATTENTION_IMPLEMENTATIONS",
     "PRESETS",
