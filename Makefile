@@ -5,13 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-cpu
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu test lint clean
+.PHONY: help setup setup-gpu test lint bench-micro clean
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
 	@echo "make setup-gpu  install the GPU extra (flash-attn) into $(VENV) on a CUDA machine"
 	@echo "make test       run the test suite (runs setup first)"
 	@echo "make lint       ruff over the project"
+	@echo "make bench-micro  data-pipeline micro-benchmarks (pytest-benchmark, one core)"
 
 setup: $(STAMP)
 
@@ -28,6 +29,9 @@ setup-gpu: $(STAMP)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench-micro: setup
+	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-columns=mean,stddev,rounds -s
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -104,3 +104,20 @@ def test_several_images_keep_their_own_sizes(make_image):
     assert out["pixel_values"].shape == (2, 5, 3, 336, 336)
     assert out["image_sizes"].tolist() == [[672, 672], [336, 1008]]
     assert out["num_img_tokens"] == [757, num_image_tokens(900, 300, 4)]
+
+
+@pytest.mark.parametrize("size", [(800, 600), (600, 800), (1700, 2200), (333, 100), (100, 333), (56, 56), (3, 500)])
+@pytest.mark.parametrize("num_crops", [1, 4, 16])
+def test_fast_hd_tensor_equals_the_reference_transform_bit_for_bit(make_image, size, num_crops):
+    from training_core.model.image_processing import hd_tensor
+
+    image = make_image(*size)
+    reference = normalize(hd_transform(image, num_crops))
+    fast = hd_tensor(image, num_crops)
+    assert fast.shape == reference.shape
+    assert torch.equal(fast, reference)
+
+
+def test_too_elongated_images_are_a_clear_error():
+    with pytest.raises(ValueError, match="too elongated"):
+        num_image_tokens(1, 5000, 1)

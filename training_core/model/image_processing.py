@@ -56,6 +56,8 @@ def hd_geometry(width: int, height: int, num_crops: int, crop: int = 336) -> HDG
     scale -= 1
     new_w = int(scale * crop)
     new_h = int(new_w / ratio)
+    if new_h < 1:
+        raise ValueError(f"a {width}x{height} image is too elongated: it would be resized to zero pixels")
     pad_h = int(math.ceil(new_h / crop) * crop)
     if transposed:
         return HDGeometry(new_h, new_w, pad_h, new_w, True)
@@ -89,18 +91,46 @@ def hd_transform(image: Image.Image, num_crops: int, crop: int = 336) -> Image.I
 
 
 def normalize(image: Image.Image, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-    return (array - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    """ToTensor then Normalize, with torchvision's operation order: (x / 255 - mean) / std."""
+    chw = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous().float()
+    return (chw / 255.0 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
-def crops_of(hd: torch.Tensor, num_crops: int, crop: int = 336) -> torch.Tensor:
-    """[global view, row-major local crops, zero crops] -> (num_crops + 1, 3, crop, crop)."""
+def hd_tensor(image: Image.Image, num_crops: int, crop: int = 336, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """`normalize(hd_transform(image))`, bit for bit, with fewer copies: no padded PIL canvas, no transposing back
+    (the portrait case writes the resized pixels transposed into the output), normalisation in place."""
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    transposed = image.width < image.height
+    if transposed:
+        image = image.transpose(Image.Transpose.TRANSPOSE)
+    geo = hd_geometry(image.width, image.height, num_crops, crop)
+    resized = torch.from_numpy(np.array(image.resize((geo.resized_w, geo.resized_h), Image.Resampling.BILINEAR)))
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    white = torch.full((3, 1, 1), 255.0).div_(255.0).sub_(mean_t).div_(std_t)
+    top, rows = int((geo.hd_h - geo.resized_h) / 2), geo.resized_h  # centred white rows (landscape frame)
+    if transposed:  # portrait: the padding rows become columns
+        out = torch.empty(3, geo.hd_w, geo.hd_h)
+        region, source = out[:, :, top : top + rows], resized.permute(2, 1, 0)
+        out[:, :, :top], out[:, :, top + rows :] = white, white
+    else:
+        out = torch.empty(3, geo.hd_h, geo.hd_w)
+        region, source = out[:, top : top + rows, :], resized.permute(2, 0, 1)
+        out[:, :top, :], out[:, top + rows :, :] = white, white
+    region.copy_(source)
+    region.div_(255.0).sub_(mean_t).div_(std_t)
+    return out
+
+
+def crops_of(hd: torch.Tensor, num_crops: int, crop: int = 336, out: torch.Tensor | None = None) -> torch.Tensor:
+    """[global view, row-major local crops, zero crops] -> (num_crops + 1, 3, crop, crop), written into `out`."""
     _, h, w = hd.shape
-    global_view = F.interpolate(hd[None].float(), size=(crop, crop), mode="bicubic", align_corners=False)
-    local = hd.reshape(1, 3, h // crop, crop, w // crop, crop).permute(0, 2, 4, 1, 3, 5).reshape(-1, 3, crop, crop)
-    stacked = torch.cat([global_view, local], dim=0)
-    padding = torch.zeros(num_crops + 1 - stacked.shape[0], 3, crop, crop)
-    return torch.cat([stacked, padding], dim=0)
+    n_local = (h // crop) * (w // crop)
+    out = torch.empty(num_crops + 1, 3, crop, crop) if out is None else out
+    out[1 + n_local :].zero_()
+    out[0] = F.interpolate(hd[None].float(), size=(crop, crop), mode="bicubic", align_corners=False)[0]
+    local = hd.reshape(3, h // crop, crop, w // crop, crop).permute(1, 3, 0, 2, 4)
+    out[1 : 1 + n_local] = local.reshape(n_local, 3, crop, crop)
+    return out
 
 
 @dataclass(frozen=True)
@@ -116,14 +146,15 @@ class Phi3VImageProcessor:
 
     def __call__(self, images: list[Image.Image]) -> dict:
         """-> pixel_values (n, num_crops+1, 3, crop, crop), image_sizes (n, 2) [H, W], num_img_tokens [n]."""
-        pixel_values, sizes, tokens = [], [], []
-        for image in images:
-            hd = normalize(hd_transform(image, self.num_crops, self.crop_size), self.image_mean, self.image_std)
-            pixel_values.append(crops_of(hd, self.num_crops, self.crop_size))
+        pixel_values = torch.empty(len(images), self.num_crops + 1, 3, self.crop_size, self.crop_size)
+        sizes, tokens = [], []
+        for i, image in enumerate(images):
+            hd = hd_tensor(image, self.num_crops, self.crop_size, self.image_mean, self.image_std)
+            crops_of(hd, self.num_crops, self.crop_size, out=pixel_values[i])
             sizes.append([hd.shape[1], hd.shape[2]])
             tokens.append(tokens_for_hd_size(hd.shape[1], hd.shape[2], self.crop_size, self.patch_size))
         return {
-            "pixel_values": torch.stack(pixel_values),
+            "pixel_values": pixel_values,
             "image_sizes": torch.tensor(sizes, dtype=torch.long),
             "num_img_tokens": tokens,
         }

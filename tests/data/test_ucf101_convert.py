@@ -1,0 +1,91 @@
+import json
+import tarfile
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from training_core.data.convert.ucf101 import convert_ucf101, frame_indices
+from training_core.data.records import DataError
+
+CLASSES = ["ApplyEyeMakeup", "ApplyLipstick", "Archery", "BabyCrawling", "BalanceBeam", "BandMarching",
+           "BaseballPitch", "Basketball", "BasketballDunk", "BenchPress"]
+# The guide's example line (FineTuning_Vision, "converted layout"), verbatim.
+GUIDE_EXAMPLE = (
+    '{"id": "val-0000000300", "source": "ucf101", "conversations": [{"images": ['
+    + ", ".join(f'"val/BabyCrawling/v_BabyCrawling_g21_c04.{k}.jpg"' for k in range(8))
+    + '], "user": "Classify the video into one of the following classes: ApplyEyeMakeup, ApplyLipstick, Archery, '
+    'BabyCrawling, BalanceBeam, BandMarching, BaseballPitch, Basketball, BasketballDunk, BenchPress.", '
+    '"assistant": "BabyCrawling"}]}'
+)
+FRAMES = 12  # frame k is filled with grey level 20 * k
+
+
+def encode_video(path, n_frames=FRAMES, size=32):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"qscale": "1"}
+        for k in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(np.full((size, size, 3), 20 * k, np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def subset(tmp_path_factory):
+    """A UCF101_subset tree like the recipe's: 30 train videos per class (300), one val video."""
+    root = tmp_path_factory.mktemp("src") / "UCF101_subset"
+    for cls in CLASSES:
+        for g in range(30):
+            encode_video(root / "train" / cls / f"v_{cls}_g{g + 1:02d}_c01.avi")
+    encode_video(root / "val" / "BabyCrawling" / "v_BabyCrawling_g21_c04.avi")
+    return root
+
+
+def test_frame_indices_are_the_recipes():
+    assert frame_indices(12).tolist() == [0, 1, 3, 4, 6, 7, 9, 10]
+    assert frame_indices(8).tolist() == list(range(8))
+    assert frame_indices(100).tolist() == [0, 12, 25, 37, 50, 62, 75, 87]
+
+
+def test_conversion_matches_the_guides_example(subset, tmp_path):
+    counts = convert_ucf101(subset, tmp_path / "out")
+    assert counts == {"train": 300, "val": 1}
+    out = tmp_path / "out"
+    assert (out / "ucf101_val.jsonl").read_text() == GUIDE_EXAMPLE + "\n"
+    train = [json.loads(line) for line in (out / "ucf101_train.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in train[:2]] == ["train-0000000000", "train-0000000001"]
+    assert train[0]["conversations"][0]["images"][0] == "train/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.0.jpg"
+    assert len(list((out / "images" / "train" / "Archery").glob("*.jpg"))) == 240  # 30 videos x 8 frames
+    # the saved frames are the recipe's frames 0, 1, 3, 4, 6, 7, 9, 10 (grey level 20 * index)
+    for k, index in enumerate(frame_indices(FRAMES)):
+        frame = np.asarray(Image.open(out / "images" / "val" / "BabyCrawling" / f"v_BabyCrawling_g21_c04.{k}.jpg"))
+        assert abs(frame.mean() - 20 * index) < 6, (k, index, frame.mean())
+
+
+def test_tarball_input_and_no_silent_overwrite(subset, tmp_path):
+    archive = tmp_path / "UCF101_subset.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(subset / "val", arcname="UCF101_subset/val")
+    counts = convert_ucf101(archive, tmp_path / "out")
+    assert counts == {"val": 1}
+    assert json.loads((tmp_path / "out" / "ucf101_val.jsonl").read_text())["id"] == "val-0000000000"
+    with pytest.raises(DataError, match="exists: choose another --out-dir or pass --overwrite"):
+        convert_ucf101(archive, tmp_path / "out")
+    assert convert_ucf101(archive, tmp_path / "out", overwrite=True) == {"val": 1}
+
+
+def test_bad_sources_are_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="expected UCF101_subset"):
+        convert_ucf101(tmp_path, tmp_path / "out")
+    bad = tmp_path / "UCF101_subset" / "val" / "Archery" / "v_bad.avi"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a video")
+    with pytest.raises(DataError, match="v_bad.avi: cannot decode"):
+        convert_ucf101(tmp_path, tmp_path / "out")

@@ -1,0 +1,44 @@
+"""Torch datasets over records: training items (re-sampled answers, as the recipe) and evaluation items."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from torch.utils.data import Dataset
+
+from training_core.tasks.spec import TaskSpec
+
+from .encode import encode_eval, encode_train
+from .records import Record
+
+
+class TrainDataset(Dataset):
+    """Encoded training examples. Random choices (DocVQA's gold answer, a random QA pair) are drawn again every
+    epoch, deterministically from (seed, epoch, index); `set_epoch` moves to the next draw."""
+
+    def __init__(self, records: Sequence[Record], task: TaskSpec, processor, seed: int = 0):
+        self.records, self.task, self.processor, self.seed, self.epoch = records, task, processor, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
+        return encode_train(self.processor, record, self.task.train_prompt_turns(record, rng))
+
+
+class EvalDataset(Dataset):
+    def __init__(self, records: Sequence[Record], task: TaskSpec, processor):
+        self.records, self.task, self.processor = records, task, processor
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        return encode_eval(self.processor, record, self.task.eval_item(record))

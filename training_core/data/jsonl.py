@@ -1,0 +1,132 @@
+"""Load and validate a conversation-format jsonl file before any training starts.
+
+Every line is checked and every problem is reported at once, each as `FILE:LINE: problem (fix)`: malformed JSON,
+missing or mistyped keys, duplicate ids, image paths that are absolute or escape the image root (rejected), missing
+or unreadable images, and `<|image_N|>` tags in a user text that do not match the turn's images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path, PurePosixPath
+
+from PIL import Image, UnidentifiedImageError
+
+from training_core.model.processing import IMAGE_TAG, parse_image_tags
+
+from .records import DataError, Record, Turn
+
+
+def default_image_root(jsonl_path: Path) -> Path:
+    return jsonl_path.parent / "images"
+
+
+def load_jsonl(path: str | Path, image_root: str | Path | None = None, *, check_images: bool = True) -> list[Record]:
+    """All records of a jsonl file, or a `DataError` listing every problem with file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError([f"{path}: no such dataset file (expected a conversation-format .jsonl)"])
+    root = Path(image_root) if image_root is not None else default_image_root(path)
+    records, problems, seen_ids, checked = [], [], {}, {}
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            record, line_problems = _parse_line(line, where, root)
+            if record is not None:
+                if record.id in seen_ids:
+                    line_problems.append(f"{where}: duplicate id {record.id!r} (first on line {seen_ids[record.id]})")
+                seen_ids.setdefault(record.id, lineno)
+                if check_images:
+                    line_problems += _check_images(record, where, root, checked)
+            problems += line_problems
+            if record is not None and not line_problems:
+                records.append(record)
+    if problems:
+        raise DataError(problems)
+    if not records:
+        raise DataError([f"{path}: the file holds no records"])
+    return records
+
+
+def _parse_line(line: str, where: str, root: Path) -> tuple[Record | None, list[str]]:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, [f"{where}: malformed JSON ({exc.msg} at column {exc.colno})"]
+    if not isinstance(obj, dict):
+        return None, [f"{where}: a record must be a JSON object, got {type(obj).__name__}"]
+    problems = [f"{where}: missing key {key!r}" for key in ("id", "source", "conversations") if key not in obj]
+    if problems:
+        return None, problems
+    if not isinstance(obj["id"], str) or not obj["id"]:
+        problems.append(f"{where}: 'id' must be a non-empty string")
+    if not isinstance(obj["source"], str):
+        problems.append(f"{where}: 'source' must be a string")
+    convs = obj["conversations"]
+    if not isinstance(convs, list) or not convs:
+        return None, problems + [f"{where}: 'conversations' must be a non-empty list of turns"]
+    turns = []
+    for k, raw in enumerate(convs):
+        turn, turn_problems = _parse_turn(raw, f"{where}: conversations[{k}]")
+        problems += turn_problems
+        turns.append(turn)
+    if problems:
+        return None, problems
+    return Record(obj["id"], obj["source"], tuple(turns), image_root=root), []
+
+
+def _parse_turn(raw, where: str) -> tuple[Turn | None, list[str]]:
+    if not isinstance(raw, dict):
+        return None, [f"{where}: a turn must be an object with 'images', 'user', 'assistant'"]
+    problems = [f"{where}: missing key {key!r}" for key in ("images", "user", "assistant") if key not in raw]
+    if problems:
+        return None, problems
+    images, user, assistant = raw["images"], raw["user"], raw["assistant"]
+    if not isinstance(images, list) or not all(isinstance(p, str) and p for p in images):
+        problems.append(f"{where}: 'images' must be a list of relative paths (strings)")
+    for key, value in (("user", user), ("assistant", assistant)):
+        if not isinstance(value, str):
+            problems.append(f"{where}: {key!r} must be a string")
+    answers = raw.get("answers", [])
+    if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+        problems.append(f"{where}: 'answers' (optional) must be a list of strings")
+    if problems:
+        return None, problems
+    if IMAGE_TAG.search(user):
+        try:
+            parse_image_tags(user, len(images))
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+    return Turn(tuple(images), user, assistant, tuple(answers)), problems
+
+
+def _check_images(record: Record, where: str, root: Path, checked: dict) -> list[str]:
+    problems = []
+    for ref in record.all_images:
+        problem = checked.get(ref)
+        if ref not in checked:
+            problem = checked[ref] = _image_problem(ref, root)
+        if problem:
+            problems.append(f"{where}: image {ref!r}: {problem}")
+    return problems
+
+
+def _image_problem(ref: str, root: Path) -> str | None:
+    pure = PurePosixPath(ref)
+    if pure.is_absolute() or Path(ref).is_absolute():
+        return f"absolute paths are rejected; write it relative to the image root {root}"
+    if ".." in pure.parts:
+        return f"the path escapes the image root {root} ('..' is rejected)"
+    full = (root / ref).resolve()
+    if not full.is_relative_to(root.resolve()):
+        return f"the path escapes the image root {root} (through a link)"
+    if not full.is_file():
+        return f"missing: no file at {root / ref}"
+    try:
+        with Image.open(full) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        return f"unreadable image file ({type(exc).__name__}: {exc})"
+    return None
