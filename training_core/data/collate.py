@@ -47,6 +47,7 @@ class TrainCollator:
             batch["attention_mask"] = (input_ids != self.pad_token_id).long()
         batch.update(_images(items))
         batch["num_images"] = sum(it["num_images"] for it in items)
+        batch["lengths"] = [len(it["input_ids"]) for it in items]  # real (unpadded) tokens per example
         return batch
 
 

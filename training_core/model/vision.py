@@ -123,7 +123,7 @@ class Phi3VImageEmbedding(nn.Module):
         if image_sizes is None:
             raise ValueError("pixel_values were given without image_sizes")
         feats = self.hd_feature_transform(self.image_features(pixel_values), image_sizes)
-        projector_dtype = self.img_projection[0].weight.dtype
+        projector_dtype = self.img_projection[0].bias.dtype  # the bias: 4-bit weights are stored as bytes
         projected = self.img_projection(feats.to(projector_dtype))
         if projected.shape[0] != positions[0].numel():
             raise ValueError(

@@ -1,0 +1,99 @@
+"""End-to-end cells of the tiny preset, as the matrix runner launches them (subprocess; torchrun with 2 processes
+on gloo, `full` and `frozen_vision` through DeepSpeed ZeRO-2)."""
+
+import json
+
+import pytest
+import torch
+
+from training_core.result import classify_exception
+from training_core.spec import RunSpec
+
+from .cells import run_cell, run_spec_file
+from .test_strategies import EMBED, LANGUAGE_TARGETS, TOTAL, VISION, VISION_TARGETS, lora_size
+
+ROW_KEYS = {"run_id", "matrix", "status", "reason", "spec", "metrics", "series", "env", "started_at", "finished_at",
+            "wall_s", "log"}
+LORA_TRAINABLE = lora_size(4, LANGUAGE_TARGETS + VISION_TARGETS)
+TRAINABLE = {"full": TOTAL, "frozen_vision": TOTAL - VISION - EMBED, "lora": LORA_TRAINABLE, "qlora": LORA_TRAINABLE}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("strategy", ["full", "frozen_vision", "lora", "qlora"])
+def test_every_strategy_and_precision_under_torchrun(tmp_path, strategy, precision):
+    result = run_cell(tmp_path, nproc=2, strategy=strategy, precision=precision)
+    assert result["status"] == "ok", result["reason"] + result["_stderr"][-3000:]
+    assert set(result) - {"_returncode", "_stderr"} == ROW_KEYS
+    spec = RunSpec.parse(result["spec"])
+    assert result["run_id"] == spec.run_id and result["env"]["world_size"] == 2
+    m = result["metrics"]
+    assert (m["warmup_steps"], m["measured_steps"]) == (2, 3) and len(result["series"]["loss"]) == 5
+    assert m["trainable_params"] == TRAINABLE[strategy]
+    assert m["images_per_s"] > 0 and m["tokens_per_s"] > m["images_per_s"] and m["peak_rss_bytes"] > 0
+    assert m["images_per_s"] == pytest.approx(2 * 2 * 3 / m["measured_wall_s"])  # global batch 4, 1 image each
+    assert "mfu" not in m and "peak_mem_allocated_bytes" not in m  # CPU: unknown peak, no CUDA allocator
+    assert all(torch.isfinite(torch.tensor(result["series"]["loss"])))
+    assert 0 < m["time_to_first_step_s"] < result["wall_s"]
+
+
+def test_fp16_on_cpu_is_unsupported_not_silently_fp32(tmp_path):
+    result = run_cell(tmp_path, strategy="lora", precision="fp16")
+    assert result["status"] == "unsupported" and "fp16 mixed precision needs a CUDA GPU" in result["reason"]
+    assert result["metrics"] == {} and result["_returncode"] == 0
+
+
+def test_same_seed_same_losses_and_resume_equals_uninterrupted(tmp_path):
+    fields = dict(strategy="lora", precision="fp32", warmup_steps=0, measured_steps=6, checkpoint_every=3)
+    a = run_cell(tmp_path / "a", **fields)
+    b = run_cell(tmp_path / "b", **fields)
+    assert a["status"] == b["status"] == "ok"
+    assert a["series"]["loss"] == b["series"]["loss"] and len(a["series"]["loss"]) == 6
+    other = run_cell(tmp_path / "seed", **{**fields, "seed": 1})
+    assert other["series"]["loss"] != a["series"]["loss"]
+    # interrupted after step 4 (the last checkpoint is step 3), then resumed
+    stopped = run_cell(tmp_path / "c", extra_args=("--stop-after", "4"), **fields)
+    assert stopped["status"] == "interrupted" and stopped["_returncode"] == 1
+    assert (tmp_path / "c" / "checkpoints" / "step-00000003" / "COMPLETE").exists()
+    resumed = run_spec_file(tmp_path / "c" / "spec.json", tmp_path / "c", extra_args=("--resume",))
+    assert resumed["status"] == "ok" and resumed["metrics"]["resumed_from_step"] == 3
+    assert resumed["series"]["loss"] == a["series"]["loss"]
+
+
+def test_deepspeed_resume_equals_uninterrupted(tmp_path):
+    fields = dict(strategy="full", precision="fp32", warmup_steps=0, measured_steps=4, checkpoint_every=2)
+    a = run_cell(tmp_path / "a", nproc=2, **fields)
+    stopped = run_cell(tmp_path / "b", nproc=2, extra_args=("--stop-after", "3"), **fields)
+    assert stopped["status"] == "interrupted"
+    resumed = run_spec_file(tmp_path / "b" / "spec.json", tmp_path / "b", nproc=2, extra_args=("--resume",))
+    assert a["status"] == resumed["status"] == "ok", resumed["_stderr"][-3000:]
+    assert resumed["metrics"]["resumed_from_step"] == 2
+    assert resumed["series"]["loss"] == a["series"]["loss"]
+
+
+def test_accuracy_mode_evaluates_before_and_after(tmp_path):
+    result = run_cell(tmp_path, task="hateful_memes", strategy="lora", precision="fp32", mode="accuracy",
+                      synthetic_train=8, synthetic_eval=4, epochs=1, global_batch=2, max_new_tokens=4, num_crops=4)
+    assert result["status"] == "ok", result["reason"]
+    m = result["metrics"]
+    assert 0 <= m["accuracy_before"] <= 1 and 0 <= m["accuracy"] <= 1
+    assert len(result["series"]["loss"]) == 4  # 8 examples / global batch 2, one epoch
+    predictions = json.loads((tmp_path / "eval_after.json").read_text())["predictions"]
+    assert len(predictions) == 4 and {"id", "prediction", "answers"} <= set(predictions[0])
+
+
+def test_bad_spec_and_wrong_world_size_are_error_rows(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"strategy": "lora", "lr": -1}))
+    bad = run_spec_file(tmp_path / "bad.json", tmp_path / "bad")
+    assert bad["status"] == "error" and "lr: Input should be greater than 0" in bad["reason"]
+    assert bad["_returncode"] == 2 and bad["spec"] == {"strategy": "lora", "lr": -1}
+    RunSpec(strategy="lora", precision="fp32", gpus_per_node=2, global_batch=2).save(tmp_path / "two.json")
+    mismatch = run_spec_file(tmp_path / "two.json", tmp_path / "two")
+    assert mismatch["status"] == "error" and "torchrun --nproc_per_node=2" in mismatch["reason"]
+
+
+def test_out_of_memory_is_classified():
+    assert classify_exception(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))[0] == "oom"
+    assert classify_exception(MemoryError())[0] == "oom"
+    cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried")
+    assert classify_exception(cpu) == ("oom", f"RuntimeError: {cpu}")
+    assert classify_exception(ValueError("bad"))[0] == "error"

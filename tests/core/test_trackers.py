@@ -1,0 +1,99 @@
+import time
+
+import numpy as np
+import pytest
+
+from training_core.devices import Device
+from training_core.model import build_config
+from training_core.trackers import MemoryTracker, ThroughputTracker
+from training_core.trackers.flops import (
+    decoder_forward_flops,
+    mfu,
+    peak_flops,
+    trainable_for,
+    training_flops,
+    vision_forward_flops,
+)
+
+CPU = Device("cpu", 0, "cpu", None, None)
+
+
+def test_throughput_tracker_measures_a_known_sleep():
+    syncs = []
+    with ThroughputTracker(warmup_steps=2, sync=lambda: syncs.append(1)) as tracker:
+        for step in range(6):
+            time.sleep(0.2 if step < 2 else 0.05)  # slow warm-up steps must not count
+            tracker.step(images=4, tokens=100, samples=2)
+    m = tracker.metrics()
+    assert m["warmup_steps"] == 2 and m["measured_steps"] == 4
+    assert m["step_time_s_p50"] == pytest.approx(0.05, abs=0.02)
+    assert m["measured_wall_s"] == pytest.approx(0.2, abs=0.06)
+    assert m["images_per_s"] == pytest.approx(16 / m["measured_wall_s"])
+    assert m["images_per_s"] == pytest.approx(80, rel=0.3)
+    assert m["tokens_per_s"] == pytest.approx(400 / m["measured_wall_s"])
+    assert len(syncs) == 7  # the device is synchronised before every clock read
+
+
+def test_throughput_sums_ranks_and_takes_the_slowest_window():
+    tracker = ThroughputTracker(warmup_steps=0, clock=iter([0.0, 1.0, 2.0]).__next__)
+    with tracker:
+        tracker.step(2, 10, 2)
+        tracker.step(2, 10, 2)
+    m = tracker.metrics(world_size=2, sum_all=lambda v: 2 * v, max_all=lambda v: v * 1.5)
+    assert m["measured_wall_s"] == 3.0 and m["images_per_s"] == pytest.approx(8 / 3)
+    assert m["images_per_s_per_gpu"] == pytest.approx(4 / 3)
+
+
+def test_warmup_longer_than_the_run_measures_nothing():
+    with ThroughputTracker(warmup_steps=5) as tracker:
+        tracker.step(1, 1, 1)
+    assert tracker.metrics() == {"warmup_steps": 1, "measured_steps": 0}
+
+
+def test_memory_tracker_sees_a_known_allocation_and_leaves_cuda_keys_absent():
+    with MemoryTracker(CPU, interval=0.005) as memory:
+        memory.start_window()
+        baseline = memory.metrics()["peak_rss_bytes"]
+        block = np.ones(300 * 2**20, dtype=np.uint8)  # 300 MiB, touched
+        time.sleep(0.05)
+        del block
+        peak = memory.metrics()["peak_rss_bytes"]
+    assert peak - baseline >= 280 * 2**20
+    keys = set(memory.metrics())
+    assert keys == {"peak_rss_bytes"}  # no CUDA or NVML on a CPU: absent, not zero
+
+
+def test_flops_of_the_full_model_by_hand():
+    cfg = build_config("phi-3.5-vision")
+    weights, attention = decoder_forward_flops(cfg, 1000)
+    per_layer = 9216 * 3072 + 3072 * 3072 + 3072 * 16384 + 8192 * 3072
+    assert weights == 2 * 1000 * (32 * per_layer + 3072 * 32064)
+    assert attention == 32 * 4 * 1000 * 1000 * 3072
+    v_weights, v_attention, projector = vision_forward_flops(cfg, crops=17, image_tokens=2509)
+    assert v_weights == 17 * (2 * 576 * 3 * 14 * 14 * 1024 + 23 * 2 * 577 * (4 * 1024**2 + 2 * 1024 * 4096))
+    assert v_attention == 17 * 23 * 4 * 577 * 577 * 1024
+    assert projector == 2509 * 2 * (4096 * 3072 + 3072 * 3072)
+
+
+def test_training_flops_by_strategy():
+    cfg = build_config("phi-3.5-vision")
+    w, a = decoder_forward_flops(cfg, 2000)
+    vw, va, p = vision_forward_flops(cfg, 17, 1921)
+    full = training_flops(cfg, [2000], 17, 1921, trainable_for("full", False))
+    frozen = training_flops(cfg, [2000], 17, 1921, trainable_for("frozen_vision", True))
+    lora = training_flops(cfg, [2000], 17, 1921, trainable_for("lora", False))
+    assert full == pytest.approx(3 * (w + a) + 3 * (vw + va + p))
+    assert frozen == pytest.approx(3 * (w + a) + (vw + va + p))
+    assert lora == pytest.approx(2 * w + 3 * a + 2 * (vw + p) + 3 * va)
+    assert full > frozen and full > lora
+
+
+def test_peak_flops_table_and_mfu():
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989.4e12
+    assert peak_flops("NVIDIA H100 PCIe", "fp16") == 756.5e12
+    assert peak_flops("Tesla V100-SXM2-32GB", "bf16") is None  # no bf16 on Volta
+    assert peak_flops("Tesla V100-SXM2-32GB", "fp16") == 125e12
+    assert peak_flops("AMD EPYC", "bf16") is None
+    assert mfu(312e12 * 8, 2.0, 8, 312e12) == pytest.approx(0.5)
+    assert mfu(1e12, 1.0, 1, None) is None

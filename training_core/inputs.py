@@ -1,0 +1,102 @@
+"""A run's data: the records for the spec (synthetic twin, the recipe's HF dataset, or a path), the processor, and
+deterministic micro-batches that can resume mid-epoch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from torch.utils.data import DataLoader, DistributedSampler
+
+from . import distributed
+from .data.collate import TrainCollator
+from .data.datasets import TrainDataset
+from .data.records import Record
+from .data.sources import find_jsonl, load_records
+from .data.synth import synthesize
+from .model import Phi3VProcessor, build_tiny_tokenizer
+from .model.image_processing import Phi3VImageProcessor
+from .model.presets import PRESETS
+from .spec import RunSpec
+from .tasks import TaskSpec, get_task
+
+
+def build_processor(spec: RunSpec, config) -> Phi3VProcessor:
+    """The checkpoint's own tokenizer when the model is a directory; else the byte-level tokenizer (presets without a
+    checkpoint: text is then counted in bytes, a little longer than the real tokenizer's, see README)."""
+    crops = spec.num_crops or get_task(spec.task).num_crops
+    if spec.model not in PRESETS:
+        return Phi3VProcessor.from_pretrained(spec.model, num_crops=crops)
+    image = Phi3VImageProcessor(num_crops=crops, crop_size=config.crop_size, patch_size=config.patch_size)
+    return Phi3VProcessor(build_tiny_tokenizer(), image)
+
+
+def needed_train_examples(spec: RunSpec) -> int:
+    if spec.synthetic_train:
+        return spec.synthetic_train
+    steps = spec.max_steps or (spec.warmup_steps + spec.measured_steps)
+    return max(spec.global_batch * steps if spec.mode == "throughput" else 200, spec.global_batch)
+
+
+def records(spec: RunSpec, out_dir: Path) -> tuple[Sequence[Record], Sequence[Record] | None]:
+    task = get_task(spec.task)
+    want_eval = spec.mode == "accuracy"
+    if spec.data == "synthetic":
+        directory = out_dir / "data"
+        if distributed.is_main() and find_jsonl(task, "train", directory) is None:
+            synthesize(spec.task, directory, n_train=needed_train_examples(spec),
+                       n_eval=spec.synthetic_eval if want_eval else 1, seed=spec.seed)
+        distributed.barrier()
+        source = directory
+    else:
+        source = None if spec.data == "hf" else Path(spec.data)
+    train = load_records(task, "train", source)
+    evals = load_records(task, "eval", source, limit=spec.eval_limit) if want_eval else None
+    return train, evals
+
+
+class MicroBatches:
+    """Per-rank micro-batches in a fixed order per (seed, epoch), as a distributed sampler gives them; the position
+    (epoch, micro-batches used in it) is saved in checkpoints and restored on resume."""
+
+    def __init__(self, train: Sequence[Record], task: TaskSpec, processor, spec: RunSpec, epoch: int = 0,
+                 consumed: int = 0):
+        self.dataset = TrainDataset(train, task, processor, seed=spec.seed)
+        self.spec = spec
+        self.collate = TrainCollator(processor.tokenizer.pad_token_id, task.keep_attention_mask)
+        self.sampler = DistributedSampler(self.dataset, num_replicas=distributed.world_size(),
+                                          rank=distributed.rank(), shuffle=True, seed=spec.seed, drop_last=True)
+        self.epoch, self.consumed = epoch, consumed
+        if self.per_epoch < spec.grad_accum:
+            raise ValueError(
+                f"the training set has {len(train)} examples: too few for one optimizer step of global batch "
+                f"{spec.global_batch} on {distributed.world_size()} process(es)"
+            )
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self.sampler) // self.spec.per_device_batch
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed}
+
+    def __iter__(self) -> Iterator[dict]:
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            self.dataset.set_epoch(self.epoch)
+            indices = list(self.sampler)[self.consumed * self.spec.per_device_batch :]
+            loader = DataLoader(self.dataset, batch_size=self.spec.per_device_batch, sampler=indices,
+                                collate_fn=self.collate, num_workers=self.spec.dataloader_workers, drop_last=True)
+            for batch in loader:
+                self.consumed += 1
+                yield batch
+            self.epoch, self.consumed = self.epoch + 1, 0
+
+    def steps(self) -> Iterator[list[dict]]:
+        """Groups of `grad_accum` micro-batches, one per optimizer step."""
+        group = []
+        for batch in self:
+            group.append(batch)
+            if len(group) == self.spec.grad_accum:
+                yield group
+                group = []

@@ -1,0 +1,70 @@
+"""The result row of one cell (DESIGN.md's schema), written atomically as `DIR/result.json` by rank 0.
+
+Statuses: ok, oom, error, timeout, unsupported, interrupted. Failures carry their reason and whatever metrics were
+gathered before them. Per-step series (losses, step times) ride along under `series`."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+STATUSES = ("ok", "oom", "error", "timeout", "unsupported", "interrupted")
+RESULT_FILE = "result.json"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Outcome:
+    """What a run gathers as it goes; failures keep what was there."""
+
+    metrics: dict = field(default_factory=dict)
+    series: dict = field(default_factory=lambda: {"loss": [], "step_time_s": []})
+    status: str = "ok"
+    reason: str | None = None
+
+
+def classify_exception(exc: BaseException) -> tuple[str, str]:
+    """(status, reason) for an exception: out-of-memory (CUDA or CPU) is `oom`, anything else `error`."""
+    import torch
+
+    message = f"{type(exc).__name__}: {exc}".strip()
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return "oom", message
+    text = str(exc).lower()
+    if isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
+        return "oom", message
+    return "error", message
+
+
+def build_row(*, run_id, spec: dict, outcome: Outcome, env: dict, process_start: float, log: str | None = None) -> dict:
+    """`started_at`/`wall_s` count from the process start (imports included): the cell's real cost."""
+    if outcome.status not in STATUSES:
+        raise ValueError(f"unknown status {outcome.status!r}")
+    return {
+        "run_id": run_id,
+        "matrix": None,
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "spec": spec,
+        "metrics": outcome.metrics,
+        "series": outcome.series,
+        "env": env,
+        "started_at": datetime.fromtimestamp(process_start, UTC).isoformat(timespec="seconds"),
+        "finished_at": utc_now(),
+        "wall_s": round(time.time() - process_start, 3),
+        "log": log,
+    }
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,251 @@
+"""One benchmark cell: `torchrun ... -m training_core.run --spec SPEC.json --out DIR [--resume]`.
+
+Builds the model, data and strategy the spec describes, trains (throughput: warm-up + measured optimizer steps;
+accuracy: the configured epochs with evaluation before and after), and writes exactly one `DIR/result.json` from
+rank 0, atomically. Unsupported combinations, OOM and errors are results too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+
+from . import checkpoint, distributed, inputs
+from .devices import Device, current_device
+from .engine import build_engine
+from .env import capture
+from .evaluate import evaluate
+from .precision import unsupported_reason, weights_dtype
+from .result import RESULT_FILE, Outcome, build_row, classify_exception, write_json_atomic
+from .spec import RunSpec, SpecError
+from .strategies import get_strategy
+from .strategies.base import build_base, count_parameters, model_config
+from .strategies.lora import qlora_quantization
+from .tasks import get_task
+from .trackers import EnergyTracker, MemoryTracker, ThroughputTracker
+from .trackers.flops import mfu, peak_flops, trainable_for, training_flops
+
+
+class StopRequested(Exception):
+    """--stop-after: end as if the job had been killed after that optimizer step (tests of resume)."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training_core.run", description=__doc__)
+    parser.add_argument("--spec", required=True, type=Path, help="RunSpec JSON file")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (result.json, checkpoints)")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def total_steps(spec: RunSpec, per_epoch_micro: int) -> int:
+    if spec.max_steps:
+        return spec.max_steps
+    if spec.mode == "throughput":
+        return spec.warmup_steps + spec.measured_steps
+    return max(1, math.ceil(spec.epochs * max(per_epoch_micro // spec.grad_accum, 1)))
+
+
+class Cell:
+    """The parts of one run, built once, trained, evaluated, measured."""
+
+    def __init__(self, spec: RunSpec, device: Device, out: Path, outcome: Outcome, args, process_start: float):
+        self.spec, self.device, self.out, self.outcome, self.args = spec, device, out, outcome, args
+        self.process_start = process_start
+        self.task = get_task(spec.task)
+        self.strategy = get_strategy(spec.strategy)
+
+    # ---------------------------------------------------------------- build
+    def build(self) -> None:
+        spec, device = self.spec, self.device
+        seed_everything(spec.seed)
+        self.config = model_config(spec)
+        self.processor = inputs.build_processor(spec, self.config)
+        self.train_records, self.eval_records = inputs.records(spec, self.out)
+        quantization = qlora_quantization(spec) if self.strategy.quantized else None
+        model = build_base(spec, device.torch, weights_dtype(spec), quantization)
+        model = self.strategy.prepare(model, spec)
+        if spec.gradient_checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False  # training; generation asks for the cache explicitly
+        model.train()
+        trainable, total = count_parameters(model)
+        self.outcome.metrics.update({"trainable_params": trainable, "total_params": total})
+        self.batches = inputs.MicroBatches(self.train_records, self.task, self.processor, spec)
+        self.total_steps = total_steps(spec, self.batches.per_epoch)
+        self.engine = build_engine(self.strategy.engine, model, spec, device, self.total_steps)
+        self.start_step = 0
+        if self.args.resume and (latest := checkpoint.latest(self.out)) is not None:
+            position = checkpoint.load(self.engine, latest)
+            self.start_step = position["step"]
+            self.batches.epoch, self.batches.consumed = position["epoch"], position["consumed"]
+            self.outcome.series = position["series"]
+            self.outcome.metrics.update(position.get("metrics_before", {}))
+            self.outcome.metrics["resumed_from_step"] = self.start_step
+
+    # ---------------------------------------------------------------- eval
+    def evaluate(self, when: str) -> None:
+        started = time.monotonic()
+        metrics, predictions = evaluate(
+            self.engine.generation_model(), self.eval_records, self.task, self.processor,
+            batch_size=self.spec.eval_batch, max_new_tokens=self.spec.max_new_tokens, device=self.device.torch,
+            context=self.engine.generation_context(),
+        )
+        suffix = "_before" if when == "before" else ""
+        self.outcome.metrics.update({f"{k}{suffix}": v for k, v in metrics.items()})
+        self.outcome.metrics[f"eval_{when}_s"] = round(time.monotonic() - started, 3)
+        if distributed.is_main():
+            write_json_atomic(self.out / f"eval_{when}.json", {"metrics": metrics, "predictions": predictions})
+
+    # ---------------------------------------------------------------- train
+    def _step_counts(self, micro: list[dict]) -> tuple[int, int, int, float]:
+        images = sum(b["num_images"] for b in micro)
+        tokens = sum(sum(b["lengths"]) for b in micro)
+        samples = sum(len(b["lengths"]) for b in micro)
+        trainable = trainable_for(self.spec.strategy, self.spec.vision_frozen)
+        flops = 0.0
+        for b in micro:
+            crops = b["pixel_values"].shape[0] * b["pixel_values"].shape[1] if "pixel_values" in b else 0
+            image_tokens = int((b["input_ids"] < 0).sum())
+            flops += training_flops(self.config, b["lengths"], crops, image_tokens, trainable)
+        return images, tokens, samples, flops
+
+    def train(self) -> None:
+        spec, outcome = self.spec, self.outcome
+        reduce_on = distributed.reduce_device(self.device.type)
+        sum_all = lambda v: distributed.sum_all(v, reduce_on)  # noqa: E731
+        max_all = lambda v: distributed.max_all(v, reduce_on)  # noqa: E731
+        window_flops = []
+        outcome.metrics["time_to_first_step_s"] = round(time.time() - self.process_start, 3)
+        tracker = ThroughputTracker(spec.warmup_steps, sync=self.device.synchronize)
+        with MemoryTracker(self.device) as memory, EnergyTracker(self.device) as energy:
+            tracker.on_window_start += [memory.start_window, energy.start_window]
+            with tracker:
+                for step in range(self.start_step, self.total_steps):
+                    micro = next(self._step_groups)
+                    loss = self.engine.train_step(micro)
+                    images, tokens, samples, flops = self._step_counts(micro)
+                    tracker.step(images, tokens, samples)
+                    if len(tracker.steps) > spec.warmup_steps:
+                        window_flops.append(flops)
+                    outcome.series["loss"].append(sum_all(loss) / distributed.world_size())
+                    outcome.series["step_time_s"].append(tracker.steps[-1].seconds)
+                    self._after_step(step + 1)
+        outcome.metrics.update(tracker.metrics(distributed.world_size(), sum_all, max_all))
+        outcome.metrics.update(memory.metrics(max_all))
+        outcome.metrics.update(energy.metrics(outcome.metrics.get("images_per_s", 0) and
+                                              outcome.metrics["images_per_s"] * outcome.metrics["measured_wall_s"],
+                                              sum_all))
+        self._flops_metrics(sum_all(sum(window_flops)))
+        outcome.metrics["loss_first"] = outcome.series["loss"][0] if outcome.series["loss"] else None
+        outcome.metrics["loss_last"] = outcome.series["loss"][-1] if outcome.series["loss"] else None
+
+    def _after_step(self, done: int) -> None:
+        every = self.spec.checkpoint_every
+        if every and done % every == 0 and done < self.total_steps:
+            position = {"step": done, **self.batches.position(), "series": self.outcome.series,
+                        "metrics_before": {k: v for k, v in self.outcome.metrics.items() if k.endswith("_before")}}
+            checkpoint.save(self.engine, self.out, done, position)
+        if self.args.stop_after and done == self.args.stop_after:
+            raise StopRequested(f"stopped after optimizer step {done} (--stop-after)")
+
+    def _flops_metrics(self, flops_total: float) -> None:
+        metrics = self.outcome.metrics
+        wall = metrics.get("measured_wall_s")
+        if not wall or not metrics.get("measured_steps"):
+            return
+        metrics["model_flops_per_s"] = flops_total / wall
+        metrics["flops_per_sample"] = flops_total / max(metrics["samples_per_s"] * wall, 1)
+        if self.spec.strategy == "qlora":
+            return  # 4-bit dequantisation work makes an MFU figure meaningless
+        value = mfu(flops_total, wall, distributed.world_size(), peak_flops(self.device.name, self.spec.precision)
+                    if self.device.type == "cuda" else None)
+        if value is not None:
+            metrics["mfu"] = value
+
+    def run(self) -> None:
+        self.build()
+        self._step_groups = self.batches.steps()
+        if self.spec.mode == "accuracy" and self.start_step == 0:
+            self.evaluate("before")
+        self.train()
+        if self.spec.mode == "accuracy":
+            self.evaluate("after")
+
+
+def _world_mismatch(spec: RunSpec) -> str | None:
+    if spec.world_size != distributed.world_size():
+        return (f"the spec is for {spec.world_size} process(es) (nodes x gpus_per_node) but "
+                f"{distributed.world_size()} were started; launch with torchrun --nproc_per_node={spec.gpus_per_node}")
+    return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    process_start = psutil.Process().create_time()
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    args.out.mkdir(parents=True, exist_ok=True)
+    outcome = Outcome()
+    try:
+        spec = RunSpec.load(args.spec)
+    except SpecError as exc:
+        outcome.status, outcome.reason = "error", str(exc)
+        raw = _raw_spec(args.spec)
+        write_json_atomic(args.out / RESULT_FILE, build_row(run_id=None, spec=raw, outcome=outcome, env=capture(1),
+                                                            process_start=process_start))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    device = current_device()
+    distributed.init(device.type, always=get_strategy(spec.strategy).engine == "deepspeed")
+    reason = unsupported_reason(spec, device)
+    if reason:
+        outcome.status, outcome.reason = "unsupported", reason
+    elif (mismatch := _world_mismatch(spec)) is not None:
+        outcome.status, outcome.reason = "error", mismatch
+    else:
+        try:
+            Cell(spec, device, args.out, outcome, args, process_start).run()
+        except (StopRequested, KeyboardInterrupt) as exc:
+            outcome.status, outcome.reason = "interrupted", str(exc) or "interrupted"
+        except Exception as exc:  # a failure is a result: keep what was measured
+            outcome.status, outcome.reason = classify_exception(exc)
+            traceback.print_exc()
+    row = build_row(run_id=spec.run_id, spec=spec.model_dump(mode="json"), outcome=outcome,
+                    env=capture(distributed.world_size()), process_start=process_start)
+    if distributed.is_main():
+        write_json_atomic(args.out / RESULT_FILE, row)
+    elif outcome.status != "ok":
+        write_json_atomic(args.out / f"failure.rank{distributed.rank()}.json", row)
+    print(f"[rank {distributed.rank()}] {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""),
+          file=sys.stderr)
+    distributed.shutdown()
+    return 0 if outcome.status in ("ok", "unsupported") else 1
+
+
+def _raw_spec(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""`RunSpec`: the frozen, validated description of one benchmark cell (defined once; the matrix runner imports it).
+
+Every field has the recipe's default where the recipe has one (fact sheet 1.3-1.8). A spec is validated at the
+boundary: unknown keys, wrong types and impossible combinations fail with a message that names the field.
+`run_id` is a stable hash of the normalised spec, so the same cell always has the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STRATEGIES = ("full", "frozen_vision", "lora", "qlora")
+PRECISIONS = ("bf16", "fp16", "fp32")
+ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
+
+
+class SpecError(ValueError):
+    """An invalid spec, worded for the user (names the field and the fix)."""
+
+
+class RunSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # what to train on
+    task: str = "docvqa"
+    data: str = "synthetic"  # "synthetic" (the task's twin), "hf" (the recipe's dataset from the cache), or a path
+    # the model
+    model: str = "tiny"  # a preset name or a checkpoint directory
+    weights: Literal["random", "pretrained"] = "random"
+    # how
+    strategy: Literal["full", "frozen_vision", "lora", "qlora"] = "full"
+    freeze_vision: bool | None = None  # None: the strategy's default (frozen for frozen_vision only)
+    train_embedding: bool = False  # frozen_vision: keep the shared token embedding trainable (the recipe freezes it)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    attention: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
+    num_crops: int | None = Field(default=None, ge=1, le=16)  # None: the task's (16, UCF-101 4)
+    gradient_checkpointing: bool = True
+    # batch: global = per_device x world size x gradient accumulation
+    global_batch: int = Field(default=16, ge=1)
+    per_device_batch: int = Field(default=1, ge=1)
+    # hardware the cell is meant for (world size = nodes x gpus_per_node processes)
+    gpu: str = "cpu"
+    nodes: int = Field(default=1, ge=1)
+    gpus_per_node: int = Field(default=1, ge=1)
+    # LoRA (alpha None: round(rank x 2), the recipe's alpha ratio)
+    lora_rank: int = Field(default=64, ge=1)
+    lora_alpha: int | None = Field(default=None, ge=1)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # optimiser (AdamW (0.9, 0.95), eps 1e-7, linear schedule, grad clip 1.0: fixed by the recipe)
+    lr: float = Field(default=4e-5, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    lr_warmup_steps: int = Field(default=50, ge=0)
+    epochs: float = Field(default=1.0, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+    # what to measure
+    mode: Literal["throughput", "accuracy"] = "throughput"
+    warmup_steps: int = Field(default=2, ge=0)  # optimizer steps excluded from the measurement
+    measured_steps: int = Field(default=3, ge=1)
+    eval_limit: int | None = Field(default=None, ge=1)
+    eval_batch: int = Field(default=1, ge=1)
+    max_new_tokens: int = Field(default=64, ge=1)
+    synthetic_train: int | None = Field(default=None, ge=1)  # twin sizes (None: enough for the steps)
+    synthetic_eval: int = Field(default=50, ge=1)
+    dataloader_workers: int = Field(default=0, ge=0)
+    checkpoint_every: int | None = Field(default=None, ge=1)  # optimizer steps between checkpoints
+    seed: int = 0
+    reference: str | None = None  # key of the documented row this cell reproduces
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from training_core.tasks import TASKS
+
+        if value not in TASKS:
+            raise ValueError(f"unknown task {value!r}; choose one of {sorted(TASKS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> RunSpec:
+        per_step = self.world_size * self.per_device_batch
+        if self.global_batch % per_step:
+            raise ValueError(
+                f"global_batch: {self.global_batch} is not a multiple of nodes x gpus_per_node x per_device_batch "
+                f"= {per_step}; choose a global batch divisible by it"
+            )
+        if self.weights == "pretrained" and self.model in _preset_names():
+            raise ValueError(f"weights: 'pretrained' needs model to be a checkpoint directory, not the preset {self.model!r}")
+        if self.train_embedding and self.strategy != "frozen_vision":
+            raise ValueError("train_embedding: only applies to strategy 'frozen_vision'")
+        if self.freeze_vision is False and self.strategy == "frozen_vision":
+            raise ValueError("freeze_vision: false with strategy 'frozen_vision' is the 'full' strategy; use that")
+        return self
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def grad_accum(self) -> int:
+        return self.global_batch // (self.world_size * self.per_device_batch)
+
+    @property
+    def vision_frozen(self) -> bool:
+        return self.strategy == "frozen_vision" if self.freeze_vision is None else self.freeze_vision
+
+    @property
+    def alpha(self) -> int:
+        return self.lora_alpha if self.lora_alpha is not None else round(self.lora_rank * 2)
+
+    @property
+    def run_id(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    # ------------------------------------------------------------------ io
+    @classmethod
+    def parse(cls, data: dict, where: str = "spec") -> RunSpec:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(format_validation_error(exc, where)) from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunSpec:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SpecError(f"{path}: cannot read the spec ({exc})") from None
+        return cls.parse(data, where=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown field; valid fields: {', '.join(sorted(RunSpec.model_fields))}"
+        lines.append(f"{where}: {field}: {message}" if field else f"{where}: {message}")
+    return "\n".join(lines)
+
+
+def _preset_names() -> set[str]:
+    from training_core.model.presets import PRESETS
+
+    return set(PRESETS)

@@ -1,0 +1,60 @@
+"""`lora` and `qlora` (fact sheet 1.5): peft LoRA on the recipe's targets, attached without wrapping the model
+(peft's `inject_adapter_in_model`, what transformers' `add_adapter` does), trained with DDP."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+from training_core.spec import RunSpec
+
+from .base import Strategy
+from .full import freeze_vision
+
+LANGUAGE_TARGETS = ["qkv_proj", "o_proj", "down_proj", "gate_up_proj", "lm_head"]
+VISION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "img_projection.0", "img_projection.2"]
+
+
+def lora_targets(vision_frozen: bool) -> list[str]:
+    return LANGUAGE_TARGETS + ([] if vision_frozen else VISION_TARGETS)
+
+
+def lora_config(spec: RunSpec) -> LoraConfig:
+    return LoraConfig(
+        r=spec.lora_rank,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.lora_dropout,
+        target_modules=lora_targets(spec.vision_frozen),
+        init_lora_weights="gaussian",
+    )
+
+
+def prune_unused_vision_layers(model: nn.Module) -> None:
+    """The recipe's `patch_clip_for_lora`: drop the CLIP layers after the feature layer and `post_layernorm`,
+    which never reach the output (DDP with `find_unused_parameters=False` needs every parameter used)."""
+    embedder = model.model.vision_embed_tokens
+    vision_model = embedder.img_processor.vision_model
+    vision_model.encoder.layers = vision_model.encoder.layers[: embedder.num_layers_used]
+    vision_model.post_layernorm = nn.Identity()
+
+
+def _prepare_lora(model: nn.Module, spec: RunSpec) -> nn.Module:
+    prune_unused_vision_layers(model)
+    model = inject_adapter_in_model(lora_config(spec), model)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    if spec.vision_frozen:
+        freeze_vision(model)
+    return model
+
+
+def qlora_quantization(spec: RunSpec):
+    from transformers import BitsAndBytesConfig
+
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.precision]
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
+LORA = Strategy("lora", "ddp", _prepare_lora)
+QLORA = Strategy("qlora", "ddp", _prepare_lora, quantized=True)

@@ -1,0 +1,115 @@
+"""Analytic training FLOPs of Phi-3(.5)-vision and model FLOPs utilisation (MFU). Pure functions: the report
+imports them too (to put an implied MFU beside documented numbers).
+
+Counted per example, from the config and the real token and crop counts:
+- decoder: 2 x (qkv + o + gate_up + down) weights x tokens per layer, plus the LM head (2 x d x V per token);
+- attention scores and values: 4 x L^2 x d per layer (the full L x L square, as eager/sdpa compute it);
+- vision: every crop slot that goes through CLIP, zero-padded ones included (the official forward runs them all):
+  patch embedding, then the layers up to the feature layer (23 of 24 for ViT-L/14-336), 577 tokens each;
+- projector: 2 x (4C x d + d x d) per image token.
+Training multiplies the forward by how much backward a part needs: weight matmuls x3 when their weights train,
+x2 when only activation gradients pass through them (LoRA bases, frozen layers above trainable ones), x1 when
+nothing below needs gradients (a frozen vision tower); attention cores x3 whenever gradients flow. Activation
+recomputation (gradient checkpointing) is not counted: this is *model* FLOPs utilisation, not hardware FLOPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Dense (no structured sparsity) peak FLOP/s per GPU from NVIDIA's data sheets, by precision of the matmuls.
+# fp32 means true fp32 (PyTorch's default: TF32 off for matmuls).
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},  # A100 40/80 GB SXM & PCIe data sheet
+    "H100 SXM": {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},  # H100 data sheet (SXM5)
+    "H100 PCIe": {"bf16": 756.5e12, "fp16": 756.5e12, "fp32": 51.2e12},
+    "H100 NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60.0e12},
+    "H200": {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},  # H200 data sheet (SXM)
+    "V100": {"fp16": 125e12, "fp32": 15.7e12},  # V100 SXM2 data sheet; no bf16
+    "L40S": {"bf16": 362.05e12, "fp16": 362.05e12, "fp32": 91.6e12},
+}
+
+
+def peak_flops(gpu_name: str, precision: str) -> float | None:
+    """Peak dense FLOP/s of one GPU for a precision, from its (marketing) name; None when unknown (CPU)."""
+    name = gpu_name.upper()
+    if "H100" in name:
+        key = "H100 PCIe" if "PCIE" in name else "H100 NVL" if "NVL" in name else "H100 SXM"
+    elif "H200" in name:
+        key = "H200"
+    elif "A100" in name:
+        key = "A100"
+    elif "V100" in name:
+        key = "V100"
+    elif "L40S" in name:
+        key = "L40S"
+    else:
+        return None
+    return PEAK_FLOPS[key].get(precision)
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """Which parts need which backward work (see module doc)."""
+
+    decoder_weights: bool  # decoder + LM head weights train (full / frozen_vision)
+    decoder_grads: bool  # gradients flow through the decoder (always when anything trains)
+    vision_weights: bool  # CLIP + projector weights train (full)
+    vision_grads: bool  # gradients flow through the vision tower (full, LoRA on the tower)
+
+
+def trainable_for(strategy: str, vision_frozen: bool) -> Trainable:
+    weights_train = strategy in ("full", "frozen_vision")
+    return Trainable(
+        decoder_weights=weights_train,
+        decoder_grads=True,
+        vision_weights=weights_train and not vision_frozen,
+        vision_grads=not vision_frozen,
+    )
+
+
+def _mult(weights: bool, grads: bool) -> int:
+    return 3 if weights else 2 if grads else 1
+
+
+def decoder_forward_flops(cfg, seq_len: int) -> tuple[float, float]:
+    """(weight-matmul FLOPs, attention-core FLOPs) of one sequence through the decoder and the LM head."""
+    d, layers = cfg.hidden_size, cfg.num_hidden_layers
+    head_dim = d // cfg.num_attention_heads
+    qkv = d * (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * head_dim
+    per_layer = qkv + d * d + d * 2 * cfg.intermediate_size + cfg.intermediate_size * d
+    weights = 2 * seq_len * (layers * per_layer + d * cfg.vocab_size)
+    attention = layers * 4 * seq_len * seq_len * d
+    return float(weights), float(attention)
+
+
+def vision_forward_flops(cfg, crops: int, image_tokens: int) -> tuple[float, float, float]:
+    """(CLIP weight-matmul FLOPs, CLIP attention FLOPs, projector FLOPs) for `crops` crop slots."""
+    v = cfg.vision_config()
+    d, ff, patch = v.hidden_size, v.intermediate_size, v.patch_size
+    patches = (v.image_size // patch) ** 2
+    tokens = patches + 1
+    layers = v.num_hidden_layers + 1 + cfg.layer_idx
+    per_layer = 4 * d * d + 2 * d * ff
+    weights = crops * (2 * patches * 3 * patch * patch * d + layers * 2 * tokens * per_layer)
+    attention = crops * layers * 4 * tokens * tokens * d
+    projector = image_tokens * 2 * (4 * d * cfg.hidden_size + cfg.hidden_size * cfg.hidden_size)
+    return float(weights), float(attention), float(projector)
+
+
+def training_flops(cfg, seq_lens: list[int], crops: int, image_tokens: int, trainable: Trainable) -> float:
+    """Model FLOPs of one training pass (forward + backward) over a batch of sequences."""
+    total = 0.0
+    for length in seq_lens:
+        weights, attention = decoder_forward_flops(cfg, length)
+        total += _mult(trainable.decoder_weights, trainable.decoder_grads) * weights + 3 * attention
+    v_weights, v_attention, projector = vision_forward_flops(cfg, crops, image_tokens)
+    vision_mult = _mult(trainable.vision_weights, trainable.vision_grads)
+    total += vision_mult * (v_weights + projector) + (3 if trainable.vision_grads else 1) * v_attention
+    return total
+
+
+def mfu(flops: float, seconds: float, world_size: int, peak_per_gpu: float | None) -> float | None:
+    if not peak_per_gpu or seconds <= 0:
+        return None
+    return flops / seconds / (world_size * peak_per_gpu)

@@ -1,0 +1,94 @@
+"""Throughput over the measured optimizer steps (warm-up steps excluded).
+
+The device is synchronised before every clock read; the window runs from the end of the last warm-up step to the
+end of the last measured step. `images_per_s` = images of the measured steps summed over all ranks / the longest
+rank's window; `tokens_per_s` counts non-pad tokens; step-time percentiles are this rank's measured steps.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass
+class StepRecord:
+    seconds: float
+    images: int
+    tokens: int
+    samples: int
+
+
+@dataclass
+class ThroughputTracker:
+    warmup_steps: int
+    sync: Callable[[], None] = lambda: None
+    clock: Callable[[], float] = time.perf_counter
+    on_window_start: list[Callable[[], None]] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    _last: float | None = None
+    window_start: float | None = None
+    window_end: float | None = None
+
+    def now(self) -> float:
+        self.sync()
+        return self.clock()
+
+    def __enter__(self) -> ThroughputTracker:
+        self._last = self.now()
+        if self.warmup_steps == 0:
+            self._start_window(self._last)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def _start_window(self, at: float) -> None:
+        self.window_start = at
+        for callback in self.on_window_start:
+            callback()
+
+    def step(self, images: int, tokens: int, samples: int) -> None:
+        """Call once at the end of every optimizer step."""
+        now = self.now()
+        self.steps.append(StepRecord(now - self._last, images, tokens, samples))
+        self._last = now
+        if len(self.steps) == self.warmup_steps:
+            self._start_window(now)
+        elif len(self.steps) > self.warmup_steps:
+            self.window_end = now
+
+    @property
+    def measured(self) -> list[StepRecord]:
+        return self.steps[self.warmup_steps :]
+
+    def metrics(self, world_size: int = 1, sum_all: Callable = float, max_all: Callable = float) -> dict:
+        measured = self.measured
+        out = {"warmup_steps": min(len(self.steps), self.warmup_steps), "measured_steps": len(measured)}
+        if not measured or self.window_start is None or self.window_end is None:
+            return out
+        wall = max_all(self.window_end - self.window_start)
+        images, tokens, samples = (sum_all(sum(getattr(s, k) for s in measured)) for k in ("images", "tokens", "samples"))
+        times = sorted(s.seconds for s in measured)
+        out.update({
+            "measured_wall_s": wall,
+            "images_per_s": images / wall,
+            "images_per_s_per_gpu": images / wall / world_size,
+            "samples_per_s": samples / wall,
+            "tokens_per_s": tokens / wall,
+            "step_time_s_p50": statistics.median(times),
+            "step_time_s_p90": _percentile(times, 0.9),
+        })
+        return out
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    low = int(pos)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
