@@ -201,9 +201,11 @@ def _world_mismatch(spec: RunSpec) -> str | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     process_start = psutil.Process().create_time()
+    main_start = time.time()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     outcome = Outcome()
+    outcome.metrics["time_to_main_s"] = round(main_start - process_start, 3)  # interpreter start + imports
     try:
         spec = RunSpec.load(args.spec)
     except SpecError as exc:

@@ -2,6 +2,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from training_core.devices import Device
 from training_core.model import build_config
@@ -97,3 +98,18 @@ def test_peak_flops_table_and_mfu():
     assert peak_flops("AMD EPYC", "bf16") is None
     assert mfu(312e12 * 8, 2.0, 8, 312e12) == pytest.approx(0.5)
     assert mfu(1e12, 1.0, 1, None) is None
+
+
+def test_linear_schedule_is_transformers_formula():
+    from transformers import get_linear_schedule_with_warmup
+
+    from training_core.optim import build_scheduler
+    from training_core.spec import RunSpec
+
+    ours_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    theirs_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ours = build_scheduler(ours_opt, RunSpec(lr_warmup_steps=5), total_steps=20)
+    theirs = get_linear_schedule_with_warmup(theirs_opt, 5, 20)
+    for _ in range(25):
+        assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr())
+        ours_opt.step(), theirs_opt.step(), ours.step(), theirs.step()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from training_core.spec import RunSpec
@@ -20,7 +19,9 @@ def lora_targets(vision_frozen: bool) -> list[str]:
     return LANGUAGE_TARGETS + ([] if vision_frozen else VISION_TARGETS)
 
 
-def lora_config(spec: RunSpec) -> LoraConfig:
+def lora_config(spec: RunSpec):
+    from peft import LoraConfig  # imported on use: peft pulls in bitsandbytes (~1 s)
+
     return LoraConfig(
         r=spec.lora_rank,
         lora_alpha=spec.alpha,
@@ -40,6 +41,8 @@ def prune_unused_vision_layers(model: nn.Module) -> None:
 
 
 def _prepare_lora(model: nn.Module, spec: RunSpec) -> nn.Module:
+    from peft import inject_adapter_in_model
+
     prune_unused_vision_layers(model)
     model = inject_adapter_in_model(lora_config(spec), model)
     for name, param in model.named_parameters():
