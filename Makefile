@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-cpu
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu test lint bench-micro clean
+.PHONY: help setup setup-gpu test lint bench-micro clean bench-cpu bench-a100 bench-v100 bench-h100 bench-h100-smoke \
+	plan-cpu plan-a100 plan-v100 plan-h100 plan-h100-smoke
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
@@ -13,6 +14,9 @@ help:
 	@echo "make test       run the test suite (runs setup first)"
 	@echo "make lint       ruff over the project"
 	@echo "make bench-micro  data-pipeline micro-benchmarks (pytest-benchmark, one core)"
+	@echo "make bench-cpu  the CPU smoke grid (tiny preset, every strategy): the main job on any machine"
+	@echo "make bench-a100 | bench-v100 | bench-h100 | bench-h100-smoke   the GPU speed grids (plan-* to preview)"
+	@echo "                RUN_ARGS='--filter strategy=lora' etc. are passed to 'python -m harness run'"
 
 setup: $(STAMP)
 
@@ -32,6 +36,31 @@ test: setup
 
 bench-micro: setup
 	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-columns=mean,stddev,rounds -s
+
+RUN_ARGS ?=
+HARNESS := $(PY) -m harness
+
+bench-cpu: setup
+	$(HARNESS) run cpu_smoke $(RUN_ARGS)
+bench-a100: setup
+	$(HARNESS) run a100_speed $(RUN_ARGS)
+bench-v100: setup
+	$(HARNESS) run v100_speed $(RUN_ARGS)
+bench-h100: setup
+	$(HARNESS) run h100_speed $(RUN_ARGS)
+bench-h100-smoke: setup
+	$(HARNESS) run h100_smoke $(RUN_ARGS)
+
+plan-cpu: setup
+	$(HARNESS) plan cpu_smoke
+plan-a100: setup
+	$(HARNESS) plan a100_speed
+plan-v100: setup
+	$(HARNESS) plan v100_speed
+plan-h100: setup
+	$(HARNESS) plan h100_speed
+plan-h100-smoke: setup
+	$(HARNESS) plan h100_smoke
 
 lint: setup
 	$(VENV)/bin/ruff check .

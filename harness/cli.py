@@ -1,5 +1,7 @@
 """`python -m harness ...` (also the `phi3v-bench` console script).
 
+plan MATRIX    the expanded cells of a grid (a table, or --json) and their launch commands; runs nothing
+run MATRIX     run a grid's cells (one torchrun process group each), rows to results/runs/<matrix>/<group>/
 data synth     write a synthetic twin of a task (deterministic by seed)
 data convert   convert UCF-101 videos or a Hugging Face layout to the conversation-format jsonl
 data validate  check every record of a dataset (file and line for each problem) and print its shape
@@ -8,6 +10,7 @@ data validate  check every record of a dataset (file and line for each problem) 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -104,19 +107,147 @@ def _lengths(task, records, args) -> str:
             f"min {stats.minimum}, max {stats.maximum} over {stats.count} examples ({note})")
 
 
+def _add_grid_commands(sub) -> None:
+    plan = sub.add_parser("plan", help="expand a grid and print its cells and launch commands")
+    plan.add_argument("matrix", help="a grid file (matrices/NAME.yaml) or a shipped grid's NAME")
+    plan.add_argument("--json", action="store_true", help="print the runnable cells as a JSON list of RunSpecs")
+    plan.add_argument("--profile", help="a profile of the grid (e.g. tiny)")
+    plan.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
+    plan.set_defaults(func=_plan)
+
+    run = sub.add_parser("run", help="run a grid's cells")
+    run.add_argument("matrix")
+    run.add_argument("--profile", help="a profile of the grid (e.g. tiny)")
+    run.add_argument("--results", type=Path, default=Path("results/runs"), help="results root (default results/runs)")
+    run.add_argument("--group", help="results group (default: this machine, e.g. 8xA100 or cpu)")
+    run.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
+    run.add_argument("--force", action="store_true", help="rerun cells that already have a final row")
+    run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the grid's limits)")
+    run.add_argument("--allow-hardware-mismatch", action="store_true",
+                     help="run although this machine does not match the grid's GPU type or count")
+    run.add_argument("--nnodes", type=int, default=1, help="nodes of a multi-node run (start the same command on each)")
+    run.add_argument("--node-rank", type=int, default=0)
+    run.add_argument("--master-addr", help="the first node's address (multi-node)")
+    run.add_argument("--master-port", type=int, default=29500)
+    run.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    run.add_argument("--sbatch-arg", action="append", default=[], help="extra #SBATCH directive, e.g. --partition=gpu")
+    run.add_argument("--dry-run", action="store_true", help="print commands / write sbatch scripts, run nothing")
+    run.set_defaults(func=_run)
+
+
+def _grid_path(name: str) -> Path:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return Path(__file__).resolve().parent.parent / "matrices" / f"{name}.yaml"
+
+
+def _filters(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DataError([f"--filter {item!r}: expected KEY=VALUE, e.g. --filter strategy=lora"])
+        out[key] = value
+    return out
+
+
+def _plan(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.launch import Nodes, shell, torchrun_command
+    from harness.matrix import load_grid
+    from harness.runner import matches
+
+    grid = load_grid(_grid_path(args.matrix), args.profile)
+    filters = _filters(args.filter)
+    cells = [c for c in grid.cells if not c.runnable or matches(c, filters)]
+    if args.json:
+        specs = [{**c.spec.model_dump(mode="json"), "run_id": c.spec.run_id} for c in cells if c.runnable]
+        print(json.dumps(specs, indent=2))
+        return 0
+    console = Console(highlight=False, width=200)
+    console.print(f"[bold]{grid.name}[/bold]{' (profile ' + grid.profile + ')' if grid.profile else ''}: "
+                  f"{grid.file.description.strip()}")
+    table = Table(show_lines=False)
+    for column in ("#", "run_id", "task", "strategy", "precision", "attention", "nodes", "GPUs", "batch", "crops",
+                   "reference", "status"):
+        table.add_column(column)
+    for c in cells:
+        s = c.spec
+        if s is None:
+            table.add_row(str(c.index), "-", *[str(c.fields.get(k, "")) for k in ("task", "strategy", "precision", "attention")],
+                          str(c.fields.get("nodes", "")), "", "", "", str(c.fields.get("reference", "")),
+                          f"{c.status}: {c.reason}")
+            continue
+        table.add_row(str(c.index), s.run_id, s.task, s.strategy, s.precision, s.attention, str(s.nodes),
+                      str(s.world_size), str(s.global_batch), str(s.num_crops or "task"), s.reference or "",
+                      "planned" if c.runnable else f"{c.status}: {c.reason}")
+    console.print(table)
+    console.print("[bold]launch commands[/bold] (results/runs/<matrix>/<group>/cells/<run_id>/):")
+    for c in cells:
+        if not c.runnable:
+            continue
+        cell_dir = Path("results/runs") / grid.name / "<group>" / "cells" / c.spec.run_id
+        nodes = Nodes() if c.spec.nodes == 1 else Nodes(c.spec.nodes, "$NODE_RANK", "$MASTER_ADDR", "$MASTER_PORT")
+        console.print(f"  cell {c.index}: " + shell(torchrun_command(c.spec, cell_dir / "spec.json", cell_dir, nodes,
+                                                                       python="python")), soft_wrap=True)
+    return 0
+
+
+def _run(args) -> int:
+    from rich.console import Console
+
+    from harness import hardware
+    from harness.launch import Nodes
+    from harness.matrix import load_grid
+    from harness.runner import Runner, RunOptions
+    from harness.summary import print_summary
+
+    grid = load_grid(_grid_path(args.matrix), args.profile)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    machine = hardware.detect()
+    hw = grid.file.hardware
+    problem = hardware.mismatch(machine, hw.gpu, hw.gpus_per_node) if args.launcher == "local" else None
+    if problem and not args.allow_hardware_mismatch:
+        print(f"error: {grid.path}: {problem}; pass --allow-hardware-mismatch to run anyway (rows record the "
+              "hardware actually used)", file=sys.stderr)
+        return 2
+    if args.nnodes > 1 and not args.master_addr:
+        print("error: --nnodes > 1 needs --master-addr (the first node's address)", file=sys.stderr)
+        return 2
+    options = RunOptions(results=args.results, group=args.group, force=args.force, filters=_filters(args.filter),
+                         timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
+                                                             args.master_port),
+                         launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg)
+    runner = Runner(grid, options, machine.label, console)
+    rows = runner.run()
+    if runner.main_node and not args.dry_run and args.launcher == "local":
+        print_summary(console, runner.store, grid)
+    if runner._interrupted:
+        return 130
+    return 0 if all(r["status"] in ("ok", "unsupported") for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_grid_commands(sub)
     _add_data(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.matrix import GridError
+    from harness.store import StoreError
+    from training_core.spec import SpecError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DataError as exc:
+    except (DataError, GridError, SpecError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

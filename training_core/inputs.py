@@ -3,6 +3,7 @@ deterministic micro-batches that can resume mid-epoch."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -42,8 +43,10 @@ def records(spec: RunSpec, out_dir: Path) -> tuple[Sequence[Record], Sequence[Re
     task = get_task(spec.task)
     want_eval = spec.mode == "accuracy"
     if spec.data == "synthetic":
-        directory = out_dir / "data"
-        if distributed.is_main() and find_jsonl(task, "train", directory) is None:
+        # one copy per node (nodes need not share a file system): the node's local rank 0 writes it
+        node = int(os.environ.get("GROUP_RANK", "0"))
+        directory = out_dir / ("data" if spec.nodes == 1 else f"data-node{node}")
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and find_jsonl(task, "train", directory) is None:
             synthesize(spec.task, directory, n_train=needed_train_examples(spec),
                        n_eval=spec.synthetic_eval if want_eval else 1, seed=spec.seed)
         distributed.barrier()

@@ -1,0 +1,280 @@
+"""Grid files (`matrices/*.yaml`): validate, expand and constrain into cells.
+
+```yaml
+name: a100_speed                    # the results folder name (results/runs/<name>/...)
+description: ...
+hardware: {gpu: A100, gpus_per_node: 8, nodes: 1}
+defaults: {task: docvqa, strategy: full, ...}   # RunSpec fields shared by every cell
+axes: {precision: [fp32, bf16], attention: [eager, sdpa]}   # crossed
+include:                            # extra cells (over the defaults), e.g. the documented rows one by one
+  - {strategy: lora, attention: flash_attention_2, reference: a100/lora/1n/fa}
+exclude:                            # rules: a cell matching every key is listed as excluded with the reason
+  - {match: {strategy: qlora, precision: fp32}, reason: ...}
+limits: {timeout_s: 1800, memory_gb: null}       # per cell, runner-side (not part of the spec)
+```
+
+String values may use `${VAR}` or `${VAR:-default}` (environment). Each cell becomes a `RunSpec`; the built-in
+validity rules (flash attention needs bf16; V100 has neither bf16 nor flash attention; QLoRA needs a Turing or
+newer GPU) mark cells invalid with their reason. Nothing is dropped silently: `plan` lists every cell.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from training_core.spec import RunSpec, SpecError
+
+# GPU generations by the grid's `gpu` name: (compute capability, has bf16, has flash attention)
+GPU_GENERATIONS: dict[str, tuple[tuple[int, int], bool, bool]] = {
+    "V100": ((7, 0), False, False),
+    "T4": ((7, 5), False, False),
+    "RTX8000": ((7, 5), False, False),
+    "A10G": ((8, 6), True, True),
+    "A100": ((8, 0), True, True),
+    "L40S": ((8, 9), True, True),
+    "H100": ((9, 0), True, True),
+    "H200": ((9, 0), True, True),
+}
+
+
+class GridError(ValueError):
+    """A grid problem, naming the file, the key and the fix."""
+
+
+class Hardware(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gpu: str = "cpu"
+    gpus_per_node: int = Field(default=1, ge=1)
+    nodes: int = Field(default=1, ge=1)
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    timeout_s: float = Field(default=3600, gt=0)
+    memory_gb: float | None = Field(default=None, gt=0)
+
+
+class ExcludeRule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    match: dict[str, Any]
+    reason: str
+
+
+class Profile(BaseModel):
+    """A named variant of a grid (`--profile NAME`): other hardware, defaults under the cells, overrides over them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str = ""
+    hardware: Hardware | None = None
+    defaults: dict[str, Any] = {}
+    override: dict[str, Any] = {}
+    limits: Limits | None = None
+
+
+class GridFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    hardware: Hardware = Hardware()
+    defaults: dict[str, Any] = {}
+    axes: dict[str, list[Any]] = {}
+    include: list[dict[str, Any]] = []
+    exclude: list[ExcludeRule] = []
+    limits: Limits = Limits()
+    profiles: dict[str, Profile] = {}
+
+    def with_profile(self, name: str | None, path: Path) -> GridFile:
+        if name is None:
+            return self
+        if name not in self.profiles:
+            known = ", ".join(sorted(self.profiles)) or "none"
+            raise GridError(f"{path}: profiles.{name}: no such profile (this grid has: {known})")
+        profile = self.profiles[name]
+        return self.model_copy(update={
+            "hardware": profile.hardware or self.hardware,
+            "defaults": {**self.defaults, **profile.defaults},
+            "axes": {k: v for k, v in self.axes.items() if k not in profile.override},
+            "include": [{**cell, **profile.override} for cell in self.include],
+            "limits": profile.limits or self.limits,
+            "profiles": {},
+        })
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    spec: RunSpec | None  # None when the cell's fields do not make a valid spec
+    fields: dict[str, Any]
+    limits: Limits
+    status: str = "planned"  # planned | excluded | invalid
+    reason: str | None = None
+
+    @property
+    def runnable(self) -> bool:
+        return self.status == "planned"
+
+
+@dataclass
+class Grid:
+    path: Path
+    file: GridFile
+    profile: str | None = None
+    cells: list[Cell] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def runnable(self) -> list[Cell]:
+        return [c for c in self.cells if c.runnable]
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value, where: str):
+    if isinstance(value, str):
+        def sub(match):
+            name, default = match.group(1), match.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise GridError(f"{where}: ${{{name}}} is not set; export {name}=... or write ${{{name}:-default}}")
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def load_grid(path: str | Path, profile: str | None = None) -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        candidates = sorted(p.stem for p in Path("matrices").glob("*.yaml")) if Path("matrices").is_dir() else []
+        hint = f" (shipped grids: {', '.join(candidates)})" if candidates else ""
+        raise GridError(f"{path}: no such grid file{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise GridError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise GridError(f"{path}: a grid must be a YAML mapping with at least 'name'")
+    try:
+        grid_file = GridFile.model_validate(_expand_env(raw, path.name))
+    except ValidationError as exc:
+        raise GridError(_grid_error(path, exc)) from None
+    _check_spec_keys(path, grid_file)
+    override = grid_file.profiles[profile].override if profile in grid_file.profiles else {}
+    grid_file = grid_file.with_profile(profile, path)
+    grid = Grid(path, grid_file, profile=profile)
+    grid.cells = expand(grid_file, path, override)
+    return grid
+
+
+def _grid_error(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key; a grid has {', '.join(GridFile.model_fields)}"
+        lines.append(f"{path}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def _check_spec_keys(path: Path, grid: GridFile) -> None:
+    valid = set(RunSpec.model_fields) | set(LIMIT_KEYS)
+    places = [("defaults", grid.defaults), ("axes", grid.axes)]
+    places += [(f"include[{i}]", c) for i, c in enumerate(grid.include)]
+    places += [(f"exclude[{i}].match", r.match) for i, r in enumerate(grid.exclude)]
+    for name, profile in grid.profiles.items():
+        places += [(f"profiles.{name}.defaults", profile.defaults), (f"profiles.{name}.override", profile.override)]
+    for where, mapping in places:
+        for key in mapping:
+            if key not in valid:
+                close = [v for v in sorted(valid) if v.startswith(key[:3])]
+                fix = f"did you mean {' or '.join(close)}?" if close else f"valid keys: {', '.join(sorted(valid))}"
+                raise GridError(f"{path}: {where}.{key}: not a cell setting; {fix}")
+    for key, values in grid.axes.items():
+        if not values:
+            raise GridError(f"{path}: axes.{key}: an axis needs at least one value")
+
+
+def expand(grid: GridFile, path: Path, override: dict | None = None) -> list[Cell]:
+    base = {"gpu": grid.hardware.gpu, "gpus_per_node": grid.hardware.gpus_per_node, "nodes": grid.hardware.nodes,
+            **grid.defaults}
+    combos = [dict(zip(grid.axes, values, strict=True)) for values in itertools.product(*grid.axes.values())]
+    fields_list = [{**base, **combo, **(override or {})} for combo in combos] if grid.axes else []
+    fields_list += [{**base, **extra} for extra in grid.include]
+    if not fields_list:
+        fields_list = [{**base, **(override or {})}]
+    cells, seen = [], {}
+    for index, fields in enumerate(fields_list):
+        cell = _make_cell(index, fields, grid, path)
+        if cell.spec is not None and cell.runnable:
+            if cell.spec.run_id in seen:
+                cell = Cell(index, cell.spec, fields, grid.limits, "excluded",
+                            f"duplicate of cell {seen[cell.spec.run_id]} (same spec)")
+            else:
+                seen[cell.spec.run_id] = index
+        cells.append(cell)
+    return cells
+
+
+LIMIT_KEYS = ("timeout_s", "memory_gb")
+
+
+def _make_cell(index: int, fields: dict, grid: GridFile, path: Path) -> Cell:
+    """A cell's fields are RunSpec fields plus, optionally, its own runner limits (timeout_s, memory_gb)."""
+    own = {k: fields[k] for k in LIMIT_KEYS if k in fields}
+    limits = grid.limits.model_copy(update=own) if own else grid.limits
+    fields = {k: v for k, v in fields.items() if k not in LIMIT_KEYS}
+    cell = _plain_cell(index, fields, grid, path)
+    return Cell(cell.index, cell.spec, cell.fields, limits, cell.status, cell.reason)
+
+
+def _plain_cell(index: int, fields: dict, grid: GridFile, path: Path) -> Cell:
+    for rule in grid.exclude:
+        if all(fields.get(k) == v for k, v in rule.match.items()):
+            return Cell(index, None, fields, grid.limits, "excluded", rule.reason)
+    try:
+        spec = RunSpec.parse(fields, where=f"{path.name} cell {index}")
+    except SpecError as exc:
+        return Cell(index, None, fields, grid.limits, "invalid", str(exc))
+    reason = validity_reason(spec)
+    return Cell(index, spec, fields, grid.limits, "invalid" if reason else "planned", reason)
+
+
+def validity_reason(spec: RunSpec) -> str | None:
+    """The built-in rules, each with its reason."""
+    if spec.attention == "flash_attention_2" and spec.precision != "bf16":
+        return "flash attention needs bf16 (the guide's known issue: flash attention cannot be used with fp16)"
+    generation = GPU_GENERATIONS.get(spec.gpu.upper())
+    if generation is not None:
+        capability, has_bf16, has_flash = generation
+        if spec.precision == "bf16" and not has_bf16:
+            return f"{spec.gpu} has no bf16 (needs Ampere or newer)"
+        if spec.attention == "flash_attention_2" and not has_flash:
+            return f"{spec.gpu} cannot run flash attention (needs Ampere or newer)"
+        if spec.strategy == "qlora" and capability < (7, 5):
+            return f"QLoRA's bitsandbytes 4-bit kernels need Turing or newer; {spec.gpu} is sm_{capability[0]}{capability[1]}"
+    elif spec.gpu != "cpu":
+        return None
+    if spec.gpu == "cpu" and spec.precision == "fp16":
+        return "fp16 mixed precision needs a CUDA GPU"
+    if spec.gpu == "cpu" and spec.attention == "flash_attention_2":
+        return "flash attention needs a CUDA GPU"
+    return None

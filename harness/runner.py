@@ -1,0 +1,310 @@
+"""Run a grid: one isolated process group per cell (torchrun), a per-cell timeout that kills the whole group,
+failures recorded as rows, Ctrl-C recorded as `interrupted`, resume by skipping cells with a final row, progress
+as it goes and a summary at the end."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from rich.console import Console
+
+from training_core.env import capture
+from training_core.result import Outcome, build_row
+
+from .launch import Nodes, sbatch_script, shell, torchrun_command
+from .matrix import Cell, Grid
+from .store import FINAL, RowStore
+
+ROOT = Path(__file__).resolve().parent.parent
+LOG_TAIL_LINES = 30
+OOM_SIGNS = ("out of memory", "memoryerror", "can't allocate memory", "cannot allocate memory",
+             "memory allocation", "std::bad_alloc", "killed")
+
+
+@dataclass
+class RunOptions:
+    results: Path = Path("results/runs")
+    group: str | None = None
+    force: bool = False
+    filters: dict[str, str] = field(default_factory=dict)
+    timeout_s: float | None = None
+    nodes: Nodes = field(default_factory=Nodes)
+    launcher: str = "local"
+    dry_run: bool = False
+    sbatch_args: list[str] = field(default_factory=list)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    if not path.exists():
+        return []
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, handle.tell() - 64 * 1024))
+        text = handle.read().decode("utf-8", errors="replace")
+    return text.splitlines()[-lines:]
+
+
+def matches(cell: Cell, filters: dict[str, str]) -> bool:
+    return all(str(cell.fields.get(k, getattr(cell.spec, k, None))) == v for k, v in filters.items())
+
+
+def _child_setup(memory_gb: float | None) -> Callable[[], None]:
+    def setup() -> None:
+        if memory_gb:
+            limit = int(memory_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        try:  # the cell dies with the runner (SIGKILL of the runner included)
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+        except OSError:
+            pass
+    return setup
+
+
+def _kill_group(pgid: int, grace_s: float = 10.0) -> None:
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+class Runner:
+    def __init__(self, grid: Grid, options: RunOptions, machine_label: str, console: Console | None = None):
+        self.grid, self.options = grid, options
+        self.console = console or Console(highlight=False)
+        group = options.group or machine_label + (f"-{grid.profile}" if grid.profile else "")
+        self.store = RowStore(options.results / grid.name / group)
+        self.main_node = options.nodes.node_rank == 0
+        self._interrupted = False
+        self._current_pgid: int | None = None
+
+    # ---------------------------------------------------------------- selection
+    def cells(self) -> tuple[list[Cell], list[tuple[Cell, str]]]:
+        """(cells to run, [(cell, why skipped)])."""
+        todo, skipped = [], []
+        done = {} if self.options.force else self.store.final_rows()
+        for cell in self.grid.cells:
+            if not cell.runnable:
+                skipped.append((cell, f"{cell.status}: {cell.reason}"))
+            elif not matches(cell, self.options.filters):
+                continue
+            elif cell.spec.nodes != self.options.nodes.nnodes:
+                skipped.append((cell, f"needs {cell.spec.nodes} node(s): start the runner on each node with "
+                                      f"--nnodes {cell.spec.nodes} --node-rank R --master-addr HOST"))
+            elif cell.spec.run_id in done:
+                skipped.append((cell, f"done ({done[cell.spec.run_id]['status']}); --force reruns it"))
+            else:
+                todo.append(cell)
+        return todo, skipped
+
+    # ---------------------------------------------------------------- running
+    def run(self) -> list[dict]:
+        todo, skipped = self.cells()
+        for cell, why in skipped:
+            self.console.print(f"[dim]skip cell {cell.index}: {why}[/dim]")
+        if self.main_node and not self.options.dry_run:
+            self.store.write_env(capture(self.options.nodes.nnodes))
+        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        rows, started = [], time.monotonic()
+        try:
+            for n, cell in enumerate(todo, start=1):
+                if self._interrupted:
+                    break
+                self._announce(n, len(todo), cell, started)
+                row = self._run_one(cell)
+                if row is None:
+                    continue
+                rows.append(row)
+                if self.main_node:
+                    self.store.append(row)
+                self._report(row)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return rows
+
+    def _on_interrupt(self, signum, frame) -> None:
+        self._interrupted = True
+        if self._current_pgid is not None:
+            _kill_group(self._current_pgid, grace_s=5.0)
+
+    def _announce(self, n: int, total: int, cell: Cell, started: float) -> None:
+        elapsed = time.monotonic() - started
+        eta = f", ~{_clock(elapsed / (n - 1) * (total - n + 1))} left" if n > 1 else ""
+        s = cell.spec
+        self.console.print(f"[bold][{n}/{total}][/bold] cell {cell.index} {s.run_id}: {s.strategy} {s.precision} "
+                           f"{s.attention} {s.nodes}x{s.gpus_per_node} (elapsed {_clock(elapsed)}{eta})")
+
+    def _report(self, row: dict) -> None:
+        status = row["status"]
+        colour = {"ok": "green", "unsupported": "yellow"}.get(status, "red")
+        self.console.print(f"    [{colour}]{status}[/{colour}] {headline(row)}")
+
+    def _run_one(self, cell: Cell) -> dict | None:
+        spec = cell.spec
+        cell_dir = self.store.cell_dir(spec.run_id)
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        self._kill_stale(cell_dir)
+        spec_path = cell_dir / "spec.json"
+        spec.save(spec_path)
+        if self.options.launcher == "slurm":
+            return self._slurm(cell, cell_dir, spec_path)
+        recorded = self._finished_result(cell_dir)
+        if recorded is not None:  # the cell finished but the runner died before recording it
+            return self._row_from_result(cell, recorded, cell_dir / self._log_name())
+        if self.options.dry_run:
+            self.console.print("    " + shell(torchrun_command(spec, spec_path, cell_dir, self.options.nodes)))
+            return None
+        return self._execute(cell, cell_dir, spec_path)
+
+    def _node_suffix(self) -> str:
+        """Per-node file names when several nodes share the cell directory (a shared file system)."""
+        return "" if self.options.nodes.nnodes == 1 else f".node{self.options.nodes.node_rank}"
+
+    def _log_name(self) -> str:
+        return f"log{self._node_suffix()}.txt"
+
+    def _finished_result(self, cell_dir: Path) -> dict | None:
+        path = cell_dir / "result.json"
+        if self.options.force or not path.exists():
+            return None
+        try:
+            result = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+        return result if result.get("status") in FINAL else None
+
+    def _kill_stale(self, cell_dir: Path) -> None:
+        """A previous runner was killed while this cell ran: end that cell's process group first."""
+        pid_file = cell_dir / f"pgid{self._node_suffix()}"
+        if pid_file.exists():
+            try:
+                pgid = int(pid_file.read_text())
+                if "torch.distributed.run" in " ".join(psutil.Process(pgid).cmdline()):
+                    _kill_group(pgid, grace_s=2.0)
+            except (ValueError, psutil.Error):
+                pass
+            pid_file.unlink(missing_ok=True)
+
+    def _execute(self, cell: Cell, cell_dir: Path, spec_path: Path) -> dict:
+        result_path = cell_dir / "result.json"
+        result_path.unlink(missing_ok=True)
+        log_path = cell_dir / self._log_name()
+        cmd = torchrun_command(cell.spec, spec_path, cell_dir, self.options.nodes)
+        timeout = self.options.timeout_s or cell.limits.timeout_s
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        started = time.time()
+        with log_path.open("w") as log:
+            log.write(f"$ {shell(cmd)}\n")
+            log.flush()
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=_child_setup(cell.limits.memory_gb))
+            self._current_pgid = proc.pid
+            (cell_dir / f"pgid{self._node_suffix()}").write_text(str(proc.pid))
+            status = None
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid)
+                proc.wait()
+                status = ("timeout", f"killed after the cell's timeout of {timeout:g} s")
+            finally:
+                self._current_pgid = None
+                (cell_dir / f"pgid{self._node_suffix()}").unlink(missing_ok=True)
+        if self._interrupted and status is None:
+            status = ("interrupted", "the runner was interrupted (Ctrl-C) while this cell ran")
+        if status is None and result_path.exists():
+            return self._row_from_result(cell, json.loads(result_path.read_text()), log_path)
+        if status is None:
+            status = self._classify_exit(proc.returncode, log_path, cell)
+        return self._failure_row(cell, status, log_path, started)
+
+    def _classify_exit(self, code: int, log_path: Path, cell: Cell) -> tuple[str, str]:
+        tail = "\n".join(log_tail(log_path, 60)).lower()
+        signal_note = f" (signal {-code})" if code < 0 else ""
+        if code in (-9, 137) or any(sign in tail for sign in OOM_SIGNS):
+            limit = f" under the cell's {cell.limits.memory_gb:g} GB limit" if cell.limits.memory_gb else ""
+            return "oom", f"out of memory{limit}: exited with code {code}{signal_note} without a result"
+        return "error", f"exited with code {code}{signal_note} without writing a result (see the log tail)"
+
+    def _failure_row(self, cell: Cell, status: tuple[str, str], log_path: Path, started: float) -> dict:
+        outcome = Outcome(status=status[0], reason=status[1])
+        row = build_row(run_id=cell.spec.run_id, spec=cell.spec.model_dump(mode="json"), outcome=outcome,
+                        env=capture(cell.spec.world_size), process_start=started)
+        return self._finish_row(cell, row, log_path)
+
+    def _row_from_result(self, cell: Cell, result: dict, log_path: Path) -> dict:
+        return self._finish_row(cell, result, log_path)
+
+    def _finish_row(self, cell: Cell, row: dict, log_path: Path) -> dict:
+        row = {**row, "matrix": self.grid.name, "cell": cell.index, "log": str(log_path)}
+        row["profile"] = self.grid.profile
+        if row["status"] != "ok":
+            row["log_tail"] = log_tail(log_path)
+        return row
+
+    # ---------------------------------------------------------------- slurm
+    def _slurm(self, cell: Cell, cell_dir: Path, spec_path: Path) -> dict | None:
+        recorded = self._finished_result(cell_dir)
+        if recorded is not None:
+            return self._row_from_result(cell, recorded, cell_dir / "slurm.log")
+        script = sbatch_script(cell.spec, spec_path, cell_dir, job_name=f"phi3v-{self.grid.name}-{cell.spec.run_id}",
+                               timeout_s=self.options.timeout_s or cell.limits.timeout_s, workdir=ROOT,
+                               extra=self.options.sbatch_args)
+        path = cell_dir / "job.sbatch"
+        path.write_text(script)
+        job_file = cell_dir / "slurm_job_id"
+        if self.options.dry_run:
+            self.console.print(f"    wrote {path} (dry run: not submitted)")
+        elif job_file.exists() and not self.options.force:
+            self.console.print(f"    submitted earlier as job {job_file.read_text().strip()}; its row is recorded "
+                               "by running this command again once it has finished")
+        else:
+            out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
+            if out.returncode:
+                raise RuntimeError(f"sbatch failed for {path}: {out.stderr.strip()}")
+            job_file.write_text(out.stdout.strip() + "\n")
+            self.console.print(f"    submitted {path} as job {out.stdout.strip()}")
+        return None
+
+
+def headline(row: dict) -> str:
+    m = row.get("metrics") or {}
+    if row["status"] != "ok":
+        return row.get("reason") or ""
+    parts = []
+    if "images_per_s" in m:
+        parts.append(f"{m['images_per_s']:.2f} images/s")
+    for key in ("anls", "accuracy"):
+        if key in m:
+            before = m.get(f"{key}_before")
+            parts.append(f"{key} {before:.3f} -> {m[key]:.3f}" if before is not None else f"{key} {m[key]:.3f}")
+    if "peak_mem_allocated_bytes" in m:
+        parts.append(f"peak {m['peak_mem_allocated_bytes'] / 2**30:.1f} GiB")
+    elif "peak_rss_bytes" in m:
+        parts.append(f"peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GiB")
+    return ", ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{sec:02d}" if hours else f"{minutes}:{sec:02d}"
+
+

@@ -1,0 +1,90 @@
+"""The results store: `results/runs/<matrix>/<group>/` with `rows.jsonl` (append-only, one complete JSON line per
+cell, flushed and fsynced), `env.json` and `cells/<run_id>/` (spec, result, log).
+
+A torn last line (a crash in the middle of a write) is detected, moved aside to `rows.jsonl.torn-<time>` with a
+warning, and never merged; nothing that was recorded is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROWS = "rows.jsonl"
+FINAL = {"ok", "oom", "error", "timeout", "unsupported"}  # "interrupted" is not final: a rerun repeats the cell
+
+
+class StoreError(ValueError):
+    pass
+
+
+class RowStore:
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.path = self.directory / ROWS
+
+    def cell_dir(self, run_id: str) -> Path:
+        return self.directory / "cells" / run_id
+
+    # ---------------------------------------------------------------- reading
+    def rows(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        torn = lines[-1] != b""  # the file must end with a newline; anything after the last one is torn
+        complete = lines[:-1]
+        rows = []
+        for number, line in enumerate(complete, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise StoreError(
+                    f"{self.path}:{number}: not a JSON row ({exc.msg}); the store was edited by hand or the disk is "
+                    f"damaged: move the file aside and re-run to re-create rows from cells/*/result.json"
+                ) from None
+        if torn:
+            print(f"warning: {self.path}: ignoring a torn last line ({len(lines[-1])} bytes) from an interrupted "
+                  "write", file=sys.stderr)
+        return rows
+
+    def final_rows(self) -> dict[str, dict]:
+        """The newest final row per run_id."""
+        out = {}
+        for row in self.rows():
+            if row.get("status") in FINAL and row.get("run_id"):
+                out[row["run_id"]] = row
+        return out
+
+    # ---------------------------------------------------------------- writing
+    def repair(self) -> None:
+        """Move a torn last line aside so that the next append starts on a fresh line."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            cut = data.rfind(b"\n") + 1
+            aside = self.path.with_name(f"{ROWS}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+            aside.write_bytes(data[cut:])
+            with self.path.open("r+b") as handle:
+                handle.truncate(cut)
+            print(f"warning: {self.path}: a torn last line was moved to {aside.name}", file=sys.stderr)
+
+    def append(self, row: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.repair()
+        line = json.dumps(row, sort_keys=True, default=str) + "\n"
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def write_env(self, env: dict) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / ".env.json.tmp"
+        tmp.write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
+        tmp.replace(self.directory / "env.json")

@@ -1,0 +1,35 @@
+"""The end-of-run summary table (the full reports arrive with the report command)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .matrix import Grid
+from .store import RowStore
+
+
+def print_summary(console: Console, store: RowStore, grid: Grid) -> None:
+    latest = {}
+    for row in store.rows():
+        latest[row.get("run_id")] = row
+    table = Table(title=f"{grid.name}: {store.directory}")
+    for column in ("cell", "strategy", "precision", "attention", "nodes x GPUs", "status", "images/s", "step p50 s",
+                   "peak mem GiB", "loss first -> last", "reason"):
+        table.add_column(column)
+    for cell in grid.cells:
+        if cell.spec is None or cell.spec.run_id not in latest:
+            continue
+        row = latest[cell.spec.run_id]
+        m, s = row.get("metrics") or {}, cell.spec
+        peak = m.get("peak_mem_allocated_bytes", m.get("peak_rss_bytes"))
+        loss = (f"{m['loss_first']:.3f} -> {m['loss_last']:.3f}"
+                if m.get("loss_first") is not None and m.get("loss_last") is not None else "")
+        table.add_row(str(cell.index), s.strategy, s.precision, s.attention, f"{s.nodes}x{s.gpus_per_node}",
+                      row["status"], _num(m.get("images_per_s")), _num(m.get("step_time_s_p50"), 3),
+                      _num(peak / 2**30 if peak else None), loss, (row.get("reason") or "")[:60])
+    console.print(table)
+
+
+def _num(value, digits: int = 2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"

@@ -1,0 +1,151 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.matrix import GridError, load_grid
+
+MATRICES = Path(__file__).resolve().parents[2] / "matrices"
+GRIDS = sorted(MATRICES.glob("*.yaml"))
+
+# The guide's tables: (method, flash attention, nodes, GPUs, effective batch)
+A100_ROWS = [
+    ("full", False, 1, 8, 64), ("full", True, 1, 8, 64), ("full", True, 2, 16, 64), ("full", True, 4, 32, 64),
+    ("frozen_vision", False, 1, 8, 64), ("frozen_vision", True, 1, 8, 64),
+    ("lora", False, 1, 8, 64), ("lora", True, 1, 8, 64), ("qlora", False, 1, 8, 64), ("qlora", True, 1, 8, 64),
+]
+V100_ROWS = [("full", False, 1, 8, 64), ("full", False, 2, 16, 64), ("full", False, 4, 32, 64),
+             ("frozen_vision", False, 1, 8, 64), ("lora", False, 1, 8, 64)]
+
+
+def _rows(grid):
+    return [(c.spec.strategy, c.spec.attention == "flash_attention_2", c.spec.nodes, c.spec.world_size,
+             c.spec.global_batch) for c in grid.runnable]
+
+
+def test_a100_grid_is_exactly_the_documented_table():
+    grid = load_grid(MATRICES / "a100_speed.yaml")
+    assert _rows(grid) == A100_ROWS and len(grid.cells) == 10
+    assert {c.spec.task for c in grid.runnable} == {"docvqa"}
+    assert {(c.spec.num_crops, c.spec.precision, c.spec.gpu) for c in grid.runnable} == {(16, "bf16", "A100")}
+    assert len({c.spec.reference for c in grid.runnable}) == 10
+
+
+def test_v100_grid_is_exactly_the_documented_table():
+    grid = load_grid(MATRICES / "v100_speed.yaml")
+    assert _rows(grid) == V100_ROWS
+    assert {(c.spec.precision, c.spec.attention, c.spec.num_crops) for c in grid.runnable} == {("fp16", "eager", 16)}
+
+
+def test_h100_grid_mirrors_a100_without_references():
+    a100, h100 = load_grid(MATRICES / "a100_speed.yaml"), load_grid(MATRICES / "h100_speed.yaml")
+    assert _rows(h100) == _rows(a100)
+    assert all(c.spec.gpu == "H100" and c.spec.reference is None for c in h100.runnable)
+
+
+def test_accuracy_grids_hold_the_documented_hyper_parameters():
+    docvqa = {c.spec.reference: c.spec for c in load_grid(MATRICES / "docvqa_accuracy.yaml").runnable}
+    assert len(docvqa) == 8
+    assert (docvqa["docvqa/full/bf16"].lr, docvqa["docvqa/full/bf16"].epochs) == (5e-6, 2)
+    assert docvqa["docvqa/lora/fp16"].lora_rank == 32 and docvqa["docvqa/lora/fp16"].alpha == 16
+    assert docvqa["docvqa/full/bf16"].attention == "flash_attention_2" and docvqa["docvqa/full/fp16"].attention == "eager"
+    memes = {c.spec.reference: c.spec for c in load_grid(MATRICES / "hateful_memes_accuracy.yaml").runnable}
+    assert len(memes) == 8 and memes["hateful_memes/frozen_vision/bf16"].epochs == 3
+    assert memes["hateful_memes/qlora/bf16"].lora_rank == 128 and memes["hateful_memes/qlora/bf16"].alpha == 256
+    nlvr2 = {c.spec.reference: c.spec for c in load_grid(MATRICES / "nlvr2_accuracy.yaml").runnable}
+    assert (nlvr2["nlvr2/full/bf16"].lr, nlvr2["nlvr2/full/bf16"].epochs) == (1e-5, 3)
+    assert (nlvr2["nlvr2/frozen_vision/bf16"].lr, nlvr2["nlvr2/frozen_vision/bf16"].epochs) == (2e-5, 2)
+
+
+def test_cpu_smoke_covers_every_strategy_precision_and_attention():
+    grid = load_grid(MATRICES / "cpu_smoke.yaml")
+    combos = {(c.spec.strategy, c.spec.precision, c.spec.attention) for c in grid.runnable}
+    assert len(combos) == 16 and all(c.spec.model == "tiny" and c.spec.mode == "throughput" for c in grid.runnable)
+
+
+@pytest.mark.parametrize("grid_path", GRIDS, ids=[p.stem for p in GRIDS])
+def test_every_shipped_grid_plans(grid_path, capsys):
+    assert main(["plan", str(grid_path)]) == 0
+    assert "launch commands" in capsys.readouterr().out
+    assert main(["plan", grid_path.stem, "--json"]) == 0
+    specs = json.loads(capsys.readouterr().out)
+    assert specs and all("run_id" in s for s in specs)
+    assert not [c for c in load_grid(grid_path).cells if not c.runnable]
+
+
+def _grid(tmp_path, text: str) -> Path:
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: g\naxes: {strategy: [full\n", "g.yaml:3:1: invalid YAML"),
+        ("name: g\ncolumns: 3\n", "g.yaml: columns: unknown key; a grid has name, description"),
+        ("name: g\ndefaults: {stratgy: lora}\n", "g.yaml: defaults.stratgy: not a cell setting; did you mean strategy?"),
+        ("name: g\naxes: {precision: []}\n", "g.yaml: axes.precision: an axis needs at least one value"),
+        ("name: g\nhardware: {gpus_per_node: 0}\n", "g.yaml: hardware.gpus_per_node: Input should be greater than or equal to 1"),
+        ("name: g\ndefaults: {model: '${NO_SUCH_VAR}'}\n", "${NO_SUCH_VAR} is not set"),
+        ("- a\n- b\n", "a grid must be a YAML mapping"),
+        ("name: 'bad name'\n", "g.yaml: name: String should match pattern"),
+    ],
+)
+def test_invalid_grids_name_the_file_the_key_and_the_fix(tmp_path, text, message):
+    with pytest.raises(GridError) as info:
+        load_grid(_grid(tmp_path, text))
+    assert message in str(info.value)
+
+
+def test_invalid_and_excluded_cells_are_listed_with_reasons(tmp_path, capsys):
+    path = _grid(tmp_path, """
+name: rules
+hardware: {gpu: V100, gpus_per_node: 8}
+defaults: {model: tiny, global_batch: 8}
+axes:
+  strategy: [full, qlora]
+  precision: [fp16, bf16]
+include:
+  - {strategy: lora, precision: fp16, attention: flash_attention_2}
+  - {strategy: lora, precision: fp16, global_batch: 12}
+exclude:
+  - {match: {strategy: full, precision: fp16}, reason: covered by the v100 grid}
+""")
+    grid = load_grid(path)
+    by = {(c.fields["strategy"], c.fields["precision"], c.fields.get("attention", "sdpa")): c for c in grid.cells}
+    assert by[("full", "fp16", "sdpa")].status == "excluded"
+    assert by[("full", "fp16", "sdpa")].reason == "covered by the v100 grid"
+    assert "V100 has no bf16" in by[("full", "bf16", "sdpa")].reason
+    assert "QLoRA's bitsandbytes 4-bit kernels need Turing" in by[("qlora", "fp16", "sdpa")].reason
+    assert "flash attention needs bf16" in by[("lora", "fp16", "flash_attention_2")].reason
+    bad_batch = [c for c in grid.cells if c.fields.get("global_batch") == 12][0]
+    assert bad_batch.status == "invalid" and "global_batch: 12 is not a multiple" in bad_batch.reason
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "covered by the v100 grid" in out and "excluded" in out and "invalid" in out
+
+
+def test_profiles_and_per_cell_limits(tmp_path):
+    path = _grid(tmp_path, """
+name: prof
+hardware: {gpu: A100, gpus_per_node: 4}
+defaults: {model: phi-3.5-vision, global_batch: 64, lr: 1.0e-5}
+limits: {timeout_s: 100}
+include:
+  - {strategy: full, timeout_s: 5, memory_gb: 2}
+  - {strategy: lora}
+profiles:
+  tiny:
+    hardware: {gpu: cpu, gpus_per_node: 1}
+    override: {model: tiny, global_batch: 2, lr: 1.0e-3}
+""")
+    plain, tiny = load_grid(path), load_grid(path, profile="tiny")
+    assert [c.spec.model for c in plain.runnable] == ["phi-3.5-vision"] * 2
+    assert [(c.spec.model, c.spec.gpu, c.spec.lr, c.spec.global_batch) for c in tiny.runnable] == \
+        [("tiny", "cpu", 1e-3, 2)] * 2
+    assert (plain.cells[0].limits.timeout_s, plain.cells[0].limits.memory_gb) == (5, 2)
+    assert plain.cells[1].limits.timeout_s == 100
+    with pytest.raises(GridError, match="profiles.huge: no such profile"):
+        load_grid(path, profile="huge")

@@ -1,0 +1,193 @@
+"""The runner end to end on the tiny preset (subprocesses, as a user runs it)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.store import RowStore
+
+ROOT = Path(__file__).resolve().parents[2]
+CELL = "model: tiny, task: docvqa, strategy: lora, precision: fp32, lora_rank: 4, global_batch: 2, " \
+       "warmup_steps: 1, measured_steps: 2, num_crops: 4"
+
+
+def grid(tmp_path: Path, body: str, name: str = "g") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nhardware: {{gpu: cpu, gpus_per_node: 1}}\ndefaults: {{{CELL}}}\n{body}")
+    return path
+
+
+def harness(*args, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=kwargs.pop("timeout", 600), **kwargs)
+
+
+def harness_bg(*args) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def rows(results: Path, matrix: str = "g", group: str = "cpu") -> list[dict]:
+    return RowStore(results / matrix / group).rows()
+
+
+def wait_for(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    raise AssertionError("condition not reached in time")
+
+
+def test_a_small_grid_writes_one_row_per_cell_with_the_environment(tmp_path):
+    path = grid(tmp_path, "axes: {attention: [eager, sdpa]}\n")
+    out = harness("run", str(path), "--results", str(tmp_path / "r"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    recorded = rows(tmp_path / "r")
+    assert len(recorded) == 2 and {r["status"] for r in recorded} == {"ok"}
+    assert {r["spec"]["attention"] for r in recorded} == {"eager", "sdpa"}
+    for row in recorded:
+        assert row["matrix"] == "g" and row["env"]["torch"] and row["env"]["world_size"] == 1
+        assert Path(row["log"]).exists() and row["metrics"]["measured_steps"] == 2
+    env = json.loads((tmp_path / "r" / "g" / "cpu" / "env.json").read_text())
+    assert env["python"] and "transformers" in env
+    assert "[2/2]" in out.stdout and "images/s" in out.stdout
+    # a second run skips the finished cells
+    again = harness("run", str(path), "--results", str(tmp_path / "r"))
+    assert again.returncode == 0 and again.stdout.count("done (ok)") == 2 and len(rows(tmp_path / "r")) == 2
+
+
+def test_sigkill_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    path = grid(tmp_path, "axes: {attention: [eager, sdpa], precision: [fp32, bf16]}\n")
+    results = tmp_path / "r"
+    runner = harness_bg("run", str(path), "--results", str(results))
+    store = RowStore(results / "g" / "cpu")
+    try:
+        wait_for(lambda: store.path.exists() and len(store.rows()) >= 1)
+        wait_for(lambda: any(p.name == "pgid" for p in (results / "g" / "cpu" / "cells").rglob("pgid")))
+    finally:
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+    first = rows(results)
+    assert 1 <= len(first) < 4
+    out = harness("run", str(path), "--results", str(results))
+    assert out.returncode == 0, out.stdout[-3000:]
+    final = rows(results)
+    ids = [r["run_id"] for r in final]
+    assert len(final) == 4 and len(set(ids)) == 4
+    assert [r["run_id"] for r in final[: len(first)]] == [r["run_id"] for r in first]  # earlier rows untouched
+
+
+def test_crash_timeout_and_oom_cells_become_rows_and_the_grid_goes_on(tmp_path):
+    path = grid(tmp_path, """include:
+  - {data: /nonexistent/dataset}
+  - {timeout_s: 3}
+  - {memory_gb: 0.5, seed: 1}
+  - {seed: 2}
+""")
+    out = harness("run", str(path), "--results", str(tmp_path / "r"))
+    assert out.returncode == 1
+    by_cell = {r["cell"]: r for r in rows(tmp_path / "r")}
+    assert [by_cell[i]["status"] for i in range(4)] == ["error", "timeout", "oom", "ok"]
+    assert "DataError" in by_cell[0]["reason"] and "/nonexistent/dataset" in by_cell[0]["reason"]
+    assert "timeout of 3 s" in by_cell[1]["reason"]
+    assert "out of memory under the cell's 0.5 GB limit" in by_cell[2]["reason"]
+    for i in range(3):
+        assert by_cell[i]["log_tail"] and Path(by_cell[i]["log"]).exists()
+    assert "log_tail" not in by_cell[3]
+
+
+def test_ctrl_c_records_the_running_cell_as_interrupted(tmp_path):
+    path = grid(tmp_path, "include:\n  - {measured_steps: 2000}\n")
+    results = tmp_path / "r"
+    runner = harness_bg("run", str(path), "--results", str(results))
+    try:
+        wait_for(lambda: any((results / "g" / "cpu" / "cells").rglob("pgid")) if (results / "g").exists() else False)
+        time.sleep(6)
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(timeout=60) == 130
+    finally:
+        runner.kill()
+    (row,) = rows(results)
+    assert row["status"] == "interrupted" and "interrupted" in row["reason"]
+    # not final: a rerun would repeat it
+    assert RowStore(results / "g" / "cpu").final_rows() == {}
+
+
+def test_two_nodes_on_one_machine(tmp_path):
+    path = grid(tmp_path, "include:\n  - {nodes: 2, gpus_per_node: 2, global_batch: 4}\n")
+    results = tmp_path / "r"
+    port = "29731"
+    common = ("run", str(path), "--results", str(results), "--nnodes", "2", "--master-addr", "127.0.0.1",
+              "--master-port", port)
+    node1 = harness_bg(*common, "--node-rank", "1")
+    try:
+        node0 = harness("run", *common[1:], "--node-rank", "0", timeout=300)
+        node1_out = node1.communicate(timeout=300)[0]
+    finally:
+        node1.kill()
+    assert node0.returncode == 0 and node1.returncode == 0, node0.stdout[-2000:] + node1_out[-2000:]
+    (row,) = rows(results)  # only node 0 records
+    assert row["status"] == "ok" and row["env"]["world_size"] == 4
+    assert row["spec"]["nodes"] == 2 and row["metrics"]["images_per_s"] > 0
+    cell_dir = Path(row["log"]).parent
+    assert (cell_dir / "log.node0.txt").exists() and (cell_dir / "log.node1.txt").exists()
+
+
+def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
+    path = grid(tmp_path, "include:\n  - {nodes: 2, gpus_per_node: 8, global_batch: 64, gpu: A100}\n")
+    out = harness("run", str(path), "--results", str(tmp_path / "r"), "--launcher", "slurm", "--dry-run",
+                  "--nnodes", "2", "--master-addr", "x", "--sbatch-arg=--partition=gpu")
+    assert out.returncode == 0, out.stdout + out.stderr
+    (script,) = list((tmp_path / "r").rglob("job.sbatch"))
+    text = script.read_text()
+    cell_dir = script.parent
+    assert text.startswith("#!/bin/bash\n")
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --time=01:00:00", "#SBATCH --partition=gpu", f"#SBATCH --output={cell_dir}/slurm-%j.log",
+                 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'):
+        assert line in text.splitlines(), line
+    srun = [line for line in text.splitlines() if line.startswith("srun ")][0]
+    assert "-m torch.distributed.run --nnodes=$SLURM_NNODES --nproc_per_node=8" in srun
+    assert '--rdzv_backend=c10d --rdzv_endpoint="$head_node:29500"' in srun
+    assert f"-m training_core.run --spec {cell_dir}/spec.json --out {cell_dir}" in srun
+    assert json.loads((cell_dir / "spec.json").read_text())["nodes"] == 2
+    assert not (cell_dir / "slurm_job_id").exists() and rows(tmp_path / "r") == []
+
+
+def test_hardware_mismatch_is_refused_unless_allowed(tmp_path):
+    path = grid(tmp_path, "hardware_note: x\n".replace("hardware_note: x\n", "") + "include:\n  - {gpu: A100}\n")
+    text = path.read_text().replace("hardware: {gpu: cpu, gpus_per_node: 1}", "hardware: {gpu: A100, gpus_per_node: 1}")
+    path.write_text(text)
+    refused = harness("run", str(path), "--results", str(tmp_path / "r"))
+    assert refused.returncode == 2 and "no NVIDIA GPU" in refused.stderr and "--allow-hardware-mismatch" in refused.stderr
+    allowed = harness("run", str(path), "--results", str(tmp_path / "r"), "--allow-hardware-mismatch")
+    assert allowed.returncode == 0
+    (row,) = rows(tmp_path / "r")
+    assert row["status"] == "unsupported" and "no CUDA device" in row["reason"] and row["env"]["gpu_count"] == 0
+
+
+def test_torn_last_line_is_ignored_with_a_warning_and_set_aside(tmp_path, capsys):
+    store = RowStore(tmp_path)
+    store.append({"run_id": "a", "status": "ok"})
+    store.append({"run_id": "b", "status": "error"})
+    with store.path.open("a") as handle:
+        handle.write('{"run_id": "c", "sta')
+    assert [r["run_id"] for r in store.rows()] == ["a", "b"]
+    assert "ignoring a torn last line" in capsys.readouterr().err
+    store.append({"run_id": "c", "status": "ok"})
+    assert [r["run_id"] for r in store.rows()] == ["a", "b", "c"]
+    (aside,) = tmp_path.glob("rows.jsonl.torn-*")
+    assert aside.read_text() == '{"run_id": "c", "sta'
+    store.path.write_text(store.path.read_text().replace('"b"', '"b'))
+    with pytest.raises(ValueError, match=r"rows.jsonl:2: not a JSON row"):
+        store.rows()
