@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-cpu
 PYTEST_ARGS ?=
 
 .PHONY: help setup setup-gpu test lint bench-micro clean bench-cpu bench-a100 bench-v100 bench-h100 bench-h100-smoke \
-	plan-cpu plan-a100 plan-v100 plan-h100 plan-h100-smoke
+	plan-cpu plan-a100 plan-v100 plan-h100 plan-h100-smoke report
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint       ruff over the project"
 	@echo "make bench-micro  data-pipeline micro-benchmarks (pytest-benchmark, one core)"
 	@echo "make bench-cpu  the CPU smoke grid (tiny preset, every strategy): the main job on any machine"
+	@echo "make report     markdown reports of everything under results/runs (into reports/)"
 	@echo "make bench-a100 | bench-v100 | bench-h100 | bench-h100-smoke   the GPU speed grids (plan-* to preview)"
 	@echo "                RUN_ARGS='--filter strategy=lora' etc. are passed to 'python -m harness run'"
 
@@ -41,7 +42,7 @@ RUN_ARGS ?=
 HARNESS := $(PY) -m harness
 
 bench-cpu: setup
-	$(HARNESS) run cpu_smoke $(RUN_ARGS)
+	$(HARNESS) run cpu_smoke $(RUN_ARGS); status=$$?; $(HARNESS) report results/runs/cpu_smoke && exit $$status
 bench-a100: setup
 	$(HARNESS) run a100_speed $(RUN_ARGS)
 bench-v100: setup
@@ -50,6 +51,9 @@ bench-h100: setup
 	$(HARNESS) run h100_speed $(RUN_ARGS)
 bench-h100-smoke: setup
 	$(HARNESS) run h100_smoke $(RUN_ARGS)
+
+report: setup
+	$(HARNESS) report results/runs
 
 plan-cpu: setup
 	$(HARNESS) plan cpu_smoke

@@ -1,5 +1,6 @@
 """`python -m harness ...` (also the `phi3v-bench` console script).
 
+report DIR     markdown reports of stored rows beside the guide's documented numbers
 plan MATRIX    the expanded cells of a grid (a table, or --json) and their launch commands; runs nothing
 run MATRIX     run a grid's cells (one torchrun process group each), rows to results/runs/<matrix>/<group>/
 data synth     write a synthetic twin of a task (deterministic by seed)
@@ -133,6 +134,24 @@ def _add_grid_commands(sub) -> None:
     run.add_argument("--sbatch-arg", action="append", default=[], help="extra #SBATCH directive, e.g. --partition=gpu")
     run.add_argument("--dry-run", action="store_true", help="print commands / write sbatch scripts, run nothing")
     run.set_defaults(func=_run)
+
+    report = sub.add_parser("report", help="render markdown reports (measured beside documented) from stored rows")
+    report.add_argument("results_dir", type=Path, help="a results group, matrix or root directory")
+    report.add_argument("--out", type=Path, help="the markdown file (one group only; default reports/<matrix>/<group>.md)")
+    report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    report.set_defaults(func=_report)
+
+
+def _report(args) -> int:
+    from harness.report import default_out, group_dirs, render
+
+    groups = group_dirs(args.results_dir)
+    if args.out and len(groups) > 1:
+        raise DataError([f"--out names one file but {args.results_dir} holds {len(groups)} groups; drop --out"])
+    for group in groups:
+        out = render(group, args.out or default_out(group), plots=not args.no_plots)
+        print(f"wrote {out}")
+    return 0
 
 
 def _grid_path(name: str) -> Path:

@@ -68,6 +68,14 @@ class ExcludeRule(BaseModel):
     reason: str
 
 
+class ReferenceRule(BaseModel):
+    """Cells matching every key (and without their own `reference`) point at documented row `key`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    match: dict[str, Any]
+    key: str
+
+
 class Profile(BaseModel):
     """A named variant of a grid (`--profile NAME`): other hardware, defaults under the cells, overrides over them."""
 
@@ -88,6 +96,7 @@ class GridFile(BaseModel):
     axes: dict[str, list[Any]] = {}
     include: list[dict[str, Any]] = []
     exclude: list[ExcludeRule] = []
+    references: list[ReferenceRule] = []
     limits: Limits = Limits()
     profiles: dict[str, Profile] = {}
 
@@ -200,6 +209,7 @@ def _check_spec_keys(path: Path, grid: GridFile) -> None:
     places = [("defaults", grid.defaults), ("axes", grid.axes)]
     places += [(f"include[{i}]", c) for i, c in enumerate(grid.include)]
     places += [(f"exclude[{i}].match", r.match) for i, r in enumerate(grid.exclude)]
+    places += [(f"references[{i}].match", r.match) for i, r in enumerate(grid.references)]
     for name, profile in grid.profiles.items():
         places += [(f"profiles.{name}.defaults", profile.defaults), (f"profiles.{name}.override", profile.override)]
     for where, mapping in places:
@@ -242,6 +252,11 @@ def _make_cell(index: int, fields: dict, grid: GridFile, path: Path) -> Cell:
     own = {k: fields[k] for k in LIMIT_KEYS if k in fields}
     limits = grid.limits.model_copy(update=own) if own else grid.limits
     fields = {k: v for k, v in fields.items() if k not in LIMIT_KEYS}
+    if "reference" not in fields:
+        for rule in grid.references:
+            if all(fields.get(k) == v for k, v in rule.match.items()):
+                fields = {**fields, "reference": rule.key}
+                break
     cell = _plain_cell(index, fields, grid, path)
     return Cell(cell.index, cell.spec, cell.fields, limits, cell.status, cell.reason)
 

@@ -1,0 +1,182 @@
+"""`python -m harness report RESULTS_DIR [--out FILE]`: markdown (jinja2) beside the documented numbers.
+
+A report is a pure function of the stored rows: the same rows give byte-identical markdown (no clock, stable
+order). Speed cells get the guide's table layout with measured beside documented (images/s, speedup against the
+table's baseline row, peak memory, implied MFU, difference and status); accuracy cells get before/after beside the
+documented value; failed, OOM, timed-out and unsupported cells are listed with their reasons; the environment and
+the grid come last; plots (PNG) are written beside the markdown and linked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from .compare_ref import Comparison, compare, diff_percent, documented_mfu, measured_gpu, model_family, status
+from .reference import RefRow, load_references
+from .store import RowStore
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "reports" / "templates"
+REPORTS = Path(__file__).resolve().parent.parent / "reports"
+GIB = 2**30
+
+
+def latest_rows(store: RowStore) -> list[dict]:
+    latest = {}
+    for row in store.rows():
+        latest[row.get("run_id")] = row
+    return sorted(latest.values(), key=lambda r: (r.get("cell", 0), str(r.get("run_id"))))
+
+
+def peak_memory_gb(metrics: dict) -> float | None:
+    for key in ("peak_mem_device_bytes", "peak_mem_reserved_bytes", "peak_mem_allocated_bytes", "peak_rss_bytes"):
+        if key in metrics:
+            return metrics[key] / GIB
+    return None
+
+
+@dataclass
+class SpeedLine:
+    comparison: Comparison
+    speedup: float | None
+    doc_mfu: float | None
+
+    @property
+    def row(self) -> dict:
+        return self.comparison.row
+
+    @property
+    def ref(self) -> RefRow | None:
+        return self.comparison.ref
+
+
+def _baseline(rows: list[dict]) -> dict | None:
+    ok = [r for r in rows if r["status"] == "ok" and "images_per_s" in r["metrics"]]
+    return ok[0] if ok else None
+
+
+def speed_lines(rows: list[dict], refs: dict[str, RefRow]) -> tuple[list[SpeedLine], dict | None]:
+    baseline = _baseline(rows)
+    lines = []
+    for row in rows:
+        ref = refs.get(row["spec"].get("reference") or "")
+        images = row["metrics"].get("images_per_s")
+        speedup = images / baseline["metrics"]["images_per_s"] if images is not None and baseline else None
+        lines.append(SpeedLine(compare(row, ref, speed=True), speedup, documented_mfu(ref) if ref else None))
+    return lines, baseline
+
+
+def _fmt(value, digits: int = 2, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _signed(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:+.{digits}f}%"
+
+
+def speed_table(lines: list[SpeedLine]) -> list[list[str]]:
+    out = []
+    for line in lines:
+        row, ref, c = line.row, line.ref, line.comparison
+        s, m = row["spec"], row["metrics"]
+        doc = ref.values if ref else {}
+        images, mem = m.get("images_per_s"), peak_memory_gb(m)
+        verdict = (status(images, doc["images_per_s"].value, True) if c.comparable and "images_per_s" in doc
+                   else ("not comparable" if row["status"] == "ok" else row["status"]))
+        mfu = "n/a (4-bit)" if s["strategy"] == "qlora" else _fmt(m.get("mfu") and m["mfu"] * 100, 1, "%") \
+            if "mfu" in m else "n/a (no peak FLOPs)"
+        out.append([
+            str(row.get("cell", "")), s["strategy"], str(s["nodes"]), str(s["nodes"] * s["gpus_per_node"]),
+            "yes" if s["attention"] == "flash_attention_2" else s["attention"], s["precision"],
+            str(s["global_batch"]), _fmt(images, 3), doc["images_per_s"].text(3) if "images_per_s" in doc else "-",
+            _signed(diff_percent(images, doc["images_per_s"].value)) if c.comparable and "images_per_s" in doc else "-",
+            _fmt(line.speedup, 2, "x"), doc["speedup"].text(2) + "x" if "speedup" in doc else "-",
+            _fmt(mem, 2), doc["peak_memory_gb"].text() if "peak_memory_gb" in doc else "-",
+            mfu, _fmt(line.doc_mfu and line.doc_mfu * 100, 1, "%") if line.doc_mfu is not None else "-", verdict,
+        ])
+    return out
+
+
+def accuracy_table(rows: list[dict], refs: dict[str, RefRow]) -> tuple[list[list[str]], list[Comparison]]:
+    out, comparisons = [], []
+    for row in rows:
+        ref = refs.get(row["spec"].get("reference") or "")
+        c = compare(row, ref, speed=False)
+        comparisons.append(c)
+        s, m = row["spec"], row["metrics"]
+        metric = "anls" if "anls" in m or (ref and "anls" in ref.values) else "accuracy"
+        after, before = m.get(metric), m.get(f"{metric}_before")
+        doc = ref.values.get(metric) if ref else None
+        verdict = status(after * 100 if after is not None else None, doc.value if doc else None, True) \
+            if c.comparable else ("not comparable" if row["status"] == "ok" else row["status"])
+        extra = []
+        if "anls_standard" in m:
+            extra.append(f"standard ANLS {m['anls_standard'] * 100:.2f}")
+        if "auroc" in m:
+            extra.append(f"AUROC {m['auroc']:.3f}")
+        out.append([
+            str(row.get("cell", "")), s["task"], s["strategy"], s["precision"], f"{s['lr']:g}", f"{s['epochs']:g}",
+            metric, _fmt(before and before * 100, 2) if before is not None else "-",
+            _fmt(after * 100, 2) if after is not None else "-", doc.text(2) if doc else "-",
+            f"{after * 100 - doc.value:+.2f}" if c.comparable and doc and after is not None else "-", verdict,
+            "; ".join(extra) or "-",
+        ])
+    return out, comparisons
+
+
+def environment(rows: list[dict], store: RowStore) -> list[tuple[str, str]]:
+    env = next((r["env"] for r in rows if r.get("env")), {})
+    gpus = ", ".join(sorted({g["name"] for g in env.get("gpus") or []})) or "none (CPU)"
+    keys = [("git", f"{env.get('git_sha') or 'unknown'}{' (dirty)' if env.get('git_dirty') else ''}"),
+            ("GPUs", f"{env.get('gpu_count', 0)} x {gpus}"), ("driver", env.get("driver") or "-"),
+            ("CUDA", env.get("cuda") or "-"), ("python", env.get("python") or "-"),
+            ("host", env.get("hostname") or "-")]
+    keys += [(lib, env.get(lib) or "-") for lib in ("torch", "transformers", "peft", "accelerate", "deepspeed",
+                                                    "bitsandbytes", "flash_attn")]
+    return keys
+
+
+def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, plots: bool = True) -> Path:
+    from .plots import write_plots
+
+    store = RowStore(group_dir)
+    rows = latest_rows(store)
+    if not rows:
+        raise ValueError(f"{group_dir}: no rows to report (run the grid first)")
+    refs = refs if refs is not None else load_references()
+    speed_rows = [r for r in rows if r["spec"].get("mode") == "throughput"]
+    accuracy_rows = [r for r in rows if r["spec"].get("mode") == "accuracy"]
+    lines, baseline = speed_lines(speed_rows, refs)
+    acc_table, acc_comparisons = accuracy_table(accuracy_rows, refs)
+    comparisons = [line.comparison for line in lines] + acc_comparisons
+    assets = out.with_suffix("").name + ".assets"
+    images = write_plots(lines, out.parent / assets) if plots and lines else []
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    text = env.get_template("report.md.j2").render(
+        matrix=rows[0].get("matrix") or group_dir.parent.name, group=group_dir.name,
+        profile=rows[0].get("profile"), speed=speed_table(lines), baseline=baseline,
+        accuracy=acc_table, comparisons=comparisons, failures=[r for r in rows if r["status"] != "ok"],
+        environment=environment(rows, store), rows=rows, images=[f"{assets}/{name}" for name in images],
+        measured_gpu=measured_gpu, model_family=model_family,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return out
+
+
+def group_dirs(path: Path) -> list[Path]:
+    """A group directory itself, every group of a matrix directory, or every group under a results root."""
+    path = Path(path)
+    if (path / "rows.jsonl").exists():
+        return [path]
+    found = sorted(p.parent for p in path.glob("*/rows.jsonl")) or sorted(p.parent for p in path.glob("*/*/rows.jsonl"))
+    if not found:
+        raise ValueError(f"{path}: no rows.jsonl below it (expected results/runs/<matrix>/<group>/rows.jsonl)")
+    return found
+
+
+def default_out(group_dir: Path) -> Path:
+    return REPORTS / group_dir.parent.name / f"{group_dir.name}.md"
