@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-cpu
 PYTEST_ARGS ?=
 
 .PHONY: help setup setup-gpu test lint bench-micro clean bench-cpu bench-a100 bench-v100 bench-h100 bench-h100-smoke \
-	plan-cpu plan-a100 plan-v100 plan-h100 plan-h100-smoke report
+	plan-cpu plan-a100 plan-v100 plan-h100 plan-h100-smoke report regress regress-baseline
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
@@ -15,6 +15,7 @@ help:
 	@echo "make lint       ruff over the project"
 	@echo "make bench-micro  data-pipeline micro-benchmarks (pytest-benchmark, one core)"
 	@echo "make bench-cpu  the CPU smoke grid (tiny preset, every strategy): the main job on any machine"
+	@echo "make regress    the regression gate: a cpu_smoke subset against results/baselines (regress-baseline refreshes)"
 	@echo "make report     markdown reports of everything under results/runs (into reports/)"
 	@echo "make bench-a100 | bench-v100 | bench-h100 | bench-h100-smoke   the GPU speed grids (plan-* to preview)"
 	@echo "                RUN_ARGS='--filter strategy=lora' etc. are passed to 'python -m harness run'"
@@ -54,6 +55,20 @@ bench-h100-smoke: setup
 
 report: setup
 	$(HARNESS) report results/runs
+
+# The regression gate (CI runs it after the tests): a small cpu_smoke subset against results/baselines.
+REGRESS_FILTERS := --filter precision=fp32 --filter attention=sdpa
+regress: setup
+	rm -rf build/regress
+	$(HARNESS) run cpu_smoke $(REGRESS_FILTERS) --results build/regress --group ci
+	$(HARNESS) compare results/baselines build/regress/cpu_smoke/ci --rules results/baselines/ci_rules.yaml \
+		--out build/regress/compare.md
+
+# Refresh the committed baseline (after a deliberate change), then commit results/baselines.
+regress-baseline: setup
+	rm -rf build/regress-baseline
+	$(HARNESS) run cpu_smoke $(REGRESS_FILTERS) --results build/regress-baseline --group ci
+	$(HARNESS) baseline build/regress-baseline/cpu_smoke/ci --root results/baselines
 
 plan-cpu: setup
 	$(HARNESS) plan cpu_smoke

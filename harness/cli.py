@@ -1,5 +1,7 @@
 """`python -m harness ...` (also the `phi3v-bench` console script).
 
+compare B C    regression gate: C against baseline B (exit 1 on a regression)
+baseline DIR   store a clean run as a baseline
 report DIR     markdown reports of stored rows beside the guide's documented numbers
 plan MATRIX    the expanded cells of a grid (a table, or --json) and their launch commands; runs nothing
 run MATRIX     run a grid's cells (one torchrun process group each), rows to results/runs/<matrix>/<group>/
@@ -141,6 +143,18 @@ def _add_grid_commands(sub) -> None:
     report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     report.set_defaults(func=_report)
 
+    compare = sub.add_parser("compare", help="regression gate: compare a run against a baseline")
+    compare.add_argument("baseline", help="a baseline results group, or a baselines root (results/baselines)")
+    compare.add_argument("current", help="the current results group (results/runs/<matrix>/<group>)")
+    compare.add_argument("--rules", type=Path, help="tolerances and ordering rules (YAML)")
+    compare.add_argument("--out", type=Path, help="also write the markdown summary here")
+    compare.set_defaults(func=_compare)
+
+    baseline = sub.add_parser("baseline", help="store a clean run as the baseline for its grid, model and hardware")
+    baseline.add_argument("group", type=Path, help="the results group to store")
+    baseline.add_argument("--root", type=Path, default=Path("results/baselines"))
+    baseline.set_defaults(func=_baseline)
+
 
 def _report(args) -> int:
     from harness.report import default_out, group_dirs, render
@@ -151,6 +165,42 @@ def _report(args) -> int:
     for group in groups:
         out = render(group, args.out or default_out(group), plots=not args.no_plots)
         print(f"wrote {out}")
+    return 0
+
+
+def _compare(args) -> int:
+    from harness.compare import CompareError, compare_rows, find_baseline, load_rows, load_rules, render_markdown
+
+    try:
+        current_rows = load_rows(args.current)
+        baseline_dir = find_baseline(Path(args.baseline), current_rows)
+        result = compare_rows(load_rows(baseline_dir), current_rows, load_rules(args.rules))
+    except CompareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = render_markdown(result, baseline_dir, Path(args.current))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    print(text)
+    return 1 if result.failed else 0
+
+
+def _baseline(args) -> int:
+    import shutil
+
+    from harness.compare import baseline_key, load_rows
+
+    rows = load_rows(args.group)
+    bad = [r["run_id"] for r in rows if r["status"] != "ok"]
+    if bad:
+        raise DataError([f"{args.group}: cells {bad} did not finish ok; a baseline must be a clean run"])
+    target = args.root / baseline_key(rows)
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(args.group) / "rows.jsonl", target / "rows.jsonl")
+    if (Path(args.group) / "env.json").exists():
+        shutil.copyfile(Path(args.group) / "env.json", target / "env.json")
+    print(f"baseline {baseline_key(rows)}: {len(rows)} rows written to {target}")
     return 0
 
 

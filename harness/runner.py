@@ -70,7 +70,9 @@ def _child_setup(memory_gb: float | None) -> Callable[[], None]:
     return setup
 
 
-def _kill_group(pgid: int, grace_s: float = 10.0) -> None:
+def _kill_group(pgid: int, grace_s: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM the whole process group, then SIGKILL what is left after `grace_s`; reaps our own child as it goes
+    (a dead but unreaped group leader would otherwise look alive)."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
@@ -78,6 +80,8 @@ def _kill_group(pgid: int, grace_s: float = 10.0) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
+            if proc is not None:
+                proc.poll()
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
@@ -221,7 +225,7 @@ class Runner:
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                _kill_group(proc.pid)
+                _kill_group(proc.pid, proc=proc)
                 proc.wait()
                 status = ("timeout", f"killed after the cell's timeout of {timeout:g} s")
             finally:

@@ -64,7 +64,7 @@ class MicroBatches:
 
     def __init__(self, train: Sequence[Record], task: TaskSpec, processor, spec: RunSpec, epoch: int = 0,
                  consumed: int = 0):
-        self.dataset = TrainDataset(train, task, processor, seed=spec.seed)
+        self.dataset = TrainDataset(train, task, processor, seed=spec.seed, ablation=spec.image_ablation)
         self.spec = spec
         self.collate = TrainCollator(processor.tokenizer.pad_token_id, task.keep_attention_mask)
         self.sampler = DistributedSampler(self.dataset, num_replicas=distributed.world_size(),

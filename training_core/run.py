@@ -35,6 +35,7 @@ from .strategies.lora import qlora_quantization
 from .tasks import get_task
 from .trackers import EnergyTracker, MemoryTracker, ThroughputTracker
 from .trackers.flops import mfu, peak_flops, trainable_for, training_flops
+from .trackers.memory import model_state_bytes
 
 
 class StopRequested(Exception):
@@ -107,7 +108,7 @@ class Cell:
         metrics, predictions = evaluate(
             self.engine.generation_model(), self.eval_records, self.task, self.processor,
             batch_size=self.spec.eval_batch, max_new_tokens=self.spec.max_new_tokens, device=self.device.torch,
-            context=self.engine.generation_context(),
+            context=self.engine.generation_context(), ablation=self.spec.image_ablation,
         )
         suffix = "_before" if when == "before" else ""
         self.outcome.metrics.update({f"{k}{suffix}": v for k, v in metrics.items()})
@@ -142,6 +143,9 @@ class Cell:
                 for step in range(self.start_step, self.total_steps):
                     micro = next(self._step_groups)
                     loss = self.engine.train_step(micro)
+                    if "model_state_bytes" not in outcome.metrics:
+                        outcome.metrics["model_state_bytes"] = int(max_all(
+                            model_state_bytes(self.engine.module, self.engine.optimizer)))
                     images, tokens, samples, flops = self._step_counts(micro)
                     tracker.step(images, tokens, samples)
                     if len(tracker.steps) > spec.warmup_steps:

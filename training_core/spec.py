@@ -67,6 +67,7 @@ class RunSpec(BaseModel):
     synthetic_train: int | None = Field(default=None, ge=1)  # twin sizes (None: enough for the steps)
     synthetic_eval: int = Field(default=50, ge=1)
     dataloader_workers: int = Field(default=0, ge=0)
+    image_ablation: Literal["none", "blank"] = "none"  # "blank": every image replaced by a white one (a control)
     checkpoint_every: int | None = Field(default=None, ge=1)  # optimizer steps between checkpoints
     seed: int = 0
     reference: str | None = None  # key of the documented row this cell reproduces

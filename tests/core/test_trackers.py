@@ -113,3 +113,15 @@ def test_linear_schedule_is_transformers_formula():
     for _ in range(25):
         assert ours.get_last_lr() == pytest.approx(theirs.get_last_lr())
         ours_opt.step(), theirs_opt.step(), ours.step(), theirs.step()
+
+
+def test_model_state_bytes_counts_parameters_and_adam_state():
+    from training_core.trackers.memory import model_state_bytes
+
+    model = torch.nn.Linear(10, 4)  # 44 parameters
+    optimizer = torch.optim.AdamW(model.parameters())
+    assert model_state_bytes(model, optimizer) == 44 * 4  # no state before the first step
+    model(torch.ones(1, 10)).sum().backward()
+    optimizer.step()
+    # fp32 params + exp_avg + exp_avg_sq, plus AdamW's scalar `step` tensor per parameter
+    assert model_state_bytes(model, optimizer) == 44 * 4 * 3 + 2 * 4

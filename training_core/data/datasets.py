@@ -17,8 +17,9 @@ class TrainDataset(Dataset):
     """Encoded training examples. Random choices (DocVQA's gold answer, a random QA pair) are drawn again every
     epoch, deterministically from (seed, epoch, index); `set_epoch` moves to the next draw."""
 
-    def __init__(self, records: Sequence[Record], task: TaskSpec, processor, seed: int = 0):
+    def __init__(self, records: Sequence[Record], task: TaskSpec, processor, seed: int = 0, ablation: str = "none"):
         self.records, self.task, self.processor, self.seed, self.epoch = records, task, processor, seed, 0
+        self.ablation = ablation
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -29,16 +30,16 @@ class TrainDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
-        return encode_train(self.processor, record, self.task.train_prompt_turns(record, rng))
+        return encode_train(self.processor, record, self.task.train_prompt_turns(record, rng), self.ablation)
 
 
 class EvalDataset(Dataset):
-    def __init__(self, records: Sequence[Record], task: TaskSpec, processor):
-        self.records, self.task, self.processor = records, task, processor
+    def __init__(self, records: Sequence[Record], task: TaskSpec, processor, ablation: str = "none"):
+        self.records, self.task, self.processor, self.ablation = records, task, processor, ablation
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
-        return encode_eval(self.processor, record, self.task.eval_item(record))
+        return encode_eval(self.processor, record, self.task.eval_item(record), self.ablation)

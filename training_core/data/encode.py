@@ -21,10 +21,22 @@ def answer_text(answer: str) -> str:
     return f"{answer}<|end|>\n<|endoftext|>"
 
 
-def encode_train(processor, record: Record, turns: list[PromptTurn]) -> dict:
+def blank(image):
+    """The ablation control: a white image of the same size (same crops and token count, no content)."""
+    from PIL import Image
+
+    return Image.new("RGB", image.size, (255, 255, 255))
+
+
+def _open(record: Record, refs, ablation: str) -> list:
+    images = [record.open_image(ref) for ref in refs]
+    return [blank(im) for im in images] if ablation == "blank" else images
+
+
+def encode_train(processor, record: Record, turns: list[PromptTurn], ablation: str = "none") -> dict:
     ids, labels, pixel_values, image_sizes = [], [], [], []
     for turn in turns:
-        images = [record.open_image(ref) for ref in turn.images]
+        images = _open(record, turn.images, ablation)
         prompt = processor(processor.chat_prompt(turn.content), images)
         answer = processor.tokenizer(answer_text(turn.answer), add_special_tokens=False).input_ids
         prompt_ids = prompt["input_ids"][0]
@@ -49,9 +61,9 @@ def eval_prompt_text(processor, item: EvalItem) -> str:
     return history + processor.chat_prompt(item.turn.content)
 
 
-def encode_eval(processor, record: Record, item: EvalItem) -> dict:
+def encode_eval(processor, record: Record, item: EvalItem, ablation: str = "none") -> dict:
     refs = [ref for t in item.history for ref in t.images] + list(item.turn.images)
-    images = [record.open_image(ref) for ref in refs]
+    images = _open(record, refs, ablation)
     enc = processor(eval_prompt_text(processor, item), images)
     out = {"id": item.id, "input_ids": enc["input_ids"][0], "answers": list(item.answers), "num_images": len(images)}
     if images:

@@ -14,6 +14,7 @@ register(TaskSpec(
     train_turns="first",
     eval_turn="first",
     keep_attention_mask=False,
+    binary_labels=("yes", "no"),
     hf_sources={
         "train": HFSource(CAULDRON, "hateful_memes", "train[500:]", "cauldron"),
         "eval": HFSource(CAULDRON, "hateful_memes", "train[:500]", "cauldron"),

@@ -54,6 +54,7 @@ class TaskSpec:
     eval_suffix: str = ""
     keep_attention_mask: bool = True  # DocVQA / Hateful Memes collators delete it (batch size 1)
     images_per_record: tuple[int, int] = (1, 1)  # min, max over a record's images
+    binary_labels: tuple[str, str] | None = None  # (positive, negative): AUROC from first-token scores
     hf_sources: dict[str, HFSource] = field(default_factory=dict)  # "train" / "eval"
     jsonl_names: dict[str, str] = field(default_factory=lambda: {"train": "train.jsonl", "eval": "eval.jsonl"})
     description: str = ""

@@ -83,3 +83,25 @@ class MemoryTracker:
             sampler.sample()
             out[key] = int(max_all(sampler.peak))
         return out
+
+
+def _optimizer_tensors(optimizer, seen: set[int]) -> int:
+    """Bytes of an optimiser's state tensors, looking through wrappers (DeepSpeed's ZeRO optimiser keeps the torch
+    optimiser in `.optimizer` and the fp32 master partitions in `single_partition_of_fp32_groups`)."""
+    total = 0
+    if optimizer is None or id(optimizer) in seen:
+        return 0
+    seen.add(id(optimizer))
+    for state in getattr(optimizer, "state", {}).values():
+        if isinstance(state, dict):
+            total += sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
+    for tensor in getattr(optimizer, "single_partition_of_fp32_groups", []) or []:
+        total += tensor.numel() * tensor.element_size()
+    return total + _optimizer_tensors(getattr(optimizer, "optimizer", None), seen)
+
+
+def model_state_bytes(module: torch.nn.Module, optimizer) -> int:
+    """Parameters (as stored: 4-bit weights count their bytes) plus optimiser state, on this rank: a deterministic
+    memory measure whose order across strategies holds on any machine."""
+    params = sum(p.numel() * p.element_size() for p in module.parameters())
+    return params + _optimizer_tensors(optimizer, set())

@@ -1,0 +1,270 @@
+"""`python -m harness compare BASELINE CURRENT [--rules RULES.yaml]`: the regression gate.
+
+Cells are matched by their spec (`run_id`, a hash of the spec), never by file order; repeats of a cell are
+compared by their median. Each metric is compared in its direction (throughput and accuracy: higher is better;
+memory, step time and loss: lower is better; parameter and step counts: exact) against a tolerance per metric,
+relative or absolute, from the rules file. Beside absolute throughput, a normalised throughput (a cell's images/s
+over the run's baseline cell's, measured in the same run) cancels the speed of a shared machine. Optional ordering
+rules check that a metric keeps its order across cells (e.g. model-state memory across strategies).
+
+BASELINE is a results group (rows.jsonl) or a baselines root (`results/baselines`), where the baseline matching
+CURRENT's grid, model and hardware is looked up; no matching baseline is an error, never a silent pass.
+Exit codes: 0 no regression, 1 regression(s), 2 no baseline / bad input.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .store import RowStore
+
+HIGHER = {"images_per_s", "images_per_s_per_gpu", "samples_per_s", "tokens_per_s", "mfu", "anls", "accuracy",
+          "anls_standard", "auroc", "normalized_images_per_s", "model_flops_per_s"}
+LOWER = {"peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "peak_mem_device_bytes", "peak_rss_bytes",
+         "model_state_bytes", "step_time_s_p50", "step_time_s_p90", "loss_first", "loss_last",
+         "energy_j_per_image", "time_to_first_step_s"}
+EXACT = {"trainable_params", "total_params", "measured_steps", "warmup_steps"}
+
+
+class CompareError(ValueError):
+    pass
+
+
+class Tolerance(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    relative: float | None = Field(default=None, ge=0)
+    absolute: float | None = Field(default=None, ge=0)
+    ignore: bool = False
+
+
+class OrderRule(BaseModel):
+    """`metric` must keep `descending` order across the cells named by `by` values (e.g. strategies)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    metric: str
+    by: str
+    order: list[str]
+    descending: bool = True
+
+
+class Rules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    default: Tolerance = Tolerance(relative=0.05)
+    metrics: dict[str, Tolerance] = {}
+    baseline_cell: dict[str, str | int | float | bool] = {}  # for normalised throughput; default: first common cell
+    orders: list[OrderRule] = []
+    only: list[str] | None = None  # compare only these metrics (plus normalised throughput)
+
+    def tolerance(self, metric: str) -> Tolerance:
+        return self.metrics.get(metric, self.default)
+
+
+def load_rules(path: Path | None) -> Rules:
+    if path is None:
+        return Rules()
+    try:
+        return Rules.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise CompareError(f"{path}: invalid rules: {exc}") from None
+
+
+@dataclass
+class Finding:
+    run_id: str
+    label: str
+    metric: str
+    baseline: float
+    current: float
+    verdict: Literal["regression", "improvement", "unchanged"]
+    allowed: str
+
+    @property
+    def change(self) -> str:
+        if self.baseline == 0:
+            return f"{self.current - self.baseline:+.4g}"
+        return f"{(self.current - self.baseline) / abs(self.baseline) * 100:+.2f}%"
+
+
+@dataclass
+class Comparison:
+    findings: list[Finding] = field(default_factory=list)
+    only_baseline: list[str] = field(default_factory=list)
+    only_current: list[str] = field(default_factory=list)
+    order_failures: list[str] = field(default_factory=list)
+    failed_current: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Finding]:
+        return [f for f in self.findings if f.verdict == "regression"]
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions or self.order_failures or self.failed_current)
+
+
+def judge(metric: str, base: float, cur: float, tol: Tolerance) -> tuple[str, str]:
+    if metric in EXACT:
+        return ("unchanged" if base == cur else "regression"), "exact"
+    allowed = max(tol.relative * abs(base) if tol.relative is not None else 0.0, tol.absolute or 0.0)
+    text = " / ".join(filter(None, [f"±{tol.relative:.0%}" if tol.relative is not None else "",
+                                    f"±{tol.absolute:g}" if tol.absolute is not None else ""]))
+    delta = cur - base
+    if abs(delta) <= allowed:
+        return "unchanged", text
+    better = delta > 0 if metric in HIGHER else delta < 0
+    return ("improvement" if better else "regression"), text
+
+
+def _label(spec: dict) -> str:
+    keys = ("task", "strategy", "precision", "attention", "nodes", "gpus_per_node")
+    return " ".join(str(spec.get(k)) for k in keys)
+
+
+def medians(rows: list[dict]) -> dict[str, dict]:
+    """Per run_id: the spec, the status of the newest row, and the median of every numeric metric over ok rows."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["run_id"], []).append(row)
+    out = {}
+    for run_id, repeats in groups.items():
+        ok = [r for r in repeats if r.get("status") == "ok"]
+        metrics = {}
+        for key in {k for r in ok for k, v in r["metrics"].items() if isinstance(v, (int, float))}:
+            values = [r["metrics"][key] for r in ok if isinstance(r["metrics"].get(key), (int, float))]
+            metrics[key] = statistics.median(values)
+        out[run_id] = {"spec": repeats[-1]["spec"], "status": repeats[-1]["status"], "metrics": metrics,
+                       "repeats": len(ok), "cell": repeats[-1].get("cell", 0)}
+    return out
+
+
+def _normalise(cells: dict[str, dict], baseline_id: str | None) -> None:
+    if baseline_id is None or baseline_id not in cells:
+        return
+    ref = cells[baseline_id]["metrics"].get("images_per_s")
+    if not ref:
+        return
+    for cell in cells.values():
+        if "images_per_s" in cell["metrics"]:
+            cell["metrics"]["normalized_images_per_s"] = cell["metrics"]["images_per_s"] / ref
+
+
+def _baseline_id(base: dict, cur: dict, rules: Rules) -> str | None:
+    common = sorted(set(base) & set(cur), key=lambda rid: (cur[rid]["cell"], rid))
+    for rid in common:
+        spec = cur[rid]["spec"]
+        if all(str(spec.get(k)) == str(v) for k, v in rules.baseline_cell.items()):
+            if base[rid]["status"] == "ok" and cur[rid]["status"] == "ok":
+                return rid
+    return None
+
+
+def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rules) -> Comparison:
+    base, cur = medians(baseline_rows), medians(current_rows)
+    if rules.baseline_cell or "normalized_images_per_s" in rules.metrics:  # asked for: normalised throughput
+        reference = _baseline_id(base, cur, rules)
+        _normalise(base, reference)
+        _normalise(cur, reference)
+    result = Comparison(only_baseline=sorted(set(base) - set(cur)), only_current=sorted(set(cur) - set(base)))
+    for rid in sorted(set(base) & set(cur), key=lambda r: (cur[r]["cell"], r)):
+        b, c = base[rid], cur[rid]
+        label = _label(c["spec"])
+        if c["status"] != "ok" and b["status"] == "ok":
+            result.failed_current.append(f"{rid} ({label}): {b['status']} in the baseline, {c['status']} now")
+            continue
+        for metric in sorted(set(b["metrics"]) & set(c["metrics"])):
+            if rules.only is not None and metric not in rules.only and metric != "normalized_images_per_s":
+                continue
+            if metric not in HIGHER | LOWER | EXACT or rules.tolerance(metric).ignore:
+                continue
+            verdict, allowed = judge(metric, b["metrics"][metric], c["metrics"][metric], rules.tolerance(metric))
+            result.findings.append(Finding(rid, label, metric, b["metrics"][metric], c["metrics"][metric], verdict,
+                                           allowed))
+    for order in rules.orders:
+        result.order_failures += check_order(cur, order)
+    return result
+
+
+def check_order(cells: dict[str, dict], rule: OrderRule) -> list[str]:
+    """Cells sharing every spec field but `rule.by` must keep the metric's order across `rule.order`."""
+    groups: dict[tuple, dict[str, float]] = {}
+    for cell in cells.values():
+        spec, value = cell["spec"], cell["metrics"].get(rule.metric)
+        if value is None or str(spec.get(rule.by)) not in rule.order:
+            continue
+        key = tuple(sorted((k, str(v)) for k, v in spec.items() if k not in (rule.by, "reference", "lora_rank")))
+        groups.setdefault(key, {})[str(spec.get(rule.by))] = value
+    failures = []
+    for values in groups.values():
+        present = [name for name in rule.order if name in values]
+        for first, second in zip(present, present[1:], strict=False):
+            ok = values[first] > values[second] if rule.descending else values[first] < values[second]
+            if not ok:
+                relation = ">" if rule.descending else "<"
+                failures.append(f"{rule.metric}: expected {first} {relation} {second}, got "
+                                f"{values[first]:.6g} and {values[second]:.6g}")
+    return failures
+
+
+def baseline_key(rows: list[dict]) -> str:
+    """What makes runs comparable: grid, model, GPU type and count."""
+    row = rows[0]
+    env, spec = row.get("env") or {}, row["spec"]
+    gpus = env.get("gpus") or []
+    gpu = gpus[0]["name"].replace("NVIDIA ", "").split()[0] if gpus else "cpu"
+    model = Path(spec.get("model", "")).name
+    return f"{row.get('matrix') or 'adhoc'}/{model}-{gpu}x{env.get('world_size', 1)}"
+
+
+def find_baseline(root: Path, current_rows: list[dict]) -> Path:
+    if (root / "rows.jsonl").exists():
+        return root
+    key = baseline_key(current_rows)
+    candidate = root / key
+    if not (candidate / "rows.jsonl").exists():
+        known = sorted(str(p.parent.relative_to(root)) for p in root.glob("*/*/rows.jsonl"))
+        raise CompareError(
+            f"no baseline for {key} under {root} (have: {', '.join(known) or 'none'}); the comparison is not "
+            f"possible: record one with `make regress-baseline` on a comparable machine"
+        )
+    return candidate
+
+
+def render_markdown(result: Comparison, baseline: Path, current: Path) -> str:
+    lines = [f"# Regression check: {current} against {baseline}", ""]
+    verdict = "FAILED" if result.failed else "passed"
+    lines.append(f"**{verdict}**: {len(result.regressions)} regression(s), "
+                 f"{sum(f.verdict == 'improvement' for f in result.findings)} improvement(s), "
+                 f"{sum(f.verdict == 'unchanged' for f in result.findings)} unchanged metric(s); "
+                 f"{len(result.only_baseline)} cell(s) only in the baseline, {len(result.only_current)} only now.")
+    for title, kind in (("Regressions", "regression"), ("Improvements", "improvement"), ("Unchanged", "unchanged")):
+        items = [f for f in result.findings if f.verdict == kind]
+        if not items:
+            continue
+        lines += ["", f"## {title}", "", "| cell | spec | metric | baseline | current | change | allowed |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {f.run_id} | {f.label} | {f.metric} | {f.baseline:.6g} | {f.current:.6g} | {f.change} | "
+                  f"{f.allowed} |" for f in items]
+    if result.failed_current:
+        lines += ["", "## Cells that failed now", ""] + [f"- {x}" for x in result.failed_current]
+    if result.order_failures:
+        lines += ["", "## Order rules broken", ""] + [f"- {x}" for x in result.order_failures]
+    for title, ids in (("Cells only in the baseline", result.only_baseline),
+                       ("Cells only in the current run", result.only_current)):
+        if ids:
+            lines += ["", f"## {title}", ""] + [f"- {rid}" for rid in ids]
+    return "\n".join(lines) + "\n"
+
+
+def load_rows(path: Path) -> list[dict]:
+    path = Path(path)
+    directory = path.parent if path.name == "rows.jsonl" else path
+    rows = RowStore(directory).rows()
+    if not rows:
+        raise CompareError(f"{path}: no rows (expected a results group with rows.jsonl)")
+    return rows

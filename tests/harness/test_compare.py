@@ -1,0 +1,132 @@
+import copy
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.compare import baseline_key
+from harness.store import RowStore
+
+BASE_METRICS = {"images_per_s": 10.0, "tokens_per_s": 1000.0, "accuracy": 0.80, "peak_mem_reserved_bytes": 1000,
+                "step_time_s_p50": 1.0, "loss_last": 2.0, "trainable_params": 100, "model_state_bytes": 5000,
+                "measured_steps": 3}
+
+
+def _row(run_id, strategy, cell, **metrics):
+    return {"run_id": run_id, "matrix": "g", "cell": cell, "status": "ok", "reason": None,
+            "spec": {"task": "docvqa", "strategy": strategy, "precision": "fp32", "attention": "sdpa", "nodes": 1,
+                     "gpus_per_node": 1, "model": "tiny"},
+            "metrics": {**BASE_METRICS, **metrics}, "env": {"gpus": [], "world_size": 1}}
+
+
+def _store(path, rows):
+    store = RowStore(path)
+    for row in rows:
+        store.append(row)
+    return str(path)
+
+
+def _run(tmp_path, baseline, current, rules=None):
+    args = ["compare", _store(tmp_path / "base", baseline), _store(tmp_path / "cur", current)]
+    if rules:
+        (tmp_path / "rules.yaml").write_text(rules)
+        args += ["--rules", str(tmp_path / "rules.yaml")]
+    return main(args)
+
+
+BASELINE = [_row("a", "full", 0), _row("b", "lora", 1, model_state_bytes=1000)]
+
+
+@pytest.mark.parametrize(
+    ("metric", "value"),
+    [
+        ("images_per_s", 9.0),  # higher is better: -10% > 5%
+        ("tokens_per_s", 900.0),
+        ("accuracy", 0.70),
+        ("peak_mem_reserved_bytes", 1100),  # lower is better: +10%
+        ("step_time_s_p50", 1.2),
+        ("loss_last", 2.5),
+        ("trainable_params", 101),  # exact
+        ("measured_steps", 2),
+    ],
+)
+def test_a_regression_of_each_kind_fails(tmp_path, capsys, metric, value):
+    current = copy.deepcopy(BASELINE)
+    current[0]["metrics"][metric] = value
+    assert _run(tmp_path, BASELINE, current) == 1
+    out = capsys.readouterr().out
+    assert "**FAILED**: 1 regression(s)" in out and f"| a | docvqa full fp32 sdpa 1 1 | {metric} |" in out
+
+
+@pytest.mark.parametrize(("metric", "value"), [("images_per_s", 12.0), ("peak_mem_reserved_bytes", 800),
+                                               ("loss_last", 1.5), ("accuracy", 0.9)])
+def test_improvements_pass(tmp_path, capsys, metric, value):
+    current = copy.deepcopy(BASELINE)
+    current[0]["metrics"][metric] = value
+    assert _run(tmp_path, BASELINE, current) == 0
+    assert "1 improvement(s)" in capsys.readouterr().out
+
+
+def test_changes_inside_the_tolerance_pass_and_rules_set_tolerances(tmp_path, capsys):
+    current = copy.deepcopy(BASELINE)
+    current[0]["metrics"]["images_per_s"] = 9.6  # -4% within the default 5%
+    current[0]["metrics"]["loss_last"] = 2.0005
+    assert _run(tmp_path, BASELINE, current, "metrics:\n  loss_last: {absolute: 0.001}\n") == 0
+    assert "**passed**: 0 regression(s)" in capsys.readouterr().out
+    current[0]["metrics"]["loss_last"] = 2.01
+    assert _run(tmp_path, BASELINE, current, "metrics:\n  loss_last: {absolute: 0.001}\n") == 1
+
+
+def test_cells_are_matched_by_spec_not_order_and_one_sided_cells_are_reported(tmp_path, capsys):
+    current = [copy.deepcopy(BASELINE[1]), _row("c", "qlora", 2)]  # reordered; "a" missing, "c" new
+    assert _run(tmp_path, BASELINE, current) == 0
+    out = capsys.readouterr().out
+    assert "1 cell(s) only in the baseline, 1 only now" in out
+    assert "## Cells only in the baseline\n\n- a" in out and "## Cells only in the current run\n\n- c" in out
+
+
+def test_repeats_are_compared_by_their_median(tmp_path):
+    baseline = [_row("a", "full", 0, images_per_s=v) for v in (10.0, 100.0, 10.2)]
+    current = [_row("a", "full", 0, images_per_s=v) for v in (1.0, 10.1, 10.1)]
+    assert _run(tmp_path, baseline, current) == 0  # medians 10.2 and 10.1
+
+
+def test_normalised_throughput_cancels_a_slower_machine(tmp_path, capsys):
+    slow = copy.deepcopy(BASELINE)
+    for row in slow:
+        row["metrics"]["images_per_s"] /= 2  # the whole machine is twice slower
+    rules = "default: {ignore: true}\nmetrics:\n  normalized_images_per_s: {relative: 0.1}\nbaseline_cell: {strategy: full}\n"
+    assert _run(tmp_path, BASELINE, slow, rules) == 0
+    lopsided = copy.deepcopy(BASELINE)
+    lopsided[1]["metrics"]["images_per_s"] = 5.0  # only the lora cell got slower
+    assert _run(tmp_path / "2", BASELINE, lopsided, rules) == 1
+    assert "normalized_images_per_s" in capsys.readouterr().out
+
+
+def test_order_rules_and_failed_cells(tmp_path, capsys):
+    rules = "orders:\n  - {metric: model_state_bytes, by: strategy, order: [full, lora]}\n"
+    current = copy.deepcopy(BASELINE)
+    current[1]["metrics"]["model_state_bytes"] = 9000  # lora now above full
+    assert _run(tmp_path, BASELINE, current, rules) == 1
+    assert "model_state_bytes: expected full > lora" in capsys.readouterr().out
+    broken = copy.deepcopy(BASELINE)
+    broken[1].update(status="oom", metrics={})
+    assert _run(tmp_path / "2", BASELINE, broken) == 1
+    assert "ok in the baseline, oom now" in capsys.readouterr().out
+
+
+def test_no_matching_baseline_says_so(tmp_path, capsys):
+    current = _store(tmp_path / "cur", BASELINE)
+    (tmp_path / "baselines" / "other" / "tiny-A100x8").mkdir(parents=True)
+    (tmp_path / "baselines" / "other" / "tiny-A100x8" / "rows.jsonl").write_text(json.dumps(BASELINE[0]) + "\n")
+    assert main(["compare", str(tmp_path / "baselines"), current]) == 2
+    err = capsys.readouterr().err
+    assert "no baseline for g/tiny-cpux1" in err and "have: other/tiny-A100x8" in err and "make regress-baseline" in err
+    assert baseline_key(BASELINE) == "g/tiny-cpux1"
+
+
+def test_the_baseline_command_stores_by_key(tmp_path, capsys):
+    group = _store(tmp_path / "run", BASELINE)
+    assert main(["baseline", group, "--root", str(tmp_path / "bl")]) == 0
+    assert (tmp_path / "bl" / "g" / "tiny-cpux1" / "rows.jsonl").exists()
+    assert main(["compare", str(tmp_path / "bl"), group]) == 0
