@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed-cpu
 PYTEST_ARGS ?=
 
 .PHONY: help setup setup-gpu test lint bench-micro clean bench-cpu bench-a100 bench-v100 bench-h100 bench-h100-smoke \
-	plan-cpu plan-a100 plan-v100 plan-h100 plan-h100-smoke report regress regress-baseline
+	plan-cpu plan-a100 plan-v100 plan-h100 plan-h100-smoke report regress regress-baseline \
+	reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
@@ -16,6 +17,8 @@ help:
 	@echo "make bench-micro  data-pipeline micro-benchmarks (pytest-benchmark, one core)"
 	@echo "make bench-cpu  the CPU smoke grid (tiny preset, every strategy): the main job on any machine"
 	@echo "make regress    the regression gate: a cpu_smoke subset against results/baselines (regress-baseline refreshes)"
+	@echo "make reproduce-docvqa | reproduce-hateful-memes | reproduce-nlvr2 | reproduce-ucf101"
+	@echo "                MODEL=dir DATA=dir RESULTS=dir REPEATS=N; PROFILE=tiny on a CPU with the synthetic twins"
 	@echo "make report     markdown reports of everything under results/runs (into reports/)"
 	@echo "make bench-a100 | bench-v100 | bench-h100 | bench-h100-smoke   the GPU speed grids (plan-* to preview)"
 	@echo "                RUN_ARGS='--filter strategy=lora' etc. are passed to 'python -m harness run'"
@@ -69,6 +72,25 @@ regress-baseline: setup
 	rm -rf build/regress-baseline
 	$(HARNESS) run cpu_smoke $(REGRESS_FILTERS) --results build/regress-baseline --group ci
 	$(HARNESS) baseline build/regress-baseline/cpu_smoke/ci --root results/baselines
+
+# Accuracy reproductions: MODEL=<checkpoint dir> DATA=<dataset dir or cache> RESULTS=<dir> REPEATS=<N seeds>;
+# PROFILE=tiny runs the same grids on a CPU with the tiny preset and the synthetic twins.
+RESULTS ?= results/runs
+REPEATS ?= 1
+PROFILE ?=
+define reproduce
+	MODEL="$(MODEL)" DATA="$(DATA)" $(HARNESS) run $(1) $(if $(PROFILE),--profile $(PROFILE)) --repeats $(REPEATS) \
+		--results $(RESULTS) $(RUN_ARGS); status=$$?; \
+	if [ -d $(RESULTS)/$(1) ]; then $(HARNESS) report $(RESULTS)/$(1) || exit 1; fi; exit $$status
+endef
+reproduce-docvqa: setup
+	$(call reproduce,docvqa_accuracy)
+reproduce-hateful-memes: setup
+	$(call reproduce,hateful_memes_accuracy)
+reproduce-nlvr2: setup
+	$(call reproduce,nlvr2_accuracy)
+reproduce-ucf101: setup
+	$(call reproduce,ucf101_accuracy)
 
 plan-cpu: setup
 	$(HARNESS) plan cpu_smoke

@@ -116,6 +116,7 @@ def _add_grid_commands(sub) -> None:
     plan.add_argument("--json", action="store_true", help="print the runnable cells as a JSON list of RunSpecs")
     plan.add_argument("--profile", help="a profile of the grid (e.g. tiny)")
     plan.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
+    plan.add_argument("--repeats", type=int, default=1, help="each cell N times with consecutive seeds")
     plan.set_defaults(func=_plan)
 
     run = sub.add_parser("run", help="run a grid's cells")
@@ -124,6 +125,7 @@ def _add_grid_commands(sub) -> None:
     run.add_argument("--results", type=Path, default=Path("results/runs"), help="results root (default results/runs)")
     run.add_argument("--group", help="results group (default: this machine, e.g. 8xA100 or cpu)")
     run.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
+    run.add_argument("--repeats", type=int, default=1, help="each cell N times with consecutive seeds")
     run.add_argument("--force", action="store_true", help="rerun cells that already have a final row")
     run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the grid's limits)")
     run.add_argument("--allow-hardware-mismatch", action="store_true",
@@ -229,7 +231,7 @@ def _plan(args) -> int:
     from harness.matrix import load_grid
     from harness.runner import matches
 
-    grid = load_grid(_grid_path(args.matrix), args.profile)
+    grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats)
     filters = _filters(args.filter)
     cells = [c for c in grid.cells if not c.runnable or matches(c, filters)]
     if args.json:
@@ -271,10 +273,10 @@ def _run(args) -> int:
     from harness import hardware
     from harness.launch import Nodes
     from harness.matrix import load_grid
-    from harness.runner import Runner, RunOptions
+    from harness.runner import Runner, RunOptions, matches
     from harness.summary import print_summary
 
-    grid = load_grid(_grid_path(args.matrix), args.profile)
+    grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     machine = hardware.detect()
     hw = grid.file.hardware
@@ -282,6 +284,13 @@ def _run(args) -> int:
     if problem and not args.allow_hardware_mismatch:
         print(f"error: {grid.path}: {problem}; pass --allow-hardware-mismatch to run anyway (rows record the "
               "hardware actually used)", file=sys.stderr)
+        return 2
+    from harness.preflight import missing_inputs
+
+    problems = missing_inputs([c for c in grid.runnable if matches(c, _filters(args.filter))]) \
+        if args.launcher == "local" and not args.dry_run else []
+    if problems:
+        print("error: the grid's inputs are not here:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return 2
     if args.nnodes > 1 and not args.master_addr:
         print("error: --nnodes > 1 needs --master-addr (the first node's address)", file=sys.stderr)

@@ -154,7 +154,7 @@ def _expand_env(value, where: str):
     if isinstance(value, str):
         def sub(match):
             name, default = match.group(1), match.group(2)
-            if name in os.environ:
+            if os.environ.get(name):  # as the shell: an empty variable counts as unset
                 return os.environ[name]
             if default is not None:
                 return default
@@ -167,7 +167,7 @@ def _expand_env(value, where: str):
     return value
 
 
-def load_grid(path: str | Path, profile: str | None = None) -> Grid:
+def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1) -> Grid:
     path = Path(path)
     if not path.is_file():
         candidates = sorted(p.stem for p in Path("matrices").glob("*.yaml")) if Path("matrices").is_dir() else []
@@ -189,7 +189,7 @@ def load_grid(path: str | Path, profile: str | None = None) -> Grid:
     override = grid_file.profiles[profile].override if profile in grid_file.profiles else {}
     grid_file = grid_file.with_profile(profile, path)
     grid = Grid(path, grid_file, profile=profile)
-    grid.cells = expand(grid_file, path, override)
+    grid.cells = expand(grid_file, path, override, repeats)
     return grid
 
 
@@ -223,7 +223,10 @@ def _check_spec_keys(path: Path, grid: GridFile) -> None:
             raise GridError(f"{path}: axes.{key}: an axis needs at least one value")
 
 
-def expand(grid: GridFile, path: Path, override: dict | None = None) -> list[Cell]:
+def expand(grid: GridFile, path: Path, override: dict | None = None, repeats: int = 1) -> list[Cell]:
+    """Every cell; with `repeats` > 1 each cell N times with seeds seed, seed+1, ... (mean and spread in reports)."""
+    if repeats < 1:
+        raise GridError(f"{path}: --repeats must be at least 1, got {repeats}")
     base = {"gpu": grid.hardware.gpu, "gpus_per_node": grid.hardware.gpus_per_node, "nodes": grid.hardware.nodes,
             **grid.defaults}
     combos = [dict(zip(grid.axes, values, strict=True)) for values in itertools.product(*grid.axes.values())]
@@ -231,6 +234,8 @@ def expand(grid: GridFile, path: Path, override: dict | None = None) -> list[Cel
     fields_list += [{**base, **extra} for extra in grid.include]
     if not fields_list:
         fields_list = [{**base, **(override or {})}]
+    if repeats > 1:
+        fields_list = [{**f, "seed": int(f.get("seed", 0)) + k} for f in fields_list for k in range(repeats)]
     cells, seen = [], {}
     for index, fields in enumerate(fields_list):
         cell = _make_cell(index, fields, grid, path)

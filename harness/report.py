@@ -9,6 +9,8 @@ the grid come last; plots (PNG) are written beside the markdown and linked.
 
 from __future__ import annotations
 
+import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,15 +101,34 @@ def speed_table(lines: list[SpeedLine]) -> list[list[str]]:
     return out
 
 
+def repeat_groups(rows: list[dict]) -> list[list[dict]]:
+    """Rows that differ only in their seed (`--repeats`), in order of first appearance."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        key = json.dumps({k: v for k, v in row["spec"].items() if k != "seed"}, sort_keys=True)
+        groups.setdefault(key, []).append(row)
+    return list(groups.values())
+
+
+def _spread(values: list[float]) -> str:
+    """mean ± sample standard deviation (n), x100 like the guide's tables."""
+    if len(values) == 1:
+        return f"{values[0] * 100:.2f}"
+    return f"{statistics.mean(values) * 100:.2f} ± {statistics.stdev(values) * 100:.2f} (n={len(values)})"
+
+
 def accuracy_table(rows: list[dict], refs: dict[str, RefRow]) -> tuple[list[list[str]], list[Comparison]]:
     out, comparisons = [], []
-    for row in rows:
+    for group in repeat_groups(rows):
+        row = group[0]
         ref = refs.get(row["spec"].get("reference") or "")
         c = compare(row, ref, speed=False)
         comparisons.append(c)
         s, m = row["spec"], row["metrics"]
         metric = "anls" if "anls" in m or (ref and "anls" in ref.values) else "accuracy"
-        after, before = m.get(metric), m.get(f"{metric}_before")
+        afters = [r["metrics"][metric] for r in group if r["status"] == "ok" and metric in r["metrics"]]
+        befores = [r["metrics"][f"{metric}_before"] for r in group if f"{metric}_before" in r["metrics"]]
+        after = statistics.mean(afters) if afters else None
         doc = ref.values.get(metric) if ref else None
         verdict = status(after * 100 if after is not None else None, doc.value if doc else None, True) \
             if c.comparable else ("not comparable" if row["status"] == "ok" else row["status"])
@@ -116,10 +137,11 @@ def accuracy_table(rows: list[dict], refs: dict[str, RefRow]) -> tuple[list[list
             extra.append(f"standard ANLS {m['anls_standard'] * 100:.2f}")
         if "auroc" in m:
             extra.append(f"AUROC {m['auroc']:.3f}")
+        cells = ", ".join(str(r.get("cell", "")) for r in group)
         out.append([
-            str(row.get("cell", "")), s["task"], s["strategy"], s["precision"], f"{s['lr']:g}", f"{s['epochs']:g}",
-            metric, _fmt(before and before * 100, 2) if before is not None else "-",
-            _fmt(after * 100, 2) if after is not None else "-", doc.text(2) if doc else "-",
+            cells, s["task"], s["strategy"], s["precision"], f"{s['lr']:g}", f"{s['epochs']:g}",
+            metric, _spread(befores) if befores else "-", _spread(afters) if afters else "-",
+            doc.text(2) if doc else "-",
             f"{after * 100 - doc.value:+.2f}" if c.comparable and doc and after is not None else "-", verdict,
             "; ".join(extra) or "-",
         ])

@@ -30,6 +30,7 @@ def predict(model, records: Sequence[Record], task: TaskSpec, processor, *, batc
     out = []
     was_training = model.training
     model.eval()
+    _keep_4bit_layers_trainable_on_cpu(model, device)
     try:
         for start in range(0, len(dataset), batch_size):
             batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
@@ -47,6 +48,17 @@ def predict(model, records: Sequence[Record], task: TaskSpec, processor, *, batc
     finally:
         model.train(was_training)
     return out
+
+
+def _keep_4bit_layers_trainable_on_cpu(model, device: torch.device) -> None:
+    """bitsandbytes 0.50's CPU inference path repacks 4-bit weights in place when a layer is in eval mode, and the
+    repacked layer then fails in training ("a view of a leaf Variable ... in-place"). Evaluating with those layers
+    in training mode gives the same outputs (no dropout inside them) and leaves them trainable."""
+    if device.type != "cpu":
+        return
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit":
+            module.train()
 
 
 def _first_tokens(tokenizer, labels: tuple[str, str]) -> tuple[int, int]:

@@ -81,7 +81,7 @@ class Cell:
         self.config = model_config(spec)
         self.processor = inputs.build_processor(spec, self.config)
         self.train_records, self.eval_records = inputs.records(spec, self.out)
-        quantization = qlora_quantization(spec) if self.strategy.quantized else None
+        quantization = qlora_quantization(spec, self.config) if self.strategy.quantized else None
         model = build_base(spec, device.torch, weights_dtype(spec), quantization)
         model = self.strategy.prepare(model, spec)
         if spec.gradient_checkpointing:

@@ -86,6 +86,19 @@ def test_qlora_quantises_the_base_and_trains_the_same_adapters():
     assert total == TOTAL - CLIP_LAYER - 2 * VD + trainable
 
 
+def test_qlora_keeps_layers_narrower_than_a_4bit_block_unquantised():
+    from training_core.model import build_config
+
+    spec = RunSpec(model="tiny", strategy="qlora", precision="fp32", lora_rank=4)
+    model = build_base(spec, torch.device("cpu"), torch.float32, qlora_quantization(spec, build_config("tiny")))
+    clip_q = model.model.vision_embed_tokens.img_processor.vision_model.encoder.layers[0].self_attn.q_proj
+    assert type(clip_q).__name__ == "Linear"  # 32 inputs < bitsandbytes' 64-value block
+    assert type(model.model.layers[0].self_attn.qkv_proj).__name__ == "Linear4bit"
+    assert type(model.model.vision_embed_tokens.img_projection[0]).__name__ == "Linear4bit"
+    full = qlora_quantization(RunSpec(model="phi-3.5-vision", strategy="qlora"), build_config("phi-3.5-vision"))
+    assert full.llm_int8_skip_modules == ["lm_head"]  # the real model: everything but the LM head is 4-bit
+
+
 CPU = Device("cpu", 0, "x86_64", None, None)
 A100 = Device("cuda", 0, "NVIDIA A100-SXM4-80GB", (8, 0), 80 * 2**30)
 V100 = Device("cuda", 0, "Tesla V100-SXM2-32GB", (7, 0), 32 * 2**30)

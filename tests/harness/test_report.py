@@ -146,3 +146,17 @@ def test_report_of_a_real_cpu_smoke_run(tmp_path):
     assert text.count("not comparable: model: tiny preset vs documented Phi-3-vision; GPU: cpu vs documented A100; "
                       "GPU count: 1 vs documented 8; global batch: 2 vs documented 64") == 4
     assert json.loads(json.dumps(rows))  # rows are plain JSON
+
+
+def test_repeats_are_reported_as_mean_and_spread(tmp_path):
+    store = RowStore(tmp_path / "hateful_memes_accuracy" / "g")
+    for seed, (before, after) in enumerate([(0.50, 0.90), (0.48, 0.94), (0.52, 0.92)]):
+        row = copy.deepcopy(ROWS[0])
+        row.update({"cell": seed, "run_id": f"s{seed}"})
+        row["spec"].update({"mode": "accuracy", "task": "hateful_memes", "seed": seed, "reference": None})
+        row["metrics"] = {"accuracy": after, "accuracy_before": before}
+        store.append(row)
+    text = render(store.directory, tmp_path / "r.md").read_text()
+    (line,) = _table(text, "Accuracy")
+    assert line[0] == "0, 1, 2"
+    assert line[7:9] == ["50.00 ± 2.00 (n=3)", "92.00 ± 2.00 (n=3)"]

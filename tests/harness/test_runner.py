@@ -24,7 +24,7 @@ def grid(tmp_path: Path, body: str, name: str = "g") -> Path:
 
 
 def harness(*args, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = kwargs.pop("env", None) or {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=kwargs.pop("timeout", 600), **kwargs)
 
@@ -191,3 +191,25 @@ def test_torn_last_line_is_ignored_with_a_warning_and_set_aside(tmp_path, capsys
     store.path.write_text(store.path.read_text().replace('"b"', '"b'))
     with pytest.raises(ValueError, match=r"rows.jsonl:2: not a JSON row"):
         store.rows()
+
+
+def test_missing_checkpoint_and_dataset_are_named_before_anything_runs(tmp_path):
+    env_backup = os.environ.pop("MODEL", None)
+    try:
+        out = harness("run", "hateful_memes_accuracy", "--results", str(tmp_path / "r"), "--allow-hardware-mismatch",
+                      env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HOME": str(tmp_path / "empty-hf")})
+    finally:
+        if env_backup is not None:
+            os.environ["MODEL"] = env_backup
+    assert out.returncode == 2
+    assert "checkpoint 'models/Phi-3-vision-128k-instruct' not found" in out.stderr
+    assert "download microsoft/Phi-3-vision-128k-instruct" in out.stderr and "MODEL=DIR" in out.stderr
+    assert "HuggingFaceM4/the_cauldron/hateful_memes" in out.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_repeats_and_profiles_plan(tmp_path):
+    out = harness("plan", "nlvr2_accuracy", "--profile", "tiny", "--repeats", "3", "--json")
+    specs = json.loads(out.stdout)
+    assert len(specs) == 6 and sorted({s["seed"] for s in specs}) == [0, 1, 2]
+    assert {(s["model"], s["data"], s["gpu"]) for s in specs} == {("tiny", "synthetic", "cpu")}

@@ -52,11 +52,21 @@ def _prepare_lora(model: nn.Module, spec: RunSpec) -> nn.Module:
     return model
 
 
-def qlora_quantization(spec: RunSpec):
+BNB_BLOCKSIZE = 64
+
+
+def qlora_quantization(spec: RunSpec, config=None):
+    """nf4, no double quantisation, compute dtype from the precision (the recipe). Linear layers narrower than
+    bitsandbytes' 4-bit block (64 inputs) stay unquantised: only the tiny preset's 32-wide CLIP has them, and
+    bitsandbytes' CPU inference path cannot pack them; the real model's layers are all 1024 wide or more."""
     from transformers import BitsAndBytesConfig
 
     compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[spec.precision]
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+    skip = ["lm_head"]
+    if config is not None and config.vision_config().hidden_size < BNB_BLOCKSIZE:
+        skip.append("model.vision_embed_tokens.img_processor")  # a prefix: every CLIP layer
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+                              llm_int8_skip_modules=skip)
 
 
 LORA = Strategy("lora", "ddp", _prepare_lora)

@@ -1,5 +1,5 @@
-"""NLVR2 twin: two pictures with 1-4 shapes each; each statement compares the shape counts of the left and right
-picture and is answered True or False (balanced). Half the records carry a second statement as a follow-up turn
+"""NLVR2 twin: two pictures, one with few and one with many shapes (`counts`, by default 1 and 4); each statement
+says which picture has more shapes and is answered True or False (balanced). Half the records carry a second statement as a follow-up turn
 without images, as the Cauldron's multi-turn NLVR2 records do."""
 
 from __future__ import annotations
@@ -14,26 +14,26 @@ from .twin import COLOURS, Example, Twin, draw_shape
 STATEMENTS = {
     "left_more": "The left image contains more shapes than the right image.",
     "right_more": "The right image contains more shapes than the left image.",
-    "same": "Both images contain the same number of shapes.",
 }
 QUESTION = "{statement}\nIs this statement true or false?"
 
 
 def truth(kind: str, left: int, right: int) -> bool:
-    return {"left_more": left > right, "right_more": right > left, "same": left == right}[kind]
+    return {"left_more": left > right, "right_more": right > left}[kind]
 
 
 @dataclass
 class NLVR2Twin(Twin):
     size: tuple[int, int] = (240, 160)
+    counts: tuple[int, ...] = (1, 4)  # shapes per picture; far apart, so that a tiny model can learn the comparison
     source = "nlvr2_synth"
 
     def example(self, rng: random.Random, index: int, split: str) -> Example:
         kind = rng.choice(sorted(STATEMENTS))
         want = rng.random() < 0.5
-        while True:
-            left, right = rng.randrange(1, 5), rng.randrange(1, 5)
-            if truth(kind, left, right) == want:
+        while True:  # the two pictures always differ in count, so every statement is decidable
+            left, right = rng.choice(self.counts), rng.choice(self.counts)
+            if left != right and truth(kind, left, right) == want:
                 break
         images = (self._picture(rng, left), self._picture(rng, right))
         turns = [(images, QUESTION.format(statement=STATEMENTS[kind]), str(want), (str(want),))]

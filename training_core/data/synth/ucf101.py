@@ -30,7 +30,7 @@ class UCF101Twin(Twin):
     def example(self, rng: random.Random, index: int, split: str) -> Example:
         label = CLASSES[index % len(CLASSES)]
         w, h = self.size
-        s = h // 4
+        s = h // 3
         x0, y0 = rng.randrange(0, w - s), rng.randrange(0, h - s)
         x1, y1 = rng.randrange(0, w - s), rng.randrange(0, h - s)
         noise = np.random.default_rng(rng.randrange(1 << 30))
