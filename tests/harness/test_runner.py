@@ -88,17 +88,18 @@ def test_sigkill_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_crash_timeout_and_oom_cells_become_rows_and_the_grid_goes_on(tmp_path):
-    path = grid(tmp_path, """include:
-  - {data: /nonexistent/dataset}
-  - {timeout_s: 3}
-  - {memory_gb: 0.5, seed: 1}
-  - {seed: 2}
+    (tmp_path / "empty").mkdir()  # exists (so the preflight lets it through) but holds no dataset: fails in the cell
+    path = grid(tmp_path, f"""include:
+  - {{data: {tmp_path / 'empty'}}}
+  - {{timeout_s: 3}}
+  - {{memory_gb: 0.5, seed: 1}}
+  - {{seed: 2}}
 """)
     out = harness("run", str(path), "--results", str(tmp_path / "r"))
-    assert out.returncode == 1
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     by_cell = {r["cell"]: r for r in rows(tmp_path / "r")}
     assert [by_cell[i]["status"] for i in range(4)] == ["error", "timeout", "oom", "ok"]
-    assert "DataError" in by_cell[0]["reason"] and "/nonexistent/dataset" in by_cell[0]["reason"]
+    assert "DataError" in by_cell[0]["reason"] and str(tmp_path / "empty") in by_cell[0]["reason"]
     assert "timeout of 3 s" in by_cell[1]["reason"]
     assert "out of memory under the cell's 0.5 GB limit" in by_cell[2]["reason"]
     for i in range(3):
@@ -213,3 +214,10 @@ def test_repeats_and_profiles_plan(tmp_path):
     specs = json.loads(out.stdout)
     assert len(specs) == 6 and sorted({s["seed"] for s in specs}) == [0, 1, 2]
     assert {(s["model"], s["data"], s["gpu"]) for s in specs} == {("tiny", "synthetic", "cpu")}
+
+
+def test_a_missing_data_path_is_refused_up_front(tmp_path):
+    path = grid(tmp_path, "include:\n  - {data: /nonexistent/dataset}\n")
+    out = harness("run", str(path), "--results", str(tmp_path / "r"))
+    assert out.returncode == 2 and "data '/nonexistent/dataset' not found" in out.stderr
+    assert not (tmp_path / "r").exists()
