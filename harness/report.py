@@ -78,6 +78,14 @@ def _signed(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:+.{digits}f}%"
 
 
+def _mfu_text(spec: dict, metrics: dict) -> str:
+    if spec["strategy"] == "qlora":
+        return "n/a (4-bit)"
+    if "mfu" not in metrics:
+        return "n/a (no peak FLOPs)"
+    return _fmt(metrics["mfu"] * 100, 1, "%")
+
+
 def speed_table(lines: list[SpeedLine]) -> list[list[str]]:
     out = []
     for line in lines:
@@ -87,8 +95,7 @@ def speed_table(lines: list[SpeedLine]) -> list[list[str]]:
         images, mem = m.get("images_per_s"), peak_memory_gb(m)
         verdict = (status(images, doc["images_per_s"].value, True) if c.comparable and "images_per_s" in doc
                    else ("not comparable" if row["status"] == "ok" else row["status"]))
-        mfu = "n/a (4-bit)" if s["strategy"] == "qlora" else _fmt(m.get("mfu") and m["mfu"] * 100, 1, "%") \
-            if "mfu" in m else "n/a (no peak FLOPs)"
+        mfu = _mfu_text(s, m)
         out.append([
             str(row.get("cell", "")), s["strategy"], str(s["nodes"]), str(s["nodes"] * s["gpus_per_node"]),
             "yes" if s["attention"] == "flash_attention_2" else s["attention"], s["precision"],
@@ -148,7 +155,7 @@ def accuracy_table(rows: list[dict], refs: dict[str, RefRow]) -> tuple[list[list
     return out, comparisons
 
 
-def environment(rows: list[dict], store: RowStore) -> list[tuple[str, str]]:
+def environment(rows: list[dict]) -> list[tuple[str, str]]:
     env = next((r["env"] for r in rows if r.get("env")), {})
     gpus = ", ".join(sorted({g["name"] for g in env.get("gpus") or []})) or "none (CPU)"
     keys = [("git", f"{env.get('git_sha') or 'unknown'}{' (dirty)' if env.get('git_dirty') else ''}"),
@@ -181,7 +188,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         matrix=rows[0].get("matrix") or group_dir.parent.name, group=group_dir.name,
         profile=rows[0].get("profile"), speed=speed_table(lines), baseline=baseline,
         accuracy=acc_table, comparisons=comparisons, failures=[r for r in rows if r["status"] != "ok"],
-        environment=environment(rows, store), rows=rows, images=[f"{assets}/{name}" for name in images],
+        environment=environment(rows), rows=rows, images=[f"{assets}/{name}" for name in images],
         measured_gpu=measured_gpu, model_family=model_family,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

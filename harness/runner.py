@@ -171,7 +171,7 @@ class Runner:
             return self._slurm(cell, cell_dir, spec_path)
         recorded = self._finished_result(cell_dir)
         if recorded is not None:  # the cell finished but the runner died before recording it
-            return self._row_from_result(cell, recorded, cell_dir / self._log_name())
+            return self._finish_row(cell, recorded, cell_dir / self._log_name())
         if self.options.dry_run:
             self.console.print("    " + shell(torchrun_command(spec, spec_path, cell_dir, self.options.nodes)))
             return None
@@ -234,7 +234,7 @@ class Runner:
         if self._interrupted and status is None:
             status = ("interrupted", "the runner was interrupted (Ctrl-C) while this cell ran")
         if status is None and result_path.exists():
-            return self._row_from_result(cell, json.loads(result_path.read_text()), log_path)
+            return self._finish_row(cell, json.loads(result_path.read_text()), log_path)
         if status is None:
             status = self._classify_exit(proc.returncode, log_path, cell)
         return self._failure_row(cell, status, log_path, started)
@@ -253,9 +253,6 @@ class Runner:
                         env=capture(cell.spec.world_size), process_start=started)
         return self._finish_row(cell, row, log_path)
 
-    def _row_from_result(self, cell: Cell, result: dict, log_path: Path) -> dict:
-        return self._finish_row(cell, result, log_path)
-
     def _finish_row(self, cell: Cell, row: dict, log_path: Path) -> dict:
         row = {**row, "matrix": self.grid.name, "cell": cell.index, "log": str(log_path)}
         row["profile"] = self.grid.profile
@@ -267,7 +264,7 @@ class Runner:
     def _slurm(self, cell: Cell, cell_dir: Path, spec_path: Path) -> dict | None:
         recorded = self._finished_result(cell_dir)
         if recorded is not None:
-            return self._row_from_result(cell, recorded, cell_dir / "slurm.log")
+            return self._finish_row(cell, recorded, cell_dir / "slurm.log")
         script = sbatch_script(cell.spec, spec_path, cell_dir, job_name=f"phi3v-{self.grid.name}-{cell.spec.run_id}",
                                timeout_s=self.options.timeout_s or cell.limits.timeout_s, workdir=ROOT,
                                extra=self.options.sbatch_args)

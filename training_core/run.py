@@ -155,10 +155,10 @@ class Cell:
                     self._after_step(step + 1)
         outcome.metrics.update(tracker.metrics(distributed.world_size(), sum_all, max_all))
         outcome.metrics.update(memory.metrics(max_all))
-        outcome.metrics.update(energy.metrics(outcome.metrics.get("images_per_s", 0) and
-                                              outcome.metrics["images_per_s"] * outcome.metrics["measured_wall_s"],
-                                              sum_all))
-        self._flops_metrics(sum_all(sum(window_flops)))
+        images_total = sum_all(sum(s.images for s in tracker.measured))
+        samples_total = sum_all(sum(s.samples for s in tracker.measured))
+        outcome.metrics.update(energy.metrics(images_total, sum_all))
+        self._flops_metrics(sum_all(sum(window_flops)), samples_total)
         outcome.metrics["loss_first"] = outcome.series["loss"][0] if outcome.series["loss"] else None
         outcome.metrics["loss_last"] = outcome.series["loss"][-1] if outcome.series["loss"] else None
 
@@ -171,13 +171,13 @@ class Cell:
         if self.args.stop_after and done == self.args.stop_after:
             raise StopRequested(f"stopped after optimizer step {done} (--stop-after)")
 
-    def _flops_metrics(self, flops_total: float) -> None:
+    def _flops_metrics(self, flops_total: float, samples_total: float) -> None:
         metrics = self.outcome.metrics
         wall = metrics.get("measured_wall_s")
         if not wall or not metrics.get("measured_steps"):
             return
         metrics["model_flops_per_s"] = flops_total / wall
-        metrics["flops_per_sample"] = flops_total / max(metrics["samples_per_s"] * wall, 1)
+        metrics["flops_per_sample"] = flops_total / max(samples_total, 1)
         if self.spec.strategy == "qlora":
             return  # 4-bit dequantisation work makes an MFU figure meaningless
         value = mfu(flops_total, wall, distributed.world_size(), peak_flops(self.device.name, self.spec.precision)

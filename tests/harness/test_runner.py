@@ -166,7 +166,7 @@ def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
 
 
 def test_hardware_mismatch_is_refused_unless_allowed(tmp_path):
-    path = grid(tmp_path, "hardware_note: x\n".replace("hardware_note: x\n", "") + "include:\n  - {gpu: A100}\n")
+    path = grid(tmp_path, "include:\n  - {gpu: A100}\n")
     text = path.read_text().replace("hardware: {gpu: cpu, gpus_per_node: 1}", "hardware: {gpu: A100, gpus_per_node: 1}")
     path.write_text(text)
     refused = harness("run", str(path), "--results", str(tmp_path / "r"))
