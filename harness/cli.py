@@ -241,19 +241,23 @@ def _plan(args) -> int:
     console = Console(highlight=False, width=200)
     console.print(f"[bold]{grid.name}[/bold]{' (profile ' + grid.profile + ')' if grid.profile else ''}: "
                   f"{grid.file.description.strip()}")
+    for patch in grid.patches:
+        settings = ", ".join(f"{k}={v}" for k, v in patch.set.items())
+        console.print(f"  profile patch: cells with {patch.match} get {settings}"
+                      + (f" ({patch.reason})" if patch.reason else ""))
     table = Table(show_lines=False)
-    for column in ("#", "run_id", "task", "strategy", "precision", "attention", "nodes", "GPUs", "batch", "crops",
-                   "reference", "status"):
+    for column in ("#", "run_id", "task", "strategy", "precision", "attention", "nodes", "GPUs", "batch", "lr",
+                   "crops", "reference", "status"):
         table.add_column(column)
     for c in cells:
         s = c.spec
         if s is None:
             table.add_row(str(c.index), "-", *[str(c.fields.get(k, "")) for k in ("task", "strategy", "precision", "attention")],
-                          str(c.fields.get("nodes", "")), "", "", "", str(c.fields.get("reference", "")),
+                          str(c.fields.get("nodes", "")), "", "", "", "", str(c.fields.get("reference", "")),
                           f"{c.status}: {c.reason}")
             continue
         table.add_row(str(c.index), s.run_id, s.task, s.strategy, s.precision, s.attention, str(s.nodes),
-                      str(s.world_size), str(s.global_batch), str(s.num_crops or "task"), s.reference or "",
+                      str(s.world_size), str(s.global_batch), f"{s.lr:g}", str(s.num_crops or "task"), s.reference or "",
                       "planned" if c.runnable else f"{c.status}: {c.reason}")
     console.print(table)
     console.print("[bold]launch commands[/bold] (results/runs/<matrix>/<group>/cells/<run_id>/):")

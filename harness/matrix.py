@@ -11,6 +11,12 @@ include:                            # extra cells (over the defaults), e.g. the 
 exclude:                            # rules: a cell matching every key is listed as excluded with the reason
   - {match: {strategy: qlora, precision: fp32}, reason: ...}
 limits: {timeout_s: 1800, memory_gb: null}       # per cell, runner-side (not part of the spec)
+profiles:                           # `--profile NAME` variants, e.g. the tiny CPU twin of an accuracy grid
+  tiny:
+    hardware: {gpu: cpu}
+    override: {model: tiny, lr: 3.0e-3}            # over every cell
+    patches:                                       # over the cells they match (each must match one)
+      - {match: {strategy: full}, set: {lr: 3.0e-4}, reason: ...}
 ```
 
 String values may use `${VAR}` or `${VAR:-default}` (environment). Each cell becomes a `RunSpec`; the built-in
@@ -76,14 +82,26 @@ class ReferenceRule(BaseModel):
     key: str
 
 
+class Patch(BaseModel):
+    """In a profile: cells matching every key of `match` (after the profile's override) get `set` on top of it,
+    e.g. a lower learning rate for the strategy that needs one. Each patch must match at least one cell."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    match: dict[str, Any]
+    set: dict[str, Any]
+    reason: str = ""
+
+
 class Profile(BaseModel):
-    """A named variant of a grid (`--profile NAME`): other hardware, defaults under the cells, overrides over them."""
+    """A named variant of a grid (`--profile NAME`): other hardware, defaults under the cells, overrides over them,
+    patches over those for the cells they match."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     description: str = ""
     hardware: Hardware | None = None
     defaults: dict[str, Any] = {}
     override: dict[str, Any] = {}
+    patches: list[Patch] = []
     limits: Limits | None = None
 
 
@@ -137,6 +155,7 @@ class Grid:
     file: GridFile
     profile: str | None = None
     cells: list[Cell] = field(default_factory=list)
+    patches: list[Patch] = field(default_factory=list)  # the chosen profile's, for `plan` to show
 
     @property
     def name(self) -> str:
@@ -186,10 +205,11 @@ def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1) ->
     except ValidationError as exc:
         raise GridError(_grid_error(path, exc)) from None
     _check_spec_keys(path, grid_file)
-    override = grid_file.profiles[profile].override if profile in grid_file.profiles else {}
+    chosen = grid_file.profiles.get(profile) if profile is not None else None
     grid_file = grid_file.with_profile(profile, path)
-    grid = Grid(path, grid_file, profile=profile)
-    grid.cells = expand(grid_file, path, override, repeats)
+    override, patches = (chosen.override, chosen.patches) if chosen else ({}, [])
+    grid = Grid(path, grid_file, profile=profile, patches=list(patches))
+    grid.cells = expand(grid_file, path, override, repeats, patches, where=f"profiles.{profile}")
     return grid
 
 
@@ -212,6 +232,9 @@ def _check_spec_keys(path: Path, grid: GridFile) -> None:
     places += [(f"references[{i}].match", r.match) for i, r in enumerate(grid.references)]
     for name, profile in grid.profiles.items():
         places += [(f"profiles.{name}.defaults", profile.defaults), (f"profiles.{name}.override", profile.override)]
+        for i, patch in enumerate(profile.patches):
+            places += [(f"profiles.{name}.patches[{i}].match", patch.match),
+                       (f"profiles.{name}.patches[{i}].set", patch.set)]
     for where, mapping in places:
         for key in mapping:
             if key not in valid:
@@ -223,7 +246,8 @@ def _check_spec_keys(path: Path, grid: GridFile) -> None:
             raise GridError(f"{path}: axes.{key}: an axis needs at least one value")
 
 
-def expand(grid: GridFile, path: Path, override: dict | None = None, repeats: int = 1) -> list[Cell]:
+def expand(grid: GridFile, path: Path, override: dict | None = None, repeats: int = 1,
+           patches: list[Patch] = (), where: str = "profile") -> list[Cell]:
     """Every cell; with `repeats` > 1 each cell N times with seeds seed, seed+1, ... (mean and spread in reports)."""
     if repeats < 1:
         raise GridError(f"{path}: --repeats must be at least 1, got {repeats}")
@@ -234,6 +258,7 @@ def expand(grid: GridFile, path: Path, override: dict | None = None, repeats: in
     fields_list += [{**base, **extra} for extra in grid.include]
     if not fields_list:
         fields_list = [{**base, **(override or {})}]
+    fields_list = _apply_patches(fields_list, patches, path, where)
     if repeats > 1:
         fields_list = [{**f, "seed": int(f.get("seed", 0)) + k} for f in fields_list for k in range(repeats)]
     cells, seen = [], {}
@@ -247,6 +272,17 @@ def expand(grid: GridFile, path: Path, override: dict | None = None, repeats: in
                 seen[cell.spec.run_id] = index
         cells.append(cell)
     return cells
+
+
+def _apply_patches(fields_list: list[dict], patches, path: Path, where: str) -> list[dict]:
+    for i, patch in enumerate(patches):
+        hits = [f for f in fields_list if all(f.get(k) == v for k, v in patch.match.items())]
+        if not hits:
+            raise GridError(f"{path}: {where}.patches[{i}].match: {patch.match} matches no cell; "
+                            "check the keys and values against `harness plan` or remove the patch")
+        for fields in hits:
+            fields.update(patch.set)
+    return fields_list
 
 
 LIMIT_KEYS = ("timeout_s", "memory_gb")

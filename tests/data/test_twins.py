@@ -71,6 +71,29 @@ def test_twin_answers_follow_the_image(twins):
         assert (dark_red > light_blue) == (r.conversations[0].assistant == "yes")
 
 
+def test_nlvr2_twin_answers_follow_the_shape_counts(tmp_path):
+    """The first turn is true exactly when the left picture holds more shapes (more ink on the background); a
+    follow-up turn, where present, asks the mirrored statement and has the opposite answer. True/False balanced."""
+    synthesize("nlvr2", tmp_path, n_train=16, n_eval=0, seed=3)
+    records = load_records(get_task("nlvr2"), "train", tmp_path)
+
+    def ink(record, ref):
+        return sum(n for n, c in record.open_image(ref).getcolors(1 << 20) if c != (245, 245, 235))
+
+    firsts = [r.conversations[0] for r in records]
+    assert sorted(t.assistant for t in firsts) == ["False"] * 8 + ["True"] * 8
+    follow_ups = 0
+    for r in records:
+        first = r.conversations[0]
+        left, right = (ink(r, ref) for ref in first.images)
+        assert (left > right) == (first.assistant == "True"), first.user
+        for turn in r.conversations[1:]:
+            follow_ups += 1
+            assert not turn.images and "right image contains more" in turn.user
+            assert turn.assistant == ("False" if first.assistant == "True" else "True")
+    assert follow_ups > 0
+
+
 @pytest.mark.parametrize("task_name", TWIN_TASKS)
 def test_twins_are_deterministic_by_seed(tmp_path, task_name):
     a = synthesize(task_name, tmp_path / "a", n_train=3, n_eval=2, seed=1)

@@ -149,3 +149,29 @@ profiles:
     assert plain.cells[1].limits.timeout_s == 100
     with pytest.raises(GridError, match="profiles.huge: no such profile"):
         load_grid(path, profile="huge")
+
+
+def test_profile_patches_set_values_on_matching_cells_only(tmp_path):
+    text = """
+name: patched
+defaults: {model: tiny, global_batch: 2}
+include:
+  - {strategy: full, lr: 1.0e-5}
+  - {strategy: full, lr: 1.0e-5, precision: fp32}
+  - {strategy: frozen_vision, lr: 2.0e-5}
+profiles:
+  tiny:
+    override: {lr: 3.0e-3, epochs: 15}
+    patches:
+      - {match: {strategy: full}, set: {lr: 3.0e-4, epochs: 30}, reason: trainable CLIP drifts at 3e-3}
+"""
+    path = _grid(tmp_path, text)
+    plain, tiny = load_grid(path), load_grid(path, profile="tiny")
+    assert [(c.spec.strategy, c.spec.lr, c.spec.epochs) for c in plain.runnable] == [
+        ("full", 1e-5, 1), ("full", 1e-5, 1), ("frozen_vision", 2e-5, 1)]
+    assert [(c.spec.strategy, c.spec.precision, c.spec.lr, c.spec.epochs) for c in tiny.runnable] == [
+        ("full", "bf16", 3e-4, 30), ("full", "fp32", 3e-4, 30), ("frozen_vision", "bf16", 3e-3, 15)]
+    with pytest.raises(GridError, match=r"profiles.tiny.patches\[0\].match: .* matches no cell"):
+        load_grid(_grid(tmp_path, text.replace("strategy: full}, set", "strategy: lora}, set")), profile="tiny")
+    with pytest.raises(GridError, match=r"profiles.tiny.patches\[0\].set.epoch: not a cell setting"):
+        load_grid(_grid(tmp_path, text.replace("epochs: 30}", "epoch: 30}")), profile="tiny")

@@ -214,6 +214,9 @@ def test_repeats_and_profiles_plan(tmp_path):
     specs = json.loads(out.stdout)
     assert len(specs) == 6 and sorted({s["seed"] for s in specs}) == [0, 1, 2]
     assert {(s["model"], s["data"], s["gpu"]) for s in specs} == {("tiny", "synthetic", "cpu")}
+    assert {(s["strategy"], s["lr"]) for s in specs} == {("full", 3e-4), ("frozen_vision", 3e-3)}  # the profile patch
+    text = harness("plan", "nlvr2_accuracy", "--profile", "tiny").stdout
+    assert "profile patch: cells with {'strategy': 'full'} get lr=0.0003" in text
 
 
 def test_a_missing_data_path_is_refused_up_front(tmp_path):

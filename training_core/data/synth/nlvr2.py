@@ -1,6 +1,16 @@
-"""NLVR2 twin: two pictures, one with few and one with many shapes (`counts`, by default 1 and 4); each statement
-says which picture has more shapes and is answered True or False (balanced). Half the records carry a second statement as a follow-up turn
-without images, as the Cauldron's multi-turn NLVR2 records do."""
+"""NLVR2 twin: two pictures, one with few and one with many shapes (`counts`, by default 1 and 4), and a statement
+about the pair answered True or False (balanced).
+
+The first turn's statement always compares the left picture with the right one (in several wordings), so its
+truth is "the left picture has more shapes". Half the records add the mirrored statement as a follow-up turn
+without images, as the Cauldron's multi-turn NLVR2 records do.
+
+Why not a random choice of "left has more" / "right has more" in the first turn: the answer would then be the XOR
+of the statement's side and the pictures, with no single cue that correlates with it. The tiny model sat at chance
+on that variant for long plateaus whose length depended on the strategy and the seed (full fine-tuning at lr 3e-3
+never left it in 15-30 epochs; frozen vision did after ~10). With the fixed side, the answer still needs both
+pictures, and all strategies learn it in a few epochs.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +21,13 @@ from PIL import Image, ImageDraw
 
 from .twin import COLOURS, Example, Twin, draw_shape
 
-STATEMENTS = {
-    "left_more": "The left image contains more shapes than the right image.",
-    "right_more": "The right image contains more shapes than the left image.",
-}
+LEFT_MORE = (  # every wording is true exactly when the left picture has more shapes
+    "The left image contains more shapes than the right image.",
+    "The right image contains fewer shapes than the left image.",
+    "There are more shapes in the left picture than in the right one.",
+)
+RIGHT_MORE = "The right image contains more shapes than the left image."
 QUESTION = "{statement}\nIs this statement true or false?"
-
-
-def truth(kind: str, left: int, right: int) -> bool:
-    return {"left_more": left > right, "right_more": right > left}[kind]
 
 
 @dataclass
@@ -29,18 +37,16 @@ class NLVR2Twin(Twin):
     source = "nlvr2_synth"
 
     def example(self, rng: random.Random, index: int, split: str) -> Example:
-        kind = rng.choice(sorted(STATEMENTS))
-        want = rng.random() < 0.5
+        want = index % 2 == 0  # balanced True / False
         while True:  # the two pictures always differ in count, so every statement is decidable
             left, right = rng.choice(self.counts), rng.choice(self.counts)
-            if left != right and truth(kind, left, right) == want:
+            if left != right and (left > right) == want:
                 break
         images = (self._picture(rng, left), self._picture(rng, right))
-        turns = [(images, QUESTION.format(statement=STATEMENTS[kind]), str(want), (str(want),))]
+        turns = [(images, QUESTION.format(statement=rng.choice(LEFT_MORE)), str(want), (str(want),))]
         if rng.random() < 0.5:
-            other = rng.choice([k for k in sorted(STATEMENTS) if k != kind])
-            answer = str(truth(other, left, right))
-            turns.append(((), QUESTION.format(statement=STATEMENTS[other]), answer, (answer,)))
+            answer = str(right > left)
+            turns.append(((), QUESTION.format(statement=RIGHT_MORE), answer, (answer,)))
         return Example(tuple(turns))
 
     def _picture(self, rng: random.Random, count: int) -> Image.Image:
