@@ -207,9 +207,8 @@ def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1) ->
     _check_spec_keys(path, grid_file)
     chosen = grid_file.profiles.get(profile) if profile is not None else None
     grid_file = grid_file.with_profile(profile, path)
-    override, patches = (chosen.override, chosen.patches) if chosen else ({}, [])
-    grid = Grid(path, grid_file, profile=profile, patches=list(patches))
-    grid.cells = expand(grid_file, path, override, repeats, patches, where=f"profiles.{profile}")
+    grid = Grid(path, grid_file, profile=profile, patches=list(chosen.patches) if chosen else [])
+    grid.cells = expand(grid_file, path, chosen, repeats, where=f"profiles.{profile}")
     return grid
 
 
@@ -246,19 +245,22 @@ def _check_spec_keys(path: Path, grid: GridFile) -> None:
             raise GridError(f"{path}: axes.{key}: an axis needs at least one value")
 
 
-def expand(grid: GridFile, path: Path, override: dict | None = None, repeats: int = 1,
-           patches: list[Patch] = (), where: str = "profile") -> list[Cell]:
-    """Every cell; with `repeats` > 1 each cell N times with seeds seed, seed+1, ... (mean and spread in reports)."""
+def expand(grid: GridFile, path: Path, profile: Profile | None = None, repeats: int = 1,
+           where: str = "profile") -> list[Cell]:
+    """Every cell; with `repeats` > 1 each cell N times with seeds seed, seed+1, ... (mean and spread in reports).
+    `grid` has the profile's include overrides applied already (`with_profile`); its override reaches the axes
+    cells here, and its patches every matching cell."""
+    override = profile.override if profile else {}
     if repeats < 1:
         raise GridError(f"{path}: --repeats must be at least 1, got {repeats}")
     base = {"gpu": grid.hardware.gpu, "gpus_per_node": grid.hardware.gpus_per_node, "nodes": grid.hardware.nodes,
             **grid.defaults}
     combos = [dict(zip(grid.axes, values, strict=True)) for values in itertools.product(*grid.axes.values())]
-    fields_list = [{**base, **combo, **(override or {})} for combo in combos] if grid.axes else []
+    fields_list = [{**base, **combo, **override} for combo in combos] if grid.axes else []
     fields_list += [{**base, **extra} for extra in grid.include]
     if not fields_list:
-        fields_list = [{**base, **(override or {})}]
-    fields_list = _apply_patches(fields_list, patches, path, where)
+        fields_list = [{**base, **override}]
+    _apply_patches(fields_list, profile.patches if profile else [], path, where)
     if repeats > 1:
         fields_list = [{**f, "seed": int(f.get("seed", 0)) + k} for f in fields_list for k in range(repeats)]
     cells, seen = [], {}
@@ -274,15 +276,20 @@ def expand(grid: GridFile, path: Path, override: dict | None = None, repeats: in
     return cells
 
 
-def _apply_patches(fields_list: list[dict], patches, path: Path, where: str) -> list[dict]:
+def _matches(fields: dict, match: dict) -> bool:
+    """A rule's `match` (exclude, references, profile patches): every key has the value, as the cell writes it."""
+    return all(fields.get(k) == v for k, v in match.items())
+
+
+def _apply_patches(fields_list: list[dict], patches: list[Patch], path: Path, where: str) -> None:
+    """Set each patch's values, in order, on the cells it matches (in place); a patch matching none is an error."""
     for i, patch in enumerate(patches):
-        hits = [f for f in fields_list if all(f.get(k) == v for k, v in patch.match.items())]
+        hits = [f for f in fields_list if _matches(f, patch.match)]
         if not hits:
             raise GridError(f"{path}: {where}.patches[{i}].match: {patch.match} matches no cell; "
                             "check the keys and values against `harness plan` or remove the patch")
         for fields in hits:
             fields.update(patch.set)
-    return fields_list
 
 
 LIMIT_KEYS = ("timeout_s", "memory_gb")
@@ -295,7 +302,7 @@ def _make_cell(index: int, fields: dict, grid: GridFile, path: Path) -> Cell:
     fields = {k: v for k, v in fields.items() if k not in LIMIT_KEYS}
     if "reference" not in fields:
         for rule in grid.references:
-            if all(fields.get(k) == v for k, v in rule.match.items()):
+            if _matches(fields, rule.match):
                 fields = {**fields, "reference": rule.key}
                 break
     cell = _plain_cell(index, fields, grid, path)
@@ -304,7 +311,7 @@ def _make_cell(index: int, fields: dict, grid: GridFile, path: Path) -> Cell:
 
 def _plain_cell(index: int, fields: dict, grid: GridFile, path: Path) -> Cell:
     for rule in grid.exclude:
-        if all(fields.get(k) == v for k, v in rule.match.items()):
+        if _matches(fields, rule.match):
             return Cell(index, None, fields, grid.limits, "excluded", rule.reason)
     try:
         spec = RunSpec.parse(fields, where=f"{path.name} cell {index}")
