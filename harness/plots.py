@@ -9,6 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .measures import peak_memory_gb  # noqa: E402
+
 METADATA = {"Software": None}  # no library version in the file: the same rows give the same bytes
 
 
@@ -29,8 +31,6 @@ def _bars(ax, labels, measured, documented, ylabel: str) -> None:
 
 
 def write_plots(lines, directory: Path) -> list[str]:
-    from .report import peak_memory_gb
-
     directory.mkdir(parents=True, exist_ok=True)
     ok = [line for line in lines if line.row["status"] == "ok"]
     if not ok:

@@ -14,15 +14,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
-
 from .compare_ref import Comparison, compare, diff_percent, documented_mfu, measured_gpu, model_family, status
+from .measures import INPUT_BOUND_SHARE, input_bound, peak_memory_gb
 from .reference import RefRow, load_references
 from .store import RowStore
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "reports" / "templates"
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
-GIB = 2**30
 
 
 def latest_rows(store: RowStore) -> list[dict]:
@@ -30,13 +28,6 @@ def latest_rows(store: RowStore) -> list[dict]:
     for row in store.rows():
         latest[row.get("run_id")] = row
     return sorted(latest.values(), key=lambda r: (r.get("cell", 0), str(r.get("run_id"))))
-
-
-def peak_memory_gb(metrics: dict) -> float | None:
-    for key in ("peak_mem_device_bytes", "peak_mem_reserved_bytes", "peak_mem_allocated_bytes", "peak_rss_bytes"):
-        if key in metrics:
-            return metrics[key] / GIB
-    return None
 
 
 @dataclass
@@ -78,6 +69,13 @@ def _signed(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:+.{digits}f}%"
 
 
+def _data_wait_text(metrics: dict) -> str:
+    if "data_wait_share" not in metrics:
+        return "-"
+    text = f"{metrics['data_wait_share'] * 100:.1f}%"
+    return text + " input-bound" if input_bound(metrics) else text
+
+
 def _mfu_text(spec: dict, metrics: dict) -> str:
     if spec["strategy"] == "qlora":
         return "n/a (4-bit)"
@@ -103,7 +101,8 @@ def speed_table(lines: list[SpeedLine]) -> list[list[str]]:
             _signed(diff_percent(images, doc["images_per_s"].value)) if c.comparable and "images_per_s" in doc else "-",
             _fmt(line.speedup, 2, "x"), doc["speedup"].text(2) + "x" if "speedup" in doc else "-",
             _fmt(mem, 2), doc["peak_memory_gb"].text() if "peak_memory_gb" in doc else "-",
-            mfu, _fmt(line.doc_mfu and line.doc_mfu * 100, 1, "%") if line.doc_mfu is not None else "-", verdict,
+            mfu, _fmt(line.doc_mfu and line.doc_mfu * 100, 1, "%") if line.doc_mfu is not None else "-",
+            _data_wait_text(m), verdict,
         ])
     return out
 
@@ -168,6 +167,8 @@ def environment(rows: list[dict]) -> list[tuple[str, str]]:
 
 
 def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, plots: bool = True) -> Path:
+    import jinja2  # imported on use: only reports need it
+
     from .plots import write_plots
 
     store = RowStore(group_dir)
@@ -188,6 +189,8 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         matrix=rows[0].get("matrix") or group_dir.parent.name, group=group_dir.name,
         profile=rows[0].get("profile"), speed=speed_table(lines), baseline=baseline,
         accuracy=acc_table, comparisons=comparisons, failures=[r for r in rows if r["status"] != "ok"],
+        input_bound=[r for r in speed_rows if r["status"] == "ok" and input_bound(r["metrics"])],
+        input_bound_share=INPUT_BOUND_SHARE,
         environment=environment(rows), rows=rows, images=[f"{assets}/{name}" for name in images],
         measured_gpu=measured_gpu, model_family=model_family,
     )

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .matrix import Grid
+from .measures import input_bound
 from .store import RowStore
 
 
@@ -15,7 +16,7 @@ def print_summary(console: Console, store: RowStore, grid: Grid) -> None:
         latest[row.get("run_id")] = row
     table = Table(title=f"{grid.name}: {store.directory}")
     for column in ("cell", "strategy", "precision", "attention", "nodes x GPUs", "status", "images/s", "step p50 s",
-                   "peak mem GiB", "loss first -> last", "reason"):
+                   "data wait", "peak mem GiB", "loss first -> last", "reason"):
         table.add_column(column)
     for cell in grid.cells:
         if cell.spec is None or cell.spec.run_id not in latest:
@@ -27,8 +28,14 @@ def print_summary(console: Console, store: RowStore, grid: Grid) -> None:
                 if m.get("loss_first") is not None and m.get("loss_last") is not None else "")
         table.add_row(str(cell.index), s.strategy, s.precision, s.attention, f"{s.nodes}x{s.gpus_per_node}",
                       row["status"], _num(m.get("images_per_s")), _num(m.get("step_time_s_p50"), 3),
-                      _num(peak / 2**30 if peak else None), loss, (row.get("reason") or "")[:60])
+                      _wait(m), _num(peak / 2**30 if peak else None), loss, (row.get("reason") or "")[:60])
     console.print(table)
+
+
+def _wait(metrics: dict) -> str:
+    if "data_wait_share" not in metrics:
+        return ""
+    return f"{metrics['data_wait_share'] * 100:.0f}%" + (" input-bound" if input_bound(metrics) else "")
 
 
 def _num(value, digits: int = 2) -> str:

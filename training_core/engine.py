@@ -74,8 +74,10 @@ class PlainEngine:
                 model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
             )
 
-    def train_step(self, micro_batches: list[dict]) -> float:
-        total = 0.0
+    def train_step(self, micro_batches: list[dict]) -> torch.Tensor:
+        """One optimizer step; returns the mean micro-batch loss as a 0-d tensor on the device (no host
+        synchronisation here: the caller reads it once per step)."""
+        total = torch.zeros((), dtype=torch.float32, device=self.device.torch)
         n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
             sync = i == n - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
@@ -83,7 +85,7 @@ class PlainEngine:
                 with autocast(self.spec, self.device):
                     loss = self.model(**model_inputs(batch, self.device.torch)).loss
                 self.scaler.scale(loss / n).backward()
-            total += loss.detach().float().item()
+            total += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], MAX_GRAD_NORM)
         self.scaler.step(self.optimizer)
@@ -126,13 +128,13 @@ class DeepSpeedEngine:
         )
         self.module = self.engine.module
 
-    def train_step(self, micro_batches: list[dict]) -> float:
-        total = 0.0
+    def train_step(self, micro_batches: list[dict]) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=self.device.torch)
         for batch in micro_batches:
             loss = self.engine(**model_inputs(batch, self.device.torch)).loss
             self.engine.backward(loss)
             self.engine.step()
-            total += loss.detach().float().item()
+            total += loss.detach().float()
         return total / len(micro_batches)
 
     def generation_model(self) -> nn.Module:

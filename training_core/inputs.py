@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from . import distributed
 from .data.collate import TrainCollator
@@ -58,42 +59,90 @@ def records(spec: RunSpec, out_dir: Path) -> tuple[Sequence[Record], Sequence[Re
     return train, evals
 
 
-class MicroBatches:
-    """Per-rank micro-batches in a fixed order per (seed, epoch), as a distributed sampler gives them; the position
-    (epoch, micro-batches used in it) is saved in checkpoints and restored on resume."""
+RECIPE_LOADER_WORKERS = 4  # the recipe's dataloader_num_workers, per GPU process
 
-    def __init__(self, train: Sequence[Record], task: TaskSpec, processor, spec: RunSpec, epoch: int = 0,
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    num_workers: int
+    pin_memory: bool
+    persistent_workers: bool
+    prefetch_factor: int | None
+
+
+def loader_settings(spec: RunSpec, device_type: str) -> LoaderSettings:
+    """The recipe's loader on CUDA (4 worker processes per rank, pinned memory, workers kept across epochs); on a
+    CPU 0 workers (decoding in the training process is faster there: workers would compete for the same cores).
+    `dataloader_workers` in the spec (or a grid) overrides the worker count."""
+    on_cuda = device_type == "cuda"
+    workers = spec.dataloader_workers if spec.dataloader_workers is not None else (
+        RECIPE_LOADER_WORKERS if on_cuda else 0)
+    return LoaderSettings(num_workers=workers, pin_memory=on_cuda, persistent_workers=workers > 0,
+                          prefetch_factor=2 if workers else None)
+
+
+class EpochBatches(Sampler):
+    """Per-rank batches of (epoch, index), epoch after epoch without end: in each epoch the order of a
+    `DistributedSampler` (shuffled by seed + epoch, the tail dropped), cut into `batch_size` batches (a partial last
+    one dropped). Starts at `epoch` after `consumed` batches of it, so a resumed run sees the same batches."""
+
+    def __init__(self, dataset, batch_size: int, num_replicas: int, rank: int, seed: int, epoch: int = 0,
                  consumed: int = 0):
+        self.sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
+                                          drop_last=True)
+        self.batch_size, self.epoch, self.consumed = batch_size, epoch, consumed
+
+    @property
+    def per_epoch(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, skip = self.epoch, self.consumed
+        while True:
+            self.sampler.set_epoch(epoch)
+            indices = list(self.sampler)
+            for b in range(skip, self.per_epoch):
+                yield [(epoch, i) for i in indices[b * self.batch_size:(b + 1) * self.batch_size]]
+            epoch, skip = epoch + 1, 0
+
+
+class MicroBatches:
+    """Per-rank micro-batches in a fixed order per (seed, epoch), as a distributed sampler gives them, from one
+    DataLoader for the whole run (its workers live across epochs); the position (epoch, micro-batches used in it)
+    is saved in checkpoints and restored on resume."""
+
+    def __init__(self, train: Sequence[Record], task: TaskSpec, processor, spec: RunSpec,
+                 settings: LoaderSettings | None = None, epoch: int = 0, consumed: int = 0):
         self.dataset = TrainDataset(train, task, processor, seed=spec.seed, ablation=spec.image_ablation)
         self.spec = spec
+        self.settings = settings or loader_settings(spec, "cpu")
         self.collate = TrainCollator(processor.tokenizer.pad_token_id, task.keep_attention_mask)
-        self.sampler = DistributedSampler(self.dataset, num_replicas=distributed.world_size(),
-                                          rank=distributed.rank(), shuffle=True, seed=spec.seed, drop_last=True)
         self.epoch, self.consumed = epoch, consumed
+        self.loader: DataLoader | None = None
+        self.per_epoch = self._sampler().per_epoch
         if self.per_epoch < spec.grad_accum:
             raise ValueError(
                 f"the training set has {len(train)} examples: too few for one optimizer step of global batch "
                 f"{spec.global_batch} on {distributed.world_size()} process(es)"
             )
 
-    @property
-    def per_epoch(self) -> int:
-        return len(self.sampler) // self.spec.per_device_batch
+    def _sampler(self) -> EpochBatches:
+        return EpochBatches(self.dataset, self.spec.per_device_batch, distributed.world_size(), distributed.rank(),
+                            self.spec.seed, self.epoch, self.consumed)
 
     def position(self) -> dict:
         return {"epoch": self.epoch, "consumed": self.consumed}
 
     def __iter__(self) -> Iterator[dict]:
-        while True:
-            self.sampler.set_epoch(self.epoch)
-            self.dataset.set_epoch(self.epoch)
-            indices = list(self.sampler)[self.consumed * self.spec.per_device_batch :]
-            loader = DataLoader(self.dataset, batch_size=self.spec.per_device_batch, sampler=indices,
-                                collate_fn=self.collate, num_workers=self.spec.dataloader_workers, drop_last=True)
-            for batch in loader:
-                self.consumed += 1
-                yield batch
-            self.epoch, self.consumed = self.epoch + 1, 0
+        s = self.settings
+        self.loader = DataLoader(self.dataset, batch_sampler=self._sampler(), collate_fn=self.collate,
+                                 num_workers=s.num_workers, pin_memory=s.pin_memory,
+                                 persistent_workers=s.persistent_workers, prefetch_factor=s.prefetch_factor)
+        for batch in self.loader:
+            self.consumed += 1
+            if self.consumed == self.per_epoch:
+                self.epoch, self.consumed = self.epoch + 1, 0
+            yield batch
 
     def steps(self) -> Iterator[list[dict]]:
         """Groups of `grad_accum` micro-batches, one per optimizer step."""

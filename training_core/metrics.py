@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import Levenshtein
-
 
 def normalized_levenshtein(a: str, b: str) -> float:
+    import Levenshtein  # imported on use: only ANLS needs it (a missing package makes the cell unsupported)
+
     longest = max(len(a), len(b))
     return 0.0 if longest == 0 else Levenshtein.distance(a, b) / longest
 

@@ -25,7 +25,7 @@ class Outcome:
     """What a run gathers as it goes; failures keep what was there."""
 
     metrics: dict = field(default_factory=dict)
-    series: dict = field(default_factory=lambda: {"loss": [], "step_time_s": []})
+    series: dict = field(default_factory=lambda: {"loss": [], "step_time_s": [], "data_wait_s": []})
     status: str = "ok"
     reason: str | None = None
 

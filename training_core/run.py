@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -22,11 +23,12 @@ import psutil
 import torch
 
 from . import checkpoint, distributed, inputs
+from .capabilities import unsupported_reason
 from .devices import Device, current_device
 from .engine import build_engine
 from .env import capture
 from .evaluate import evaluate
-from .precision import unsupported_reason, weights_dtype
+from .precision import weights_dtype
 from .result import RESULT_FILE, Outcome, build_row, classify_exception, write_json_atomic
 from .spec import RunSpec, SpecError
 from .strategies import get_strategy
@@ -90,7 +92,9 @@ class Cell:
         model.train()
         trainable, total = count_parameters(model)
         self.outcome.metrics.update({"trainable_params": trainable, "total_params": total})
-        self.batches = inputs.MicroBatches(self.train_records, self.task, self.processor, spec)
+        loader = inputs.loader_settings(spec, device.type)
+        self.outcome.metrics.update({"dataloader_workers": loader.num_workers, "pin_memory": loader.pin_memory})
+        self.batches = inputs.MicroBatches(self.train_records, self.task, self.processor, spec, loader)
         self.total_steps = total_steps(spec, self.batches.per_epoch)
         self.engine = build_engine(self.strategy.engine, model, spec, device, self.total_steps)
         self.start_step = 0
@@ -98,7 +102,7 @@ class Cell:
             position = checkpoint.load(self.engine, latest)
             self.start_step = position["step"]
             self.batches.epoch, self.batches.consumed = position["epoch"], position["consumed"]
-            self.outcome.series = position["series"]
+            self.outcome.series = {**self.outcome.series, **position["series"]}
             self.outcome.metrics.update(position.get("metrics_before", {}))
             self.outcome.metrics["resumed_from_step"] = self.start_step
 
@@ -141,17 +145,20 @@ class Cell:
             tracker.on_window_start += [memory.start_window, energy.start_window]
             with tracker:
                 for step in range(self.start_step, self.total_steps):
+                    asked = time.perf_counter()
                     micro = next(self._step_groups)
+                    data_wait = time.perf_counter() - asked
                     loss = self.engine.train_step(micro)
                     if "model_state_bytes" not in outcome.metrics:
                         outcome.metrics["model_state_bytes"] = int(max_all(
                             model_state_bytes(self.engine.module, self.engine.optimizer)))
                     images, tokens, samples, flops = self._step_counts(micro)
-                    tracker.step(images, tokens, samples)
+                    tracker.step(images, tokens, samples, data_wait)
                     if len(tracker.steps) > spec.warmup_steps:
                         window_flops.append(flops)
                     outcome.series["loss"].append(sum_all(loss) / distributed.world_size())
                     outcome.series["step_time_s"].append(tracker.steps[-1].seconds)
+                    outcome.series["data_wait_s"].append(data_wait)
                     self._after_step(step + 1)
         outcome.metrics.update(tracker.metrics(distributed.world_size(), sum_all, max_all))
         outcome.metrics.update(memory.metrics(max_all))
@@ -207,6 +214,7 @@ def main(argv=None) -> int:
     process_start = psutil.Process().create_time()
     main_start = time.time()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # loader workers fork after the tokenizer was used
     args.out.mkdir(parents=True, exist_ok=True)
     outcome = Outcome()
     outcome.metrics["time_to_main_s"] = round(main_start - process_start, 3)  # interpreter start + imports

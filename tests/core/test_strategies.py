@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from training_core.capabilities import unsupported_reason
 from training_core.devices import Device
-from training_core.precision import unsupported_reason, weights_dtype
+from training_core.precision import weights_dtype
 from training_core.spec import RunSpec
 from training_core.strategies import STRATEGIES, get_strategy
 from training_core.strategies.base import build_base, count_parameters

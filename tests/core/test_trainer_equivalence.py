@@ -52,7 +52,7 @@ def test_plain_engine_matches_hf_trainer(tmp_path, tiny_config, tiny_processor, 
     torch.manual_seed(0)
     ours = build_model(tiny_config)
     engine = PlainEngine(ours, spec, Device("cpu", 0, "cpu", None, None), total_steps=STEPS)
-    our_losses = [engine.train_step([collate([item])]) for item in items]
+    our_losses = [engine.train_step([collate([item])]).item() for item in items]
 
     torch.manual_seed(0)
     theirs = build_model(tiny_config)

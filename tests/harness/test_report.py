@@ -160,3 +160,16 @@ def test_repeats_are_reported_as_mean_and_spread(tmp_path):
     (line,) = _table(text, "Accuracy")
     assert line[0] == "0, 1, 2"
     assert line[7:9] == ["50.00 ± 2.00 (n=3)", "92.00 ± 2.00 (n=3)"]
+
+
+def test_data_wait_column_flags_input_bound_cells_above_five_percent(tmp_path):
+    store = RowStore(tmp_path / "a100_speed" / "8xA100")
+    for row, share in zip(copy.deepcopy(ROWS[:3]), (0.04, 0.0612, None), strict=True):
+        if share is not None:
+            row["metrics"].update({"data_wait_share": share, "data_wait_s": share * 10, "dataloader_workers": 4})
+        store.append(row)
+    text = render(store.directory, tmp_path / "report.md", plots=False).read_text()
+    table = {r[0]: r for r in _table(text, "Speed")}
+    assert (table["0"][16], table["1"][16], table["2"][16]) == ("4.0%", "6.1% input-bound", "-")
+    assert "Input-bound cells: cell 1 (full, 6.1% waiting, 4 loader worker(s))." in text
+    assert "above 5% a cell is input-bound" in text

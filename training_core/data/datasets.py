@@ -15,7 +15,8 @@ from .records import Record
 
 class TrainDataset(Dataset):
     """Encoded training examples. Random choices (DocVQA's gold answer, a random QA pair) are drawn again every
-    epoch, deterministically from (seed, epoch, index); `set_epoch` moves to the next draw."""
+    epoch, deterministically from (seed, epoch, index). An item is asked for by `(epoch, index)` (what the run's
+    sampler yields, so loader workers need no shared state) or by `index` in the epoch `set_epoch` chose."""
 
     def __init__(self, records: Sequence[Record], task: TaskSpec, processor, seed: int = 0, ablation: str = "none"):
         self.records, self.task, self.processor, self.seed, self.epoch = records, task, processor, seed, 0
@@ -27,9 +28,10 @@ class TrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         record = self.records[index]
-        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
+        rng = random.Random(f"{self.seed}:{epoch}:{index}")
         return encode_train(self.processor, record, self.task.train_prompt_turns(record, rng), self.ablation)
 
 

@@ -3,6 +3,11 @@
 The device is synchronised before every clock read; the window runs from the end of the last warm-up step to the
 end of the last measured step. `images_per_s` = images of the measured steps summed over all ranks / the longest
 rank's window; `tokens_per_s` counts non-pad tokens; step-time percentiles are this rank's measured steps.
+
+`data_wait_s` is the time the loop waited for its micro-batches over the measured steps (the clock read before
+asking the loader and after getting the batches, while the device is idle: it was synchronised at the end of the
+previous step), and `data_wait_share` that time over the summed step times: the share of the window the
+accelerator waited for input. Both are the largest over ranks (the slowest rank holds the others up).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ class StepRecord:
     images: int
     tokens: int
     samples: int
+    data_wait_s: float = 0.0
 
 
 @dataclass
@@ -50,10 +56,10 @@ class ThroughputTracker:
         for callback in self.on_window_start:
             callback()
 
-    def step(self, images: int, tokens: int, samples: int) -> None:
-        """Call once at the end of every optimizer step."""
+    def step(self, images: int, tokens: int, samples: int, data_wait_s: float = 0.0) -> None:
+        """Call once at the end of every optimizer step, with the time it waited for its input."""
         now = self.now()
-        self.steps.append(StepRecord(now - self._last, images, tokens, samples))
+        self.steps.append(StepRecord(now - self._last, images, tokens, samples, data_wait_s))
         self._last = now
         if len(self.steps) == self.warmup_steps:
             self._start_window(now)
@@ -72,6 +78,7 @@ class ThroughputTracker:
         wall = max_all(self.window_end - self.window_start)
         images, tokens, samples = (sum_all(sum(getattr(s, k) for s in measured)) for k in ("images", "tokens", "samples"))
         times = sorted(s.seconds for s in measured)
+        waited = sum(s.data_wait_s for s in measured)
         out.update({
             "measured_wall_s": wall,
             "images_per_s": images / wall,
@@ -80,6 +87,8 @@ class ThroughputTracker:
             "tokens_per_s": tokens / wall,
             "step_time_s_p50": statistics.median(times),
             "step_time_s_p90": _percentile(times, 0.9),
+            "data_wait_s": max_all(waited),
+            "data_wait_share": max_all(waited / sum(times)) if sum(times) > 0 else 0.0,
         })
         return out
 
