@@ -5,14 +5,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-cpu
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu test lint bench-micro clean bench-cpu bench-a100 bench-v100 bench-h100 bench-h100-smoke \
-	plan-cpu plan-a100 plan-v100 plan-h100 plan-h100-smoke report regress regress-baseline \
+.PHONY: help setup setup-gpu test test-gpu doctor lint bench-micro clean bench-cpu bench-a100 bench-v100 bench-h100 \
+	bench-gpu-smoke gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
 	reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
 	@echo "make setup-gpu  install the GPU extra (flash-attn) into $(VENV) on a CUDA machine"
-	@echo "make test       run the test suite (runs setup first)"
+	@echo "make test       run the test suite (runs setup first; the GPU tier is skipped without CUDA)"
+	@echo "make test-gpu   the GPU tier only (pytest -m gpu): attention backends, memory, MFU, QLoRA, DeepSpeed/NCCL"
+	@echo "make doctor     what this machine can run (GPUs, kernels, packages, cells of the shipped grids)"
 	@echo "make lint       ruff over the project"
 	@echo "make bench-micro  data-pipeline micro-benchmarks (pytest-benchmark, one core)"
 	@echo "make bench-cpu  the CPU smoke grid (tiny preset, every strategy): the main job on any machine"
@@ -20,7 +22,9 @@ help:
 	@echo "make reproduce-docvqa | reproduce-hateful-memes | reproduce-nlvr2 | reproduce-ucf101"
 	@echo "                MODEL=dir DATA=dir RESULTS=dir REPEATS=N; PROFILE=tiny on a CPU with the synthetic twins"
 	@echo "make report     markdown reports of everything under results/runs (into reports/)"
-	@echo "make bench-a100 | bench-v100 | bench-h100 | bench-h100-smoke   the GPU speed grids (plan-* to preview)"
+	@echo "make bench-gpu-smoke  the full preset on this machine's GPUs (1-8, any NVIDIA), every strategy, a few steps"
+	@echo "make gpu-check  doctor + the GPU tier + gpu_smoke + its report, logs in build/gpu-check (scripts/gpu_check.sh)"
+	@echo "make bench-a100 | bench-v100 | bench-h100   the guide's GPU speed grids (plan-* to preview)"
 	@echo "                RUN_ARGS='--filter strategy=lora' etc. are passed to 'python -m harness run'"
 
 setup: $(STAMP)
@@ -39,6 +43,12 @@ setup-gpu: $(STAMP)
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+test-gpu: setup
+	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+doctor: setup
+	$(PY) -m harness doctor
+
 bench-micro: setup
 	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-columns=mean,stddev,rounds -s
 
@@ -53,8 +63,10 @@ bench-v100: setup
 	$(HARNESS) run v100_speed $(RUN_ARGS)
 bench-h100: setup
 	$(HARNESS) run h100_speed $(RUN_ARGS)
-bench-h100-smoke: setup
-	$(HARNESS) run h100_smoke $(RUN_ARGS)
+bench-gpu-smoke: setup
+	$(HARNESS) run gpu_smoke $(RUN_ARGS)
+gpu-check: setup
+	PYTHON=$(PY) scripts/gpu_check.sh build/gpu-check
 
 report: setup
 	$(HARNESS) report results/runs
@@ -100,8 +112,8 @@ plan-v100: setup
 	$(HARNESS) plan v100_speed
 plan-h100: setup
 	$(HARNESS) plan h100_speed
-plan-h100-smoke: setup
-	$(HARNESS) plan h100_smoke
+plan-gpu-smoke: setup
+	$(HARNESS) plan gpu_smoke
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,5 +1,7 @@
 """`python -m harness ...` (also the `phi3v-bench` console script).
 
+doctor         what this machine can run (GPUs, bf16, flash-attn, SDPA, bitsandbytes, DeepSpeed, NCCL, NVML, which
+               cells of the shipped grids run here) and what to install
 compare B C    regression gate: C against baseline B (exit 1 on a regression)
 baseline DIR   store a clean run as a baseline
 report DIR     markdown reports of stored rows beside the guide's documented numbers
@@ -139,6 +141,11 @@ def _add_grid_commands(sub) -> None:
     run.add_argument("--dry-run", action="store_true", help="print commands / write sbatch scripts, run nothing")
     run.set_defaults(func=_run)
 
+    doctor = sub.add_parser("doctor", help="what this machine can run (GPUs, kernels, packages, cells) and what "
+                                           "to install")
+    doctor.add_argument("--json", action="store_true", help="the checks as JSON")
+    doctor.set_defaults(func=_doctor)
+
     report = sub.add_parser("report", help="render markdown reports (measured beside documented) from stored rows")
     report.add_argument("results_dir", type=Path, help="a results group, matrix or root directory")
     report.add_argument("--out", type=Path, help="the markdown file (one group only; default reports/<matrix>/<group>.md)")
@@ -156,6 +163,19 @@ def _add_grid_commands(sub) -> None:
     baseline.add_argument("group", type=Path, help="the results group to store")
     baseline.add_argument("--root", type=Path, default=Path("results/baselines"))
     baseline.set_defaults(func=_baseline)
+
+
+def _doctor(args) -> int:
+    from rich.console import Console
+
+    from harness.doctor import as_json, print_report, run_checks
+
+    report = run_checks()
+    if args.json:
+        print(json.dumps(as_json(report), indent=2))
+    else:
+        print_report(report, Console(highlight=False, width=None if sys.stdout.isatty() else 180))
+    return 0
 
 
 def _report(args) -> int:
@@ -280,11 +300,22 @@ def _run(args) -> int:
     from harness.runner import Runner, RunOptions, matches
     from harness.summary import print_summary
 
-    grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats)
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    slurm = args.launcher == "slurm"
     machine = hardware.detect()
+    grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats, machine=machine)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     hw = grid.file.hardware
-    problem = hardware.mismatch(machine, hw.gpu, hw.gpus_per_node) if args.launcher == "local" else None
+    if slurm and (args.nnodes > 1 or args.master_addr):
+        print("error: --nnodes/--node-rank/--master-addr are for the local launcher; under SLURM every cell is "
+              "submitted with its own node count from the grid", file=sys.stderr)
+        return 2
+    if slurm and grid.auto_hardware:
+        print(f"error: {grid.path}: hardware 'auto' means the GPUs of the machine that runs the grid; start it "
+              "with the local launcher on the GPU node (e.g. inside salloc/srun), not through --launcher slurm",
+              file=sys.stderr)
+        return 2
+    # SLURM: the hardware is checked inside each job, on the compute node (not here, on the login node)
+    problem = None if slurm else hardware.mismatch(machine, hw.gpu, hw.gpus_per_node)
     if problem and not args.allow_hardware_mismatch:
         print(f"error: {grid.path}: {problem}; pass --allow-hardware-mismatch to run anyway (rows record the "
               "hardware actually used)", file=sys.stderr)
@@ -302,8 +333,10 @@ def _run(args) -> int:
     options = RunOptions(results=args.results, group=args.group, force=args.force, filters=_filters(args.filter),
                          timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
                                                              args.master_port),
-                         launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg)
-    runner = Runner(grid, options, machine.label, console)
+                         launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg,
+                         check_hardware=not args.allow_hardware_mismatch)
+    # rows are grouped by the hardware that ran them: this machine's, or under SLURM the grid's (e.g. 8xA100)
+    runner = Runner(grid, options, hw.label if slurm else machine.label, console)
     rows = runner.run()
     if runner.main_node and not args.dry_run and args.launcher == "local":
         print_summary(console, runner.store, grid)

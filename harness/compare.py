@@ -28,7 +28,7 @@ HIGHER = {"images_per_s", "images_per_s_per_gpu", "samples_per_s", "tokens_per_s
           "anls_standard", "auroc", "normalized_images_per_s", "model_flops_per_s"}
 LOWER = {"peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "peak_mem_device_bytes", "peak_rss_bytes",
          "model_state_bytes", "step_time_s_p50", "step_time_s_p90", "loss_first", "loss_last",
-         "energy_j_per_image", "time_to_first_step_s"}
+         "energy_j_per_image", "time_to_first_step_s", "data_wait_s", "data_wait_share"}
 EXACT = {"trainable_params", "total_params", "measured_steps", "warmup_steps"}
 
 

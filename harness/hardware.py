@@ -1,8 +1,26 @@
-"""What this machine has, through NVML (pynvml), checked against a grid's hardware profile."""
+"""What this machine has, through NVML (pynvml), checked against a grid's hardware profile.
+
+Also the in-job check of a SLURM cell: `python -m harness.hardware check --gpu A100 --gpus-per-node 8 --spec S
+--out DIR` runs on each compute node before the cell starts; on a mismatch it writes the cell's `result.json`
+(status `error`, the reason naming the node) and exits 1, so the runner that collects the job records why."""
 
 from __future__ import annotations
 
+import argparse
+import os
+import socket
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
+
+AUTO = "auto"  # a grid's `gpu: auto`: the GPUs of the machine it runs on
+
+
+def short_name(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'H100', 'Tesla V100-SXM2-32GB' -> 'V100', 'NVIDIA A100-SXM4-80GB' -> 'A100'."""
+    word = name.replace("NVIDIA ", "").replace("Tesla ", "").split()[0]
+    return word.split("-")[0]
 
 
 @dataclass(frozen=True)
@@ -14,11 +32,23 @@ class Machine:
         return len(self.gpu_names)
 
     @property
+    def gpu(self) -> str:
+        return short_name(self.gpu_names[0]) if self.gpu_names else "cpu"
+
+    @property
     def label(self) -> str:
-        if not self.gpu_names:
-            return "cpu"
-        short = self.gpu_names[0].replace("NVIDIA ", "").split()[0]
-        return f"{self.gpu_count}x{short}"
+        return f"{self.gpu_count}x{self.gpu}" if self.gpu_names else "cpu"
+
+
+def _visible(count: int) -> list[int]:
+    """The NVML indices CUDA_VISIBLE_DEVICES leaves visible (NVML itself ignores the variable)."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return list(range(count))
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    if all(e.isdigit() for e in entries):
+        return [int(e) for e in entries if int(e) < count]
+    return list(range(min(len(entries), count)))  # UUIDs or MIG names: as many as are listed
 
 
 def detect() -> Machine:
@@ -27,7 +57,7 @@ def detect() -> Machine:
 
         pynvml.nvmlInit()
         names = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
+        for i in _visible(pynvml.nvmlDeviceGetCount()):
             name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
             names.append(name.decode() if isinstance(name, bytes) else name)
         return Machine(tuple(names))
@@ -40,10 +70,47 @@ def mismatch(machine: Machine, gpu: str, gpus_per_node: int) -> str | None:
     if gpu.lower() == "cpu":
         return None
     if machine.gpu_count == 0:
-        return f"the grid is for {gpus_per_node}x{gpu} per node but this machine has no NVIDIA GPU"
+        wanted = "this machine's GPUs" if gpu == AUTO else f"{gpus_per_node}x{gpu} per node"
+        return f"the grid is for {wanted} but this machine has no NVIDIA GPU"
     if machine.gpu_count < gpus_per_node:
         return f"the grid needs {gpus_per_node} GPUs per node, this machine has {machine.gpu_count}"
-    wrong = [n for n in machine.gpu_names if gpu.upper() not in n.upper()]
+    wrong = [n for n in machine.gpu_names if gpu != AUTO and gpu.upper() not in n.upper()]
     if wrong:
         return f"the grid is for {gpu} GPUs, this machine has {', '.join(sorted(set(machine.gpu_names)))}"
     return None
+
+
+# ------------------------------------------------------------------------------------------------ in a SLURM job
+def check_in_job(args) -> int:
+    problem = mismatch(detect(), args.gpu, args.gpus_per_node)
+    if problem is None:
+        return 0
+    from training_core.env import capture
+    from training_core.result import RESULT_FILE, Outcome, build_row, write_json_atomic
+    from training_core.spec import RunSpec
+
+    spec = RunSpec.load(args.spec)
+    reason = (f"hardware mismatch on compute node {socket.gethostname()}: {problem}; submit to a partition with "
+              f"these GPUs (--sbatch-arg=--partition=...) and rerun with --force, or pass "
+              f"--allow-hardware-mismatch")
+    row = build_row(run_id=spec.run_id, spec=spec.model_dump(mode="json"), outcome=Outcome(status="error",
+                    reason=reason), env=capture(spec.world_size), process_start=time.time())
+    write_json_atomic(Path(args.out) / RESULT_FILE, row)
+    print(f"error: {reason}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.hardware")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="check this node against a cell's hardware (inside a SLURM job)")
+    check.add_argument("--gpu", required=True)
+    check.add_argument("--gpus-per-node", type=int, required=True)
+    check.add_argument("--spec", required=True, type=Path)
+    check.add_argument("--out", required=True, type=Path, help="the cell directory (result.json on a mismatch)")
+    args = parser.parse_args(argv)
+    return check_in_job(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

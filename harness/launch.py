@@ -43,7 +43,10 @@ def shell(cmd: list[str]) -> str:
 
 
 def sbatch_script(spec: RunSpec, spec_path: Path, out_dir: Path, *, job_name: str, timeout_s: float,
-                  workdir: Path, extra: list[str] = (), python: str = sys.executable, port: int = 29500) -> str:
+                  workdir: Path, extra: list[str] = (), python: str = sys.executable, port: int = 29500,
+                  check_hardware: bool = True) -> str:
+    """One job per cell on `spec.nodes` nodes. With `check_hardware`, every node first checks its GPUs against
+    the cell's (`python -m harness.hardware check`): a mismatch ends the job with the reason in result.json."""
     hours, rest = divmod(int(timeout_s), 3600)
     minutes, seconds = divmod(rest, 60)
     directives = [
@@ -61,6 +64,11 @@ def sbatch_script(spec: RunSpec, spec_path: Path, out_dir: Path, *, job_name: st
                 "--spec", shlex.quote(str(spec_path)), "--out", shlex.quote(str(out_dir))]
     lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), "set -euo pipefail",
              f"cd {shlex.quote(str(workdir))}",
-             'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-             "srun " + " ".join(torchrun), ""]
+             'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)']
+    if check_hardware:
+        check = [python, "-m", "harness.hardware", "check", f"--gpu={spec.gpu}",
+                 f"--gpus-per-node={spec.gpus_per_node}", "--spec", shlex.quote(str(spec_path)),
+                 "--out", shlex.quote(str(out_dir))]
+        lines.append("srun --ntasks-per-node=1 " + " ".join(check))
+    lines += ["srun " + " ".join(torchrun), ""]
     return "\n".join(lines)

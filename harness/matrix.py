@@ -31,12 +31,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from training_core.spec import RunSpec, SpecError
+
+from .hardware import AUTO, Machine, detect
 
 # GPU generations by the grid's `gpu` name: (compute capability, has bf16, has flash attention)
 GPU_GENERATIONS: dict[str, tuple[tuple[int, int], bool, bool]] = {
@@ -56,10 +58,40 @@ class GridError(ValueError):
 
 
 class Hardware(BaseModel):
+    """`gpu: auto` and `gpus_per_node: auto`: the GPUs of the machine the grid runs on (1 to 8 of them), resolved
+    when the grid is loaded (see `resolve_hardware`)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     gpu: str = "cpu"
-    gpus_per_node: int = Field(default=1, ge=1)
+    gpus_per_node: int | Literal["auto"] = 1
     nodes: int = Field(default=1, ge=1)
+
+    @field_validator("gpus_per_node")
+    @classmethod
+    def _count(cls, value):
+        if value != AUTO and value < 1:
+            raise ValueError("Input should be greater than or equal to 1 (or 'auto': the GPUs of this machine)")
+        return value
+
+    @property
+    def label(self) -> str:
+        """The results group of a grid run for this hardware elsewhere (SLURM): '8xA100', 'cpu'."""
+        return "cpu" if self.gpu == "cpu" else f"{self.gpus_per_node}x{self.gpu}"
+
+
+MAX_AUTO_GPUS = 8
+
+
+def resolve_hardware(hardware: Hardware, machine: Machine | None = None) -> Hardware:
+    """`auto` values from this machine's GPUs (NVML); without GPUs `gpu: auto` stays (its cells then end
+    `unsupported` or are refused by the runner's hardware check) and `gpus_per_node: auto` is 1."""
+    if hardware.gpu != AUTO and hardware.gpus_per_node != AUTO:
+        return hardware
+    machine = machine if machine is not None else detect()
+    gpu = machine.gpu if hardware.gpu == AUTO and machine.gpu_count else hardware.gpu
+    count = hardware.gpus_per_node if hardware.gpus_per_node != AUTO else max(1, min(machine.gpu_count,
+                                                                                     MAX_AUTO_GPUS))
+    return Hardware(gpu=gpu, gpus_per_node=count, nodes=hardware.nodes)
 
 
 class Limits(BaseModel):
@@ -156,6 +188,7 @@ class Grid:
     profile: str | None = None
     cells: list[Cell] = field(default_factory=list)
     patches: list[Patch] = field(default_factory=list)  # the chosen profile's, for `plan` to show
+    auto_hardware: bool = False  # the grid's hardware was `auto` (resolved from the machine that loaded it)
 
     @property
     def name(self) -> str:
@@ -186,7 +219,9 @@ def _expand_env(value, where: str):
     return value
 
 
-def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1) -> Grid:
+def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, machine: Machine | None = None) -> Grid:
+    """A validated, expanded grid; `machine` (default: detected when the grid asks for `auto` hardware) resolves
+    `gpu: auto` / `gpus_per_node: auto`."""
     path = Path(path)
     if not path.is_file():
         candidates = sorted(p.stem for p in Path("matrices").glob("*.yaml")) if Path("matrices").is_dir() else []
@@ -207,7 +242,9 @@ def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1) ->
     _check_spec_keys(path, grid_file)
     chosen = grid_file.profiles.get(profile) if profile is not None else None
     grid_file = grid_file.with_profile(profile, path)
-    grid = Grid(path, grid_file, profile=profile, patches=list(chosen.patches) if chosen else [])
+    auto = AUTO in (grid_file.hardware.gpu, grid_file.hardware.gpus_per_node)
+    grid_file = grid_file.model_copy(update={"hardware": resolve_hardware(grid_file.hardware, machine)})
+    grid = Grid(path, grid_file, profile=profile, patches=list(chosen.patches) if chosen else [], auto_hardware=auto)
     grid.cells = expand(grid_file, path, chosen, repeats, where=f"profiles.{profile}")
     return grid
 
@@ -216,7 +253,7 @@ def _grid_error(path: Path, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        message = err["msg"]
+        message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = f"unknown key; a grid has {', '.join(GridFile.model_fields)}"
         lines.append(f"{path}: {key}: {message}")
@@ -224,7 +261,7 @@ def _grid_error(path: Path, exc: ValidationError) -> str:
 
 
 def _check_spec_keys(path: Path, grid: GridFile) -> None:
-    valid = set(RunSpec.model_fields) | set(LIMIT_KEYS)
+    valid = set(RunSpec.model_fields) | set(LIMIT_KEYS) | {BATCH_PER_GPU}
     places = [("defaults", grid.defaults), ("axes", grid.axes)]
     places += [(f"include[{i}]", c) for i, c in enumerate(grid.include)]
     places += [(f"exclude[{i}].match", r.match) for i, r in enumerate(grid.exclude)]
@@ -293,13 +330,21 @@ def _apply_patches(fields_list: list[dict], patches: list[Patch], path: Path, wh
 
 
 LIMIT_KEYS = ("timeout_s", "memory_gb")
+BATCH_PER_GPU = "batch_per_gpu"  # global_batch = batch_per_gpu x nodes x gpus_per_node (for `auto` GPU counts)
 
 
 def _make_cell(index: int, fields: dict, grid: GridFile, path: Path) -> Cell:
-    """A cell's fields are RunSpec fields plus, optionally, its own runner limits (timeout_s, memory_gb)."""
+    """A cell's fields are RunSpec fields plus, optionally, its own runner limits (timeout_s, memory_gb) and
+    `batch_per_gpu` (the global batch per GPU, for grids whose GPU count is `auto`)."""
     own = {k: fields[k] for k in LIMIT_KEYS if k in fields}
     limits = grid.limits.model_copy(update=own) if own else grid.limits
     fields = {k: v for k, v in fields.items() if k not in LIMIT_KEYS}
+    if BATCH_PER_GPU in fields:
+        if "global_batch" in fields:
+            raise GridError(f"{path}: cell {index}: both global_batch and {BATCH_PER_GPU} are set; keep one")
+        per_gpu = fields.pop(BATCH_PER_GPU)
+        fields["global_batch"] = per_gpu * int(fields.get("nodes", 1)) * int(fields.get("gpus_per_node", 1)) \
+            if isinstance(per_gpu, int) else per_gpu  # not a whole number: RunSpec names the bad value
     if "reference" not in fields:
         for rule in grid.references:
             if _matches(fields, rule.match):

@@ -169,8 +169,6 @@ def environment(rows: list[dict]) -> list[tuple[str, str]]:
 def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, plots: bool = True) -> Path:
     import jinja2  # imported on use: only reports need it
 
-    from .plots import write_plots
-
     store = RowStore(group_dir)
     rows = latest_rows(store)
     if not rows:
@@ -182,7 +180,11 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     acc_table, acc_comparisons = accuracy_table(accuracy_rows, refs)
     comparisons = [line.comparison for line in lines] + acc_comparisons
     assets = out.with_suffix("").name + ".assets"
-    images = write_plots(lines, out.parent / assets) if plots and lines else []
+    images = []
+    if plots and lines:
+        from .plots import write_plots  # matplotlib: only when plots are asked for
+
+        images = write_plots(lines, out.parent / assets)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     text = env.get_template("report.md.j2").render(

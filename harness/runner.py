@@ -42,6 +42,7 @@ class RunOptions:
     launcher: str = "local"
     dry_run: bool = False
     sbatch_args: list[str] = field(default_factory=list)
+    check_hardware: bool = True  # SLURM: check each compute node's GPUs inside the job
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -109,7 +110,7 @@ class Runner:
                 skipped.append((cell, f"{cell.status}: {cell.reason}"))
             elif not matches(cell, self.options.filters):
                 continue
-            elif cell.spec.nodes != self.options.nodes.nnodes:
+            elif self.options.launcher == "local" and cell.spec.nodes != self.options.nodes.nnodes:
                 skipped.append((cell, f"needs {cell.spec.nodes} node(s): start the runner on each node with "
                                       f"--nnodes {cell.spec.nodes} --node-rank R --master-addr HOST"))
             elif cell.spec.run_id in done:
@@ -262,27 +263,70 @@ class Runner:
 
     # ---------------------------------------------------------------- slurm
     def _slurm(self, cell: Cell, cell_dir: Path, spec_path: Path) -> dict | None:
+        job_file = cell_dir / "slurm_job_id"
         recorded = self._finished_result(cell_dir)
         if recorded is not None:
-            return self._finish_row(cell, recorded, cell_dir / "slurm.log")
-        script = sbatch_script(cell.spec, spec_path, cell_dir, job_name=f"phi3v-{self.grid.name}-{cell.spec.run_id}",
+            return self._finish_row(cell, recorded, _slurm_log(cell_dir))
+        script = sbatch_script(cell.spec, spec_path.resolve(), cell_dir.resolve(),
+                               job_name=f"phi3v-{self.grid.name}-{cell.spec.run_id}",
                                timeout_s=self.options.timeout_s or cell.limits.timeout_s, workdir=ROOT,
-                               extra=self.options.sbatch_args)
+                               extra=self.options.sbatch_args, check_hardware=self.options.check_hardware)
         path = cell_dir / "job.sbatch"
-        path.write_text(script)
-        job_file = cell_dir / "slurm_job_id"
         if self.options.dry_run:
-            self.console.print(f"    wrote {path} (dry run: not submitted)")
+            path.write_text(script)
+            self.console.print(f"    wrote {path} ({cell.spec.nodes} node(s); dry run: not submitted)")
         elif job_file.exists() and not self.options.force:
-            self.console.print(f"    submitted earlier as job {job_file.read_text().strip()}; its row is recorded "
-                               "by running this command again once it has finished")
+            job = job_file.read_text().strip()
+            ended = slurm_outcome(job)
+            if ended is not None and (recorded := self._finished_result(cell_dir)) is not None:
+                return self._finish_row(cell, recorded, _slurm_log(cell_dir))  # it finished just now
+            if ended is not None:  # the job ended without writing a result (killed by SLURM, node failure, ...)
+                return self._failure_row(cell, ended, _slurm_log(cell_dir), job_file.stat().st_mtime)
+            self.console.print(f"    submitted earlier as job {job}; its row is recorded by running this command "
+                               "again once it has finished")
         else:
+            path.write_text(script)
             out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
             if out.returncode:
                 raise RuntimeError(f"sbatch failed for {path}: {out.stderr.strip()}")
             job_file.write_text(out.stdout.strip() + "\n")
             self.console.print(f"    submitted {path} as job {out.stdout.strip()}")
         return None
+
+
+def _slurm_log(cell_dir: Path) -> Path:
+    """The job's log (`--output=slurm-%j.log`): of the submitted job when its id is known, else the newest."""
+    job_file = cell_dir / "slurm_job_id"
+    if job_file.exists():
+        return cell_dir / f"slurm-{job_file.read_text().strip()}.log"
+    logs = sorted(cell_dir.glob("slurm-*.log"), key=lambda p: p.stat().st_mtime)
+    return logs[-1] if logs else cell_dir / "job.sbatch"
+
+
+SLURM_WAITING = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
+                 "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}
+
+
+def slurm_outcome(job: str) -> tuple[str, str] | None:
+    """(status, reason) of a job that ended without writing its result, from `sacct`; None while it is waiting or
+    running, or when sacct cannot say (then the runner keeps waiting and says so)."""
+    try:
+        out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State"], capture_output=True, text=True,
+                             timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    states = out.stdout.split()
+    if out.returncode or not states:
+        return None
+    state = states[0]
+    if state in SLURM_WAITING:
+        return None
+    reason = f"SLURM job {job} ended as {state} without writing a result (see the job's log)"
+    if state == "TIMEOUT":
+        return "timeout", f"SLURM job {job} reached its time limit (TIMEOUT) without writing a result"
+    if state == "OUT_OF_MEMORY":
+        return "oom", f"SLURM job {job} ran out of host memory (OUT_OF_MEMORY)"
+    return "error", reason
 
 
 def headline(row: dict) -> str:

@@ -50,3 +50,13 @@ def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
 @pytest.fixture
 def make_image():
     return gradient_image
+
+
+def pytest_collection_modifyitems(config, items):
+    """The GPU tier (`-m gpu`) runs only where CUDA is: elsewhere those tests are skipped, saying why."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (the GPU tier: make test-gpu on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

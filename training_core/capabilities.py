@@ -7,6 +7,7 @@ so what doctor says will run is what runs.
 Two kinds of reasons:
 - the device cannot do it (fp16 or flash attention on a CPU, bf16 or flash attention before Ampere, QLoRA's 4-bit
   kernels before Turing, a GPU cell on a machine without CUDA);
+- the installed transformers is older than the model needs (`training_core.model.compat`);
 - a package the cell needs is missing or fails to import (DeepSpeed for full / frozen_vision, peft for LoRA,
   bitsandbytes for QLoRA, flash-attn for flash attention, datasets for the recipe's Hugging Face datasets,
   Levenshtein for ANLS). Packages are checked by importing them, so a broken install counts as missing, and the
@@ -23,6 +24,7 @@ import importlib
 from dataclasses import dataclass
 
 from .devices import Device
+from .model.compat import transformers_problem
 from .spec import RunSpec
 
 
@@ -120,10 +122,11 @@ def device_reason(spec: RunSpec, device: Device) -> str | None:
     if spec.strategy == "qlora" and cap is not None and cap < (7, 5):
         return f"QLoRA's 4-bit kernels need a Turing or newer GPU; {device.name} is sm_{cap[0]}{cap[1]}"
     if spec.gpu != "cpu" and device.type == "cpu":
-        return f"the cell is for {spec.gpu} GPUs but no CUDA device is available here"
+        wanted = "this machine's GPUs" if spec.gpu == "auto" else f"{spec.gpu} GPUs"
+        return f"the cell is for {wanted} but no CUDA device is available here"
     return None
 
 
 def unsupported_reason(spec: RunSpec, device: Device) -> str | None:
     """Why the cell cannot run on `device` with the packages installed here, or None when it can."""
-    return device_reason(spec, device) or missing_package_reason(spec)
+    return transformers_problem() or device_reason(spec, device) or missing_package_reason(spec)

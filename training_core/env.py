@@ -66,4 +66,11 @@ def capture(world_size: int) -> dict:
         "cpu_count": torch.get_num_threads(),
         "hostname": socket.gethostname(),
         "world_size": world_size,
+        "distributed_backend": _backend(),
     }
+
+
+def _backend() -> str | None:
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None

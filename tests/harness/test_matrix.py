@@ -175,3 +175,39 @@ profiles:
         load_grid(_grid(tmp_path, text.replace("strategy: full}, set", "strategy: lora}, set")), profile="tiny")
     with pytest.raises(GridError, match=r"profiles.tiny.patches\[0\].set.epoch: not a cell setting"):
         load_grid(_grid(tmp_path, text.replace("epochs: 30}", "epoch: 30}")), profile="tiny")
+
+
+def test_gpu_smoke_takes_the_gpus_of_the_machine():
+    from harness.hardware import Machine
+
+    two_h200 = load_grid(MATRICES / "gpu_smoke.yaml", machine=Machine(("NVIDIA H200",) * 2))
+    specs = [c.spec for c in two_h200.runnable]
+    assert len(specs) == 8 and two_h200.auto_hardware
+    assert {(s.gpu, s.gpus_per_node, s.global_batch, s.per_device_batch, s.grad_accum) for s in specs} == \
+        {("H200", 2, 8, 1, 4)}
+    assert {(s.model, s.weights, s.num_crops, s.precision, s.warmup_steps, s.measured_steps) for s in specs} == \
+        {("phi-3.5-vision", "random", 16, "bf16", 1, 3)}
+    assert {s.strategy for s in specs} == {"full", "frozen_vision", "lora", "qlora"}
+    assert {s.attention for s in specs} == {"sdpa", "flash_attention_2"}
+    many = load_grid(MATRICES / "gpu_smoke.yaml", machine=Machine(("NVIDIA A100-SXM4-80GB",) * 16))
+    assert {(c.spec.gpu, c.spec.gpus_per_node, c.spec.global_batch) for c in many.runnable} == {("A100", 8, 32)}
+    none = load_grid(MATRICES / "gpu_smoke.yaml", machine=Machine(()))
+    assert {(c.spec.gpu, c.spec.gpus_per_node) for c in none.runnable} == {("auto", 1)}
+
+
+def test_batch_per_gpu_and_global_batch_exclude_each_other(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\nhardware: {gpu: cpu, gpus_per_node: 2}\n"
+                    "defaults: {model: tiny, batch_per_gpu: 3}\ninclude:\n  - {}\n  - {global_batch: 6}\n")
+    with pytest.raises(GridError, match=r"g.yaml: cell 1: both global_batch and batch_per_gpu are set"):
+        load_grid(path)
+    path.write_text(path.read_text().replace("  - {global_batch: 6}\n", ""))
+    (cell,) = load_grid(path).cells
+    assert cell.spec.global_batch == 6 and cell.spec.gpus_per_node == 2
+
+
+def test_gpu_smoke_on_a_cpu_machine_is_refused_with_the_reason(capsys):
+    assert main(["run", "gpu_smoke", "--results", "/nonexistent/never-written"]) == 2
+    assert "the grid is for this machine's GPUs but this machine has no NVIDIA GPU" in capsys.readouterr().err
+    assert main(["run", "gpu_smoke", "--launcher", "slurm", "--dry-run"]) == 2
+    assert "not through --launcher slurm" in capsys.readouterr().err

@@ -58,6 +58,8 @@ def test_a_small_grid_writes_one_row_per_cell_with_the_environment(tmp_path):
     for row in recorded:
         assert row["matrix"] == "g" and row["env"]["torch"] and row["env"]["world_size"] == 1
         assert Path(row["log"]).exists() and row["metrics"]["measured_steps"] == 2
+        assert row["metrics"]["data_wait_s"] >= 0 and 0 <= row["metrics"]["data_wait_share"] < 1
+        assert row["metrics"]["dataloader_workers"] == 0 and len(row["series"]["data_wait_s"]) == 3
     env = json.loads((tmp_path / "r" / "g" / "cpu" / "env.json").read_text())
     assert env["python"] and "transformers" in env
     assert "[2/2]" in out.stdout and "images/s" in out.stdout
@@ -147,7 +149,7 @@ def test_two_nodes_on_one_machine(tmp_path):
 def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
     path = grid(tmp_path, "include:\n  - {nodes: 2, gpus_per_node: 8, global_batch: 64, gpu: A100}\n")
     out = harness("run", str(path), "--results", str(tmp_path / "r"), "--launcher", "slurm", "--dry-run",
-                  "--nnodes", "2", "--master-addr", "x", "--sbatch-arg=--partition=gpu")
+                  "--sbatch-arg=--partition=gpu")
     assert out.returncode == 0, out.stdout + out.stderr
     (script,) = list((tmp_path / "r").rglob("job.sbatch"))
     text = script.read_text()
@@ -157,12 +159,61 @@ def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
                  "#SBATCH --time=01:00:00", "#SBATCH --partition=gpu", f"#SBATCH --output={cell_dir}/slurm-%j.log",
                  'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'):
         assert line in text.splitlines(), line
-    srun = [line for line in text.splitlines() if line.startswith("srun ")][0]
+    check, srun = [line for line in text.splitlines() if line.startswith("srun ")]
+    assert check.startswith("srun --ntasks-per-node=1 ") and "-m harness.hardware check --gpu=A100 " \
+        "--gpus-per-node=8" in check  # every node checks its GPUs inside the job
     assert "-m torch.distributed.run --nnodes=$SLURM_NNODES --nproc_per_node=8" in srun
     assert '--rdzv_backend=c10d --rdzv_endpoint="$head_node:29500"' in srun
     assert f"-m training_core.run --spec {cell_dir}/spec.json --out {cell_dir}" in srun
     assert json.loads((cell_dir / "spec.json").read_text())["nodes"] == 2
     assert not (cell_dir / "slurm_job_id").exists() and rows(tmp_path / "r") == []
+    # --nnodes and friends mean nothing under SLURM
+    refused = harness("run", str(path), "--results", str(tmp_path / "r"), "--launcher", "slurm", "--nnodes", "2",
+                      "--master-addr", "x")
+    assert refused.returncode == 2 and "every cell is submitted with its own node count" in refused.stderr
+
+
+def test_slurm_a100_grid_from_a_cpu_machine_writes_ten_scripts_in_the_8xa100_group(tmp_path):
+    out = harness("run", "a100_speed", "--results", str(tmp_path / "r"), "--launcher", "slurm", "--dry-run")
+    assert out.returncode == 0, out.stdout + out.stderr  # no --allow-hardware-mismatch: checked in the jobs
+    scripts = sorted((tmp_path / "r" / "a100_speed" / "8xA100" / "cells").glob("*/job.sbatch"))
+    nodes = sorted(int(line.split("=")[1]) for s in scripts for line in s.read_text().splitlines()
+                   if line.startswith("#SBATCH --nodes="))
+    assert len(scripts) == 10 and nodes == [1] * 8 + [2, 4]
+    assert [p.name for p in (tmp_path / "r" / "a100_speed").iterdir()] == ["8xA100"]
+
+
+def test_slurm_submission_and_collection_of_finished_and_failed_jobs(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/bash\nn=$(cat "$0.count" 2>/dev/null || echo 1000); n=$((n + 1))\n'
+                                    'echo $n > "$0.count"; echo "$n"\n')
+    (bin_dir / "sacct").write_text('#!/bin/bash\ncase "$2" in 1001) echo TIMEOUT;; 1002) echo RUNNING;; '
+                                   '*) echo COMPLETED;; esac\n')
+    for tool in ("sbatch", "sacct"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    path = grid(tmp_path, "hardware: {gpu: A100, gpus_per_node: 8}\n"
+                          "include:\n  - {seed: 1, global_batch: 8}\n  - {seed: 2, global_batch: 8}\n"
+                          "  - {seed: 3, nodes: 2, global_batch: 16}\n")
+    path.write_text(path.read_text().replace("hardware: {gpu: cpu, gpus_per_node: 1}\n", ""))
+    results = tmp_path / "r"
+    first = harness("run", str(path), "--results", str(results), "--launcher", "slurm", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count("submitted ") == 3 and rows(results, group="8xA100") == []
+    cells = {json.loads((d / "spec.json").read_text())["seed"]: d for d in (results / "g" / "8xA100" / "cells").iterdir()}
+    assert [(cells[s] / "slurm_job_id").read_text().strip() for s in (1, 2, 3)] == ["1001", "1002", "1003"]
+    # job 1003 ran its in-job hardware check on a node without A100s (this machine): it writes the cell's row
+    check = subprocess.run([sys.executable, "-m", "harness.hardware", "check", "--gpu=A100", "--gpus-per-node=8",
+                            "--spec", str(cells[3] / "spec.json"), "--out", str(cells[3])], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 1 and "hardware mismatch on compute node" in check.stderr
+    second = harness("run", str(path), "--results", str(results), "--launcher", "slurm", env=env)
+    by_seed = {r["spec"]["seed"]: r for r in rows(results, group="8xA100")}
+    assert set(by_seed) == {1, 3}  # job 1002 is still running: no row yet
+    assert by_seed[1]["status"] == "timeout" and "SLURM job 1001 reached its time limit" in by_seed[1]["reason"]
+    assert by_seed[3]["status"] == "error" and "no NVIDIA GPU" in by_seed[3]["reason"]
+    assert "submitted earlier as job 1002" in second.stdout and second.stdout.count("submitted ") == 1
 
 
 def test_hardware_mismatch_is_refused_unless_allowed(tmp_path):

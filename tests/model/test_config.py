@@ -151,3 +151,12 @@ def test_random_build_materialises_in_target_dtype_with_fp32_rope(tiny_config):
     assert model.config._attn_implementation == "sdpa"
     vision_cfg = model.model.vision_embed_tokens.img_processor.vision_model.config
     assert vision_cfg._attn_implementation == "sdpa"
+
+
+def test_transformers_releases_before_5_24_are_refused_with_the_fix():
+    from training_core.model.compat import transformers_problem
+
+    assert transformers_problem("5.24.0") is None and transformers_problem("5.30.1") is None
+    for old in ("5.17.0", "5.23.0", "4.57.6", "6.0.0"):
+        assert "pip install 'transformers>=5.24,<6'" in transformers_problem(old), old
+    assert transformers_problem() is None  # the installed one

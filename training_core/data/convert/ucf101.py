@@ -15,7 +15,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -37,6 +36,10 @@ def frame_indices(total_frames: int, num_frames: int = NUM_FRAMES) -> np.ndarray
 
 
 def read_frames(video: Path, num_frames: int = NUM_FRAMES) -> list[Image.Image]:
+    try:
+        import av  # imported on use: only the conversion of real videos decodes them
+    except ImportError as exc:
+        raise DataError([f"{video}: decoding UCF-101 videos needs the av package (PyAV): pip install av"]) from exc
     try:
         with av.open(str(video)) as container:
             total = container.streams.video[0].frames

@@ -1,0 +1,81 @@
+"""`python -m harness doctor`: a table on any machine, missing packages named with the install hint, the same
+verdicts a cell reaches (one source of truth), and the GPU listing read through the device boundary (NVML,
+torch.cuda queries) when those are mocked."""
+
+import json
+import subprocess
+import sys
+import types
+
+import torch
+
+from harness import doctor
+from tests.blocking import ROOT, env_without
+from training_core.devices import Device
+
+
+def _doctor(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", "doctor", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_doctor_prints_its_tables_and_exits_0_on_this_machine():
+    out = _doctor()
+    assert out.returncode == 0, out.stderr[-3000:]
+    for text in ("this machine", "torch", "bf16", "flash-attn", "sdpa math", "bitsandbytes", "deepspeed", "NCCL",
+                 "NVML", "shipped grids: which cells run here", "combinations of the shipped grids run here"):
+        assert text in out.stdout, text
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in out.stdout
+
+
+def test_a_missing_package_makes_its_strategies_unsupported_with_the_install_hint(tmp_path):
+    out = _doctor("--json", env=env_without(tmp_path, ("deepspeed",)))
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["deepspeed"]["status"] == "absent" and "pip install deepspeed" in checks["deepspeed"]["fix"]
+    by_strategy: dict[str, list[dict]] = {}
+    for combo in report["combinations"]:
+        by_strategy.setdefault(combo["strategy"], []).append(combo)
+    for strategy in ("full", "frozen_vision"):
+        fp32 = [c for c in by_strategy[strategy] if c["precision"] == "fp32" and c["attention"] == "sdpa"]
+        assert fp32 and fp32[0]["verdict"] == "unsupported"
+        assert any("install it: pip install deepspeed" in reason for reason in fp32[0]["reasons"])
+    lora = [c for c in by_strategy["lora"] if c["precision"] == "fp32" and c["attention"] == "sdpa"]
+    assert lora[0]["runs"] and lora[0]["reasons"] == {}
+
+
+def test_doctor_verdicts_are_the_cells_own(monkeypatch):
+    """Doctor asks capabilities.unsupported_reason, the function a cell asks: change it and doctor follows."""
+    device = Device("cpu", 0, "cpu", None, None)
+    def verdict(spec, dev):
+        if spec.strategy == "lora":
+            return "no lora today"
+        return "no accuracy today" if spec.mode == "accuracy" else None
+
+    monkeypatch.setattr(doctor, "unsupported_reason", verdict)
+    combos = {(c.strategy, c.precision, c.attention): c for c in doctor.combinations(device)}
+    assert all(c.verdict == "unsupported" and list(c.reasons) == ["no lora today"]
+               for key, c in combos.items() if key[0] == "lora")
+    # every cell is judged, with its mode: the accuracy grids' cells of a combination are named
+    full = combos[("full", "bf16", "flash_attention_2")]
+    assert full.verdict == "some grids" and "docvqa_accuracy" in full.reasons["no accuracy today"]
+    assert "a100_speed" in full.grids and "a100_speed" not in full.reasons["no accuracy today"]
+    assert combos[("full", "fp32", "sdpa")].runs
+
+
+def test_gpu_listing_through_mocked_nvml_and_cuda_queries(monkeypatch):
+    props = types.SimpleNamespace(name="NVIDIA H200", total_memory=141 * 2**30, major=9, minor=0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    fake_nvml = types.SimpleNamespace(nvmlInit=lambda: None, nvmlSystemGetDriverVersion=lambda: b"580.65.06")
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml)
+    checks = doctor.gpus()
+    assert [c.name for c in checks] == ["GPU 0", "GPU 1"]
+    assert checks[0].detail == "NVIDIA H200, 141.0 GiB, sm_90, driver 580.65.06" and checks[0].status == "ok"
+    h200 = Device("cuda", 0, "NVIDIA H200", (9, 0), 141 * 2**30)
+    assert doctor._local_gpu(h200) == "H200"
+    v100 = Device("cuda", 0, "Tesla V100-SXM2-32GB", (7, 0), 32 * 2**30)
+    assert doctor.bf16(v100).status == "absent"
