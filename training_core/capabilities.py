@@ -4,7 +4,7 @@ The cell entry point (`training_core.run`) asks `unsupported_reason(spec, device
 `python -m harness doctor` asks the same function for every strategy x precision x attention of the shipped grids,
 so what doctor says will run is what runs.
 
-Two kinds of reasons:
+Three kinds of reasons:
 - the device cannot do it (fp16 or flash attention on a CPU, bf16 or flash attention before Ampere, QLoRA's 4-bit
   kernels before Turing, a GPU cell on a machine without CUDA);
 - the installed transformers is older than the model needs (`training_core.model.compat`);

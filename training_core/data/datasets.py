@@ -16,20 +16,17 @@ from .records import Record
 class TrainDataset(Dataset):
     """Encoded training examples. Random choices (DocVQA's gold answer, a random QA pair) are drawn again every
     epoch, deterministically from (seed, epoch, index). An item is asked for by `(epoch, index)` (what the run's
-    sampler yields, so loader workers need no shared state) or by `index` in the epoch `set_epoch` chose."""
+    sampler yields, so loader workers need no shared state) or by `index` alone (epoch 0)."""
 
     def __init__(self, records: Sequence[Record], task: TaskSpec, processor, seed: int = 0, ablation: str = "none"):
-        self.records, self.task, self.processor, self.seed, self.epoch = records, task, processor, seed, 0
+        self.records, self.task, self.processor, self.seed = records, task, processor, seed
         self.ablation = ablation
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         record = self.records[index]
         rng = random.Random(f"{self.seed}:{epoch}:{index}")
         return encode_train(self.processor, record, self.task.train_prompt_turns(record, rng), self.ablation)
