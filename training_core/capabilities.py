@@ -48,14 +48,6 @@ PACKAGES: dict[str, Package] = {p.module: p for p in (
     Package("jinja2", "jinja2", "reports"),
 )}
 
-STRATEGY_PACKAGES: dict[str, tuple[str, ...]] = {
-    "full": ("deepspeed",),
-    "frozen_vision": ("deepspeed",),
-    "lora": ("peft",),
-    "qlora": ("peft", "bitsandbytes"),
-}
-
-
 @functools.cache
 def import_problem(module: str) -> str | None:
     """None when `module` imports; else why not (missing, or installed but broken)."""
@@ -85,7 +77,9 @@ def install_hint(module: str) -> str:
 
 def required_packages(spec: RunSpec) -> tuple[str, ...]:
     """The optional packages a cell imports, in the order a user would install them."""
-    needed = list(STRATEGY_PACKAGES[spec.strategy])
+    from .strategies import get_strategy
+
+    needed = list(get_strategy(spec.strategy).requires)
     if spec.attention == "flash_attention_2":
         needed.append("flash_attn")
     if spec.data == "hf":

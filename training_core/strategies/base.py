@@ -22,6 +22,7 @@ class Strategy:
     engine: Literal["deepspeed", "ddp"]
     prepare: Callable[[nn.Module, RunSpec], nn.Module]  # freezing / adapters on a built base model
     quantized: bool = False
+    requires: tuple[str, ...] = ()  # optional packages it imports (training_core.capabilities.PACKAGES)
 
 
 def model_config(spec: RunSpec):

@@ -30,5 +30,5 @@ def _prepare_frozen(model: nn.Module, spec: RunSpec) -> nn.Module:
     return model
 
 
-FULL = Strategy("full", "deepspeed", _prepare_full)
-FROZEN_VISION = Strategy("frozen_vision", "deepspeed", _prepare_frozen)
+FULL = Strategy("full", "deepspeed", _prepare_full, requires=("deepspeed",))
+FROZEN_VISION = Strategy("frozen_vision", "deepspeed", _prepare_frozen, requires=("deepspeed",))
