@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -112,13 +113,29 @@ def _lengths(task, records, args) -> str:
             f"min {stats.minimum}, max {stats.maximum} over {stats.count} examples ({note})")
 
 
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
 def _add_grid_commands(sub) -> None:
+    from harness.matrix import MAX_CELLS
     plan = sub.add_parser("plan", help="expand a grid and print its cells and launch commands")
     plan.add_argument("matrix", help="a grid file (matrices/NAME.yaml) or a shipped grid's NAME")
     plan.add_argument("--json", action="store_true", help="print the runnable cells as a JSON list of RunSpecs")
     plan.add_argument("--profile", help="a profile of the grid (e.g. tiny)")
     plan.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
     plan.add_argument("--repeats", type=int, default=1, help="each cell N times with consecutive seeds")
+    plan.add_argument("--max-cells", type=_positive(int), default=MAX_CELLS,
+                      help=f"refuse a grid that expands to more cells (default {MAX_CELLS:,})")
     plan.set_defaults(func=_plan)
 
     run = sub.add_parser("run", help="run a grid's cells")
@@ -128,8 +145,12 @@ def _add_grid_commands(sub) -> None:
     run.add_argument("--group", help="results group (default: this machine, e.g. 8xA100 or cpu)")
     run.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
     run.add_argument("--repeats", type=int, default=1, help="each cell N times with consecutive seeds")
+    run.add_argument("--max-cells", type=_positive(int), default=MAX_CELLS,
+                     help=f"refuse a grid that expands to more cells (default {MAX_CELLS:,})")
     run.add_argument("--force", action="store_true", help="rerun cells that already have a final row")
-    run.add_argument("--timeout", type=float, help="per-cell timeout in seconds (default: the grid's limits)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="rerun only the cells whose final row is error, timeout, oom or diverged")
+    run.add_argument("--timeout", type=_positive(float), help="per-cell timeout in seconds (default: the grid's limits)")
     run.add_argument("--allow-hardware-mismatch", action="store_true",
                      help="run although this machine does not match the grid's GPU type or count")
     run.add_argument("--nnodes", type=int, default=1, help="nodes of a multi-node run (start the same command on each)")
@@ -176,6 +197,18 @@ def _doctor(args) -> int:
     else:
         print_report(report, Console(highlight=False, width=None if sys.stdout.isatty() else 180))
     return 0
+
+
+def _check_writable(directory: Path) -> None:
+    """Refuse a results directory that cannot be written before anything runs."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise DataError([f"--results {directory}: cannot write there ({exc.strerror or exc}); choose a writable "
+                         "directory"]) from None
 
 
 def _report(args) -> int:
@@ -249,10 +282,11 @@ def _plan(args) -> int:
 
     from harness.launch import Nodes, shell, torchrun_command
     from harness.matrix import load_grid
-    from harness.runner import matches
+    from harness.runner import check_selection, matches
 
-    grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats)
+    grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats, max_cells=args.max_cells)
     filters = _filters(args.filter)
+    check_selection(grid, filters, to_run=False)
     cells = [c for c in grid.cells if not c.runnable or matches(c, filters)]
     if args.json:
         specs = [{**c.spec.model_dump(mode="json"), "run_id": c.spec.run_id} for c in cells if c.runnable]
@@ -297,12 +331,14 @@ def _run(args) -> int:
     from harness import hardware
     from harness.launch import Nodes
     from harness.matrix import load_grid
-    from harness.runner import Runner, RunOptions, matches
+    from harness.runner import Runner, RunOptions, check_selection, matches
     from harness.summary import print_summary
 
     slurm = args.launcher == "slurm"
     machine = hardware.detect()
-    grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats, machine=machine)
+    grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats, machine=machine, max_cells=args.max_cells)
+    if not args.dry_run:
+        _check_writable(args.results)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     hw = grid.file.hardware
     if slurm and (args.nnodes > 1 or args.master_addr):
@@ -314,6 +350,7 @@ def _run(args) -> int:
               "with the local launcher on the GPU node (e.g. inside salloc/srun), not through --launcher slurm",
               file=sys.stderr)
         return 2
+    check_selection(grid, _filters(args.filter))
     # SLURM: the hardware is checked inside each job, on the compute node (not here, on the login node)
     problem = None if slurm else hardware.mismatch(machine, hw.gpu, hw.gpus_per_node)
     if problem and not args.allow_hardware_mismatch:
@@ -334,15 +371,20 @@ def _run(args) -> int:
                          timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
                                                              args.master_port),
                          launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg,
-                         check_hardware=not args.allow_hardware_mismatch)
+                         check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed)
     # rows are grouped by the hardware that ran them: this machine's, or under SLURM the grid's (e.g. 8xA100)
     runner = Runner(grid, options, hw.label if slurm else machine.label, console)
     rows = runner.run()
     if runner.main_node and not args.dry_run and args.launcher == "local":
         print_summary(console, runner.store, grid)
+    if runner.kept_failures:
+        cells = ", ".join(f"{c.index} ({status})" for c, status in runner.kept_failures)
+        console.print(f"[red]{len(runner.kept_failures)} cell(s) failed in an earlier run and were not rerun: "
+                      f"{cells}; --retry-failed reruns only those, --force reruns every cell[/red]")
     if runner._interrupted:
-        return 130
-    return 0 if all(r["status"] in ("ok", "unsupported") for r in rows) else 1
+        return 128 + int(runner.interrupted_by)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports
+    failed = any(r["status"] not in ("ok", "unsupported") for r in rows) or runner.kept_failures
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -356,13 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from harness.matrix import GridError
+    from harness.report import ReportError
     from harness.store import StoreError
     from training_core.spec import SpecError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, GridError, SpecError, StoreError) as exc:
+    except (DataError, GridError, ReportError, SpecError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

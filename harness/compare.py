@@ -166,10 +166,19 @@ def _baseline_id(base: dict, cur: dict, rules: Rules) -> str | None:
 
 def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rules) -> Comparison:
     base, cur = medians(baseline_rows), medians(current_rows)
+    reference = None
     if rules.baseline_cell or "normalized_images_per_s" in rules.metrics:  # asked for: normalised throughput
         reference = _baseline_id(base, cur, rules)
         _normalise(base, reference)
         _normalise(cur, reference)
+    if not set(base) & set(cur):
+        raise CompareError(
+            f"no cell in common: the baseline has {len(base)} cell(s), the current run {len(cur)}, and no spec "
+            "(run_id) is in both, so nothing can be compared; after a deliberate change of the specs or the data "
+            "refresh the baseline (make regress-baseline), else run the same grid and filters as the baseline")
+    if rules.baseline_cell and reference is None:
+        raise CompareError(f"rules.baseline_cell {rules.baseline_cell} matches no cell that is ok in both runs: "
+                           "normalised throughput cannot be computed")
     result = Comparison(only_baseline=sorted(set(base) - set(cur)), only_current=sorted(set(cur) - set(base)))
     for rid in sorted(set(base) & set(cur), key=lambda r: (cur[r]["cell"], r)):
         b, c = base[rid], cur[rid]
@@ -187,6 +196,9 @@ def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rul
                                            allowed))
     for order in rules.orders:
         result.order_failures += check_order(cur, order)
+    if not result.findings and not result.failed_current and not result.order_failures:
+        raise CompareError("no metric was compared: the cells in common share no metric that the rules check "
+                           "(check the rules' `metrics`/`only` against the rows)")
     return result
 
 

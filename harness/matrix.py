@@ -27,6 +27,7 @@ newer GPU) mark cells invalid with their reason. Nothing is dropped silently: `p
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ GPU_GENERATIONS: dict[str, tuple[tuple[int, int], bool, bool]] = {
     "H100": ((9, 0), True, True),
     "H200": ((9, 0), True, True),
 }
+
+
+MAX_CELLS = 10_000  # a grid that expands to more is refused before it is expanded (--max-cells raises it)
 
 
 class GridError(ValueError):
@@ -199,6 +203,20 @@ class Grid:
         return [c for c in self.cells if c.runnable]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -219,7 +237,8 @@ def _expand_env(value, where: str):
     return value
 
 
-def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, machine: Machine | None = None) -> Grid:
+def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, machine: Machine | None = None,
+              max_cells: int = MAX_CELLS) -> Grid:
     """A validated, expanded grid; `machine` (default: detected when the grid asks for `auto` hardware) resolves
     `gpu: auto` / `gpus_per_node: auto`."""
     path = Path(path)
@@ -228,7 +247,7 @@ def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, ma
         hint = f" (shipped grids: {', '.join(candidates)})" if candidates else ""
         raise GridError(f"{path}: no such grid file{hint}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -245,7 +264,7 @@ def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, ma
     auto = AUTO in (grid_file.hardware.gpu, grid_file.hardware.gpus_per_node)
     grid_file = grid_file.model_copy(update={"hardware": resolve_hardware(grid_file.hardware, machine)})
     grid = Grid(path, grid_file, profile=profile, patches=list(chosen.patches) if chosen else [], auto_hardware=auto)
-    grid.cells = expand(grid_file, path, chosen, repeats, where=f"profiles.{profile}")
+    grid.cells = expand(grid_file, path, chosen, repeats, where=f"profiles.{profile}", max_cells=max_cells)
     return grid
 
 
@@ -282,14 +301,23 @@ def _check_spec_keys(path: Path, grid: GridFile) -> None:
             raise GridError(f"{path}: axes.{key}: an axis needs at least one value")
 
 
+def count_cells(grid: GridFile, repeats: int = 1) -> int:
+    """How many cells a grid expands to, without expanding it."""
+    crossed = math.prod(len(v) for v in grid.axes.values()) if grid.axes else 0
+    return max(crossed + len(grid.include), 1) * repeats
+
+
 def expand(grid: GridFile, path: Path, profile: Profile | None = None, repeats: int = 1,
-           where: str = "profile") -> list[Cell]:
+           where: str = "profile", max_cells: int = MAX_CELLS) -> list[Cell]:
     """Every cell; with `repeats` > 1 each cell N times with seeds seed, seed+1, ... (mean and spread in reports).
     `grid` has the profile's include overrides applied already (`with_profile`); its override reaches the axes
     cells here, and its patches every matching cell."""
     override = profile.override if profile else {}
     if repeats < 1:
         raise GridError(f"{path}: --repeats must be at least 1, got {repeats}")
+    if (count := count_cells(grid, repeats)) > max_cells:
+        raise GridError(f"{path}: the grid expands to {count:,} cells, more than --max-cells {max_cells:,}; cut its "
+                        "axes (or raise --max-cells if that many cells are meant)")
     base = {"gpu": grid.hardware.gpu, "gpus_per_node": grid.hardware.gpus_per_node, "nodes": grid.hardware.nodes,
             **grid.defaults}
     combos = [dict(zip(grid.axes, values, strict=True)) for values in itertools.product(*grid.axes.values())]
@@ -298,6 +326,10 @@ def expand(grid: GridFile, path: Path, profile: Profile | None = None, repeats: 
     if not fields_list:
         fields_list = [{**base, **override}]
     _apply_patches(fields_list, profile.patches if profile else [], path, where)
+    for i, rule in enumerate(grid.exclude):  # a rule that matches nothing is a typo or a stale rule: say so
+        if not any(_matches(fields, rule.match) for fields in fields_list):
+            raise GridError(f"{path}: exclude[{i}].match: {rule.match} matches no cell; check the keys and values "
+                            "against `harness plan` or remove the rule")
     if repeats > 1:
         fields_list = [{**f, "seed": int(f.get("seed", 0)) + k} for f in fields_list for k in range(repeats)]
     cells, seen = [], {}

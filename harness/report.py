@@ -23,6 +23,10 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "reports" / "templates"
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
 
+class ReportError(ValueError):
+    """Nothing to report, worded for the user (names the directory)."""
+
+
 def latest_rows(store: RowStore) -> list[dict]:
     latest = {}
     for row in store.rows():
@@ -172,7 +176,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     store = RowStore(group_dir)
     rows = latest_rows(store)
     if not rows:
-        raise ValueError(f"{group_dir}: no rows to report (run the grid first)")
+        raise ReportError(f"{group_dir}: no rows to report (run the grid first)")
     refs = refs if refs is not None else load_references()
     speed_rows = [r for r in rows if r["spec"].get("mode") == "throughput"]
     accuracy_rows = [r for r in rows if r["spec"].get("mode") == "accuracy"]
@@ -208,7 +212,7 @@ def group_dirs(path: Path) -> list[Path]:
         return [path]
     found = sorted(p.parent for p in path.glob("*/rows.jsonl")) or sorted(p.parent for p in path.glob("*/*/rows.jsonl"))
     if not found:
-        raise ValueError(f"{path}: no rows.jsonl below it (expected results/runs/<matrix>/<group>/rows.jsonl)")
+        raise ReportError(f"{path}: no rows.jsonl below it (expected results/runs/<matrix>/<group>/rows.jsonl)")
     return found
 
 

@@ -20,9 +20,10 @@ from rich.console import Console
 
 from training_core.env import capture
 from training_core.result import Outcome, build_row
+from training_core.spec import RunSpec
 
 from .launch import Nodes, sbatch_script, shell, torchrun_command
-from .matrix import Cell, Grid
+from .matrix import Cell, Grid, GridError
 from .store import FINAL, RowStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,7 @@ class RunOptions:
     dry_run: bool = False
     sbatch_args: list[str] = field(default_factory=list)
     check_hardware: bool = True  # SLURM: check each compute node's GPUs inside the job
+    retry_failed: bool = False  # rerun cells whose final row is a failure (RETRYABLE), not the others
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -55,8 +57,31 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return text.splitlines()[-lines:]
 
 
+RETRYABLE = {"error", "timeout", "oom", "diverged"}  # final, but worth another try (--retry-failed)
+
+
 def matches(cell: Cell, filters: dict[str, str]) -> bool:
     return all(str(cell.fields.get(k, getattr(cell.spec, k, None))) == v for k, v in filters.items())
+
+
+def check_selection(grid: Grid, filters: dict[str, str], to_run: bool = True) -> None:
+    """A grid with no runnable cell (`to_run`: `plan` still lists such a grid with every reason), or filters that
+    name an unknown key or match no runnable cell, run nothing: an error that says why, never a silent success."""
+    valid = set(RunSpec.model_fields)
+    for key, value in filters.items():
+        if key not in valid:
+            raise GridError(f"--filter {key}={value}: {key!r} is not a cell setting; valid keys: "
+                            f"{', '.join(sorted(valid))}")
+    runnable = grid.runnable
+    if not runnable and to_run:
+        reasons = sorted({f"{c.status}: {c.reason}" for c in grid.cells})
+        raise GridError(f"{grid.path}: none of the grid's {len(grid.cells)} cell(s) can run ("
+                        + "; ".join(reasons[:3]) + (" ..." if len(reasons) > 3 else "") + ")")
+    if filters and runnable and not any(matches(c, filters) for c in runnable):
+        seen = {k: sorted({str(getattr(c.spec, k)) for c in runnable}) for k in filters}
+        raise GridError(f"{grid.path}: --filter {' '.join(f'{k}={v}' for k, v in filters.items())} matches none of "
+                        f"the {len(runnable)} runnable cell(s); the grid has "
+                        + "; ".join(f"{k}: {', '.join(v)}" for k, v in seen.items()))
 
 
 def _child_setup(memory_gb: float | None) -> Callable[[], None]:
@@ -98,7 +123,9 @@ class Runner:
         self.store = RowStore(options.results / grid.name / group)
         self.main_node = options.nodes.node_rank == 0
         self._interrupted = False
+        self.interrupted_by = signal.SIGINT
         self._current_pgid: int | None = None
+        self.kept_failures: list[tuple[Cell, str]] = []  # failed in an earlier run, not rerun now
 
     # ---------------------------------------------------------------- selection
     def cells(self) -> tuple[list[Cell], list[tuple[Cell, str]]]:
@@ -113,8 +140,14 @@ class Runner:
             elif self.options.launcher == "local" and cell.spec.nodes != self.options.nodes.nnodes:
                 skipped.append((cell, f"needs {cell.spec.nodes} node(s): start the runner on each node with "
                                       f"--nnodes {cell.spec.nodes} --node-rank R --master-addr HOST"))
+            elif cell.spec.run_id in done and self.options.retry_failed \
+                    and done[cell.spec.run_id]["status"] in RETRYABLE:
+                todo.append(cell)
             elif cell.spec.run_id in done:
-                skipped.append((cell, f"done ({done[cell.spec.run_id]['status']}); --force reruns it"))
+                status = done[cell.spec.run_id]["status"]
+                skipped.append((cell, f"done ({status}); --force reruns it"))
+                if status in RETRYABLE:
+                    self.kept_failures.append((cell, status))
             else:
                 todo.append(cell)
         return todo, skipped
@@ -126,7 +159,7 @@ class Runner:
             self.console.print(f"[dim]skip cell {cell.index}: {why}[/dim]")
         if self.main_node and not self.options.dry_run:
             self.store.write_env(capture(self.options.nodes.nnodes))
-        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        previous = {sig: signal.signal(sig, self._on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         rows, started = [], time.monotonic()
         try:
             for n, cell in enumerate(todo, start=1):
@@ -141,11 +174,14 @@ class Runner:
                     self.store.append(row)
                 self._report(row)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return rows
 
     def _on_interrupt(self, signum, frame) -> None:
+        """Ctrl-C or SIGTERM (a scheduler or `kill`): end the running cell, record it `interrupted`, stop."""
         self._interrupted = True
+        self.interrupted_by = signum
         if self._current_pgid is not None:
             _kill_group(self._current_pgid, grace_s=5.0)
 
@@ -233,7 +269,8 @@ class Runner:
                 self._current_pgid = None
                 (cell_dir / f"pgid{self._node_suffix()}").unlink(missing_ok=True)
         if self._interrupted and status is None:
-            status = ("interrupted", "the runner was interrupted (Ctrl-C) while this cell ran")
+            how = "Ctrl-C" if self.interrupted_by == signal.SIGINT else signal.Signals(self.interrupted_by).name
+            status = ("interrupted", f"the runner was interrupted ({how}) while this cell ran")
         if status is None and result_path.exists():
             return self._finish_row(cell, json.loads(result_path.read_text()), log_path)
         if status is None:
@@ -275,7 +312,7 @@ class Runner:
         if self.options.dry_run:
             path.write_text(script)
             self.console.print(f"    wrote {path} ({cell.spec.nodes} node(s); dry run: not submitted)")
-        elif job_file.exists() and not self.options.force:
+        elif job_file.exists() and not self.options.force and not self.options.retry_failed:
             job = job_file.read_text().strip()
             ended = slurm_outcome(job)
             if ended is not None and (recorded := self._finished_result(cell_dir)) is not None:

@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from training_core.result import dumps
+
 ROWS = "rows.jsonl"
-FINAL = {"ok", "oom", "error", "timeout", "unsupported"}  # "interrupted" is not final: a rerun repeats the cell
+FINAL = {"ok", "oom", "error", "timeout", "unsupported", "diverged"}  # "interrupted" is not final: rerun repeats it
 
 
 class StoreError(ValueError):
@@ -77,7 +79,7 @@ class RowStore:
     def append(self, row: dict) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.repair()
-        line = json.dumps(row, sort_keys=True, default=str) + "\n"
+        line = dumps(row) + "\n"  # strict JSON: a non-finite number is written as null
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(line)
             handle.flush()

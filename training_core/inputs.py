@@ -33,11 +33,17 @@ def build_processor(spec: RunSpec, config) -> Phi3VProcessor:
     return Phi3VProcessor(build_tiny_tokenizer(), image)
 
 
+MAX_TWIN_TRAIN = 1024  # a long throughput cell cycles through this many twin examples instead of writing more
+
+
 def needed_train_examples(spec: RunSpec) -> int:
+    """Twin examples to write: what the steps consume, at most MAX_TWIN_TRAIN (the loader cycles through epochs),
+    at least one global batch; `synthetic_train` sets it."""
     if spec.synthetic_train:
         return spec.synthetic_train
     steps = spec.max_steps or (spec.warmup_steps + spec.measured_steps)
-    return max(spec.global_batch * steps if spec.mode == "throughput" else 200, spec.global_batch)
+    wanted = min(spec.global_batch * steps, MAX_TWIN_TRAIN) if spec.mode == "throughput" else 200
+    return max(wanted, spec.global_batch)
 
 
 def records(spec: RunSpec, out_dir: Path) -> tuple[Sequence[Record], Sequence[Record] | None]:

@@ -1,18 +1,20 @@
 """The result row of one cell (DESIGN.md's schema), written atomically as `DIR/result.json` by rank 0.
 
-Statuses: ok, oom, error, timeout, unsupported, interrupted. Failures carry their reason and whatever metrics were
-gathered before them. Per-step series (losses, step times) ride along under `series`."""
+Statuses: ok, oom, error, timeout, unsupported, interrupted, diverged (a non-finite loss). Failures carry their
+reason and whatever metrics were gathered before them. Per-step series (losses, step times) ride along under
+`series`. Every file is strict JSON: a non-finite number is written as null (`strict_json`)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-STATUSES = ("ok", "oom", "error", "timeout", "unsupported", "interrupted")
+STATUSES = ("ok", "oom", "error", "timeout", "unsupported", "interrupted", "diverged")
 RESULT_FILE = "result.json"
 
 
@@ -63,8 +65,31 @@ def build_row(*, run_id, spec: dict, outcome: Outcome, env: dict, process_start:
     }
 
 
+class Diverged(Exception):
+    """The loss became non-finite: the cell ends as `diverged`, with the step."""
+
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"non-finite loss ({loss}) at optimizer step {step}: the training diverged "
+                         "(lower the learning rate, or check the data and the precision)")
+
+
+def strict_json(value):
+    """`value` with every NaN or infinity replaced by None (strict JSON has no such numbers)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def dumps(data, **options) -> str:
+    return json.dumps(strict_json(data), allow_nan=False, sort_keys=True, default=str, **options)
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(dumps(data, indent=2) + "\n")
     tmp.replace(path)

@@ -29,7 +29,7 @@ from .engine import build_engine
 from .env import capture
 from .evaluate import evaluate
 from .precision import weights_dtype
-from .result import RESULT_FILE, Outcome, build_row, classify_exception, write_json_atomic
+from .result import RESULT_FILE, Diverged, Outcome, build_row, classify_exception, write_json_atomic
 from .spec import RunSpec, SpecError
 from .strategies import get_strategy
 from .strategies.base import build_base, count_parameters, model_config
@@ -156,7 +156,10 @@ class Cell:
                     tracker.step(images, tokens, samples, data_wait)
                     if len(tracker.steps) > spec.warmup_steps:
                         window_flops.append(flops)
-                    outcome.series["loss"].append(sum_all(loss) / distributed.world_size())
+                    value = sum_all(loss) / distributed.world_size()  # the same on every rank
+                    outcome.series["loss"].append(value)
+                    if not math.isfinite(value):
+                        raise Diverged(step + 1, value)
                     outcome.series["step_time_s"].append(tracker.steps[-1].seconds)
                     outcome.series["data_wait_s"].append(data_wait)
                     self._after_step(step + 1)
@@ -239,6 +242,8 @@ def main(argv=None) -> int:
             Cell(spec, device, args.out, outcome, args, process_start).run()
         except (StopRequested, KeyboardInterrupt) as exc:
             outcome.status, outcome.reason = "interrupted", str(exc) or "interrupted"
+        except Diverged as exc:
+            outcome.status, outcome.reason = "diverged", str(exc)
         except Exception as exc:  # a failure is a result: keep what was measured
             outcome.status, outcome.reason = classify_exception(exc)
             traceback.print_exc()

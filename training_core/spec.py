@@ -24,7 +24,7 @@ class SpecError(ValueError):
 
 
 class RunSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # specs are strict JSON
 
     # what to train on
     task: str = "docvqa"
@@ -116,8 +116,20 @@ class RunSpec(BaseModel):
         return self.lora_alpha if self.lora_alpha is not None else round(self.lora_rank * 2)
 
     @property
+    def data_version(self) -> str | None:
+        """The generator version of the synthetic twin (`data: synthetic`); None for real data, which is
+        identified by its path or source only (a changed dataset at the same path needs --force)."""
+        if self.data != "synthetic":
+            return None
+        from training_core.data.synth import twin_version
+
+        return twin_version(self.task)
+
+    @property
     def run_id(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """A hash of the normalised spec and the data version: a cell measured on other data has another id."""
+        identity = {**self.model_dump(mode="json"), "data_version": self.data_version}
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ io

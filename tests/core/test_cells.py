@@ -97,3 +97,17 @@ def test_out_of_memory_is_classified():
     cpu = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried")
     assert classify_exception(cpu) == ("oom", f"RuntimeError: {cpu}")
     assert classify_exception(ValueError("bad"))[0] == "error"
+
+
+def test_a_diverging_cell_ends_diverged_and_every_file_is_strict_json(tmp_path):
+    result = run_cell(tmp_path, strategy="lora", precision="fp32", lr=1e30, lr_warmup_steps=0)
+    assert result["status"] == "diverged" and result["_returncode"] != 0, result["_stderr"][-2000:]
+    assert "non-finite loss" in result["reason"] and "at optimizer step 2" in result["reason"]
+    losses = result["series"]["loss"]
+    assert losses[-1] is None and all(isinstance(v, float) for v in losses[:-1])  # NaN written as null
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in a JSON file")
+
+    for path in tmp_path.rglob("*.json"):
+        json.loads(path.read_text(), parse_constant=refuse)

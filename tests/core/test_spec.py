@@ -20,8 +20,9 @@ def test_run_id_is_stable_and_content_addressed(tmp_path):
     a.save(tmp_path / "s.json")
     assert RunSpec.load(tmp_path / "s.json").run_id == a.run_id
     # pinned: a change of the defaults or of the normalisation changes every stored id, so it must be deliberate
-    # (changed deliberately when dataloader_workers became None = the recipe's loader per device)
-    assert RunSpec().run_id == "60dbc23be3620f80"
+    # (changed deliberately when dataloader_workers became None = the recipe's loader per device, and when the
+    # twin's generator version joined the identity)
+    assert RunSpec().run_id == "58c323db6e3fe86b"
 
 
 @pytest.mark.parametrize(
@@ -56,3 +57,18 @@ def test_unreadable_spec_file(tmp_path):
     (tmp_path / "bad.json").write_text("{nope")
     with pytest.raises(SpecError, match="bad.json: cannot read the spec"):
         RunSpec.load(tmp_path / "bad.json")
+
+
+def test_the_run_id_covers_the_twin_version(monkeypatch):
+    from training_core.data.synth.nlvr2 import NLVR2Twin
+
+    synthetic, real = RunSpec(task="nlvr2"), RunSpec(task="nlvr2", data="/data/nlvr2")
+    assert synthetic.data_version == "NLVR2Twin-v2" and real.data_version is None
+    before = (synthetic.run_id, real.run_id)
+    monkeypatch.setattr(NLVR2Twin, "version", 3)
+    assert synthetic.run_id != before[0] and real.run_id == before[1]
+
+
+def test_specs_hold_finite_numbers_only():
+    with pytest.raises(SpecError, match=r"spec: lr: Input should be a finite number"):
+        RunSpec.parse({"lr": float("inf")})

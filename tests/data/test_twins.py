@@ -132,3 +132,38 @@ def test_docvqa_twin_mean_length_matches_the_documented_2443(tmp_path):
     assert stats.minimum >= 1933 and stats.maximum <= 2509 + 200
     sample = processor.tokenizer.decode(processor.tokenizer(answer_text("x"), add_special_tokens=False).input_ids)
     assert sample == "x<|end|>\n<|endoftext|>"
+
+
+# A fingerprint of each twin's output (3 train + 1 eval records, seed 0: the jsonl text and the decoded pixels) at
+# its generator version. When a twin's output changes, this fails until its `version` is bumped: the version is part
+# of the run_id of every cell on that twin, so stored rows measured on the old data are not kept as the new.
+TWIN_FINGERPRINTS = {
+    "docvqa": (1, "19c6582252831042"),
+    "hateful_memes": (1, "a705029fee375e62"),
+    "nlvr2": (2, "c97e7819b86f39f2"),
+    "ucf101": (1, "2e15c9d621e960d7"),
+}
+
+
+def _fingerprint(task: str, directory) -> str:
+    import numpy as np
+    from PIL import Image
+
+    synthesize(task, directory, n_train=3, n_eval=1, seed=0)
+    digest = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        if path.suffix == ".jsonl":
+            digest.update(path.name.encode() + path.read_bytes())
+        elif path.suffix in (".png", ".jpg"):
+            with Image.open(path) as image:
+                digest.update(path.name.encode() + np.asarray(image.convert("RGB")).tobytes())
+    return digest.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("task", sorted(TWIN_FINGERPRINTS))
+def test_a_changed_twin_has_a_new_version(task, tmp_path):
+    version, fingerprint = TWIN_FINGERPRINTS[task]
+    got = _fingerprint(task, tmp_path)
+    assert (TWINS[task].version, got) == (version, fingerprint), (
+        f"the {task} twin's output or version changed: bump {TWINS[task].__name__}.version and pin "
+        f"({TWINS[task].version}, {got!r}) here (its cells then get new run_ids, so old rows are not reused)")

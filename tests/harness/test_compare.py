@@ -130,3 +130,15 @@ def test_the_baseline_command_stores_by_key(tmp_path, capsys):
     assert main(["baseline", group, "--root", str(tmp_path / "bl")]) == 0
     assert (tmp_path / "bl" / "g" / "tiny-cpux1" / "rows.jsonl").exists()
     assert main(["compare", str(tmp_path / "bl"), group]) == 0
+
+
+def test_a_gate_that_compares_nothing_is_an_error_not_a_pass(tmp_path, capsys):
+    # no cell in common (e.g. every run_id changed): nothing compared
+    assert _run(tmp_path / "1", BASELINE, [_row("x", "full", 0), _row("y", "lora", 1)]) == 2
+    assert "no cell in common: the baseline has 2 cell(s), the current run 2" in capsys.readouterr().err
+    # cells in common, but the rules check none of their metrics
+    assert _run(tmp_path / "2", BASELINE, BASELINE, "default: {ignore: true}\nmetrics: {mfu: {}}\n") == 2
+    assert "no metric was compared" in capsys.readouterr().err
+    # normalised throughput asked for, but its reference cell is not in the runs
+    assert _run(tmp_path / "3", BASELINE, BASELINE, "baseline_cell: {strategy: qlora}\n") == 2
+    assert "rules.baseline_cell {'strategy': 'qlora'} matches no cell" in capsys.readouterr().err

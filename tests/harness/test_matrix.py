@@ -211,3 +211,35 @@ def test_gpu_smoke_on_a_cpu_machine_is_refused_with_the_reason(capsys):
     assert "the grid is for this machine's GPUs but this machine has no NVIDIA GPU" in capsys.readouterr().err
     assert main(["run", "gpu_smoke", "--launcher", "slurm", "--dry-run"]) == 2
     assert "not through --launcher slurm" in capsys.readouterr().err
+
+
+def test_silent_acceptance_is_gone(tmp_path, capsys):
+    path = tmp_path / "g.yaml"
+    # an exclude rule that matches no cell (like a profile patch that matches none)
+    path.write_text("name: g\ndefaults: {model: tiny}\naxes: {strategy: [full, lora]}\n"
+                    "exclude:\n  - {match: {strategy: qlora}, reason: typo}\n")
+    with pytest.raises(GridError, match=r"g.yaml: exclude\[0\].match: \{'strategy': 'qlora'\} matches no cell"):
+        load_grid(path)
+    # a key given twice in one mapping (YAML keeps the last one silently)
+    path.write_text("name: g\ndefaults: {model: tiny, lr: 1.0e-3}\ninclude:\n  - {strategy: full, lr: 2.0e-4,"
+                    " lr: 3.0e-4}\n")
+    with pytest.raises(GridError, match=r"g.yaml:4:.*duplicate key 'lr' \(first at line 4\)"):
+        load_grid(path)
+    # a grid of millions of cells is counted, not expanded
+    path.write_text("name: g\ndefaults: {model: tiny}\naxes: {seed: [" + ", ".join(map(str, range(1000))) + "],"
+                    " lr: [" + ", ".join(f"{i + 1}.0e-4" for i in range(1000)) + "]}\n")
+    with pytest.raises(GridError, match=r"the grid expands to 1,000,000 cells, more than --max-cells 10,000"):
+        load_grid(path)
+    assert main(["plan", str(path), "--max-cells", "50"]) == 2
+    with pytest.raises(SystemExit):
+        main(["run", "cpu_smoke", "--timeout", "-1"])
+    assert "--timeout: -1 must be a finite number above 0" in capsys.readouterr().err
+
+
+def test_a_long_throughput_cell_does_not_synthesise_a_twin_per_step():
+    from training_core.inputs import MAX_TWIN_TRAIN, needed_train_examples
+    from training_core.spec import RunSpec
+
+    assert needed_train_examples(RunSpec(measured_steps=10**12)) == MAX_TWIN_TRAIN
+    assert needed_train_examples(RunSpec(global_batch=64, warmup_steps=2, measured_steps=5)) == 448  # unchanged
+    assert needed_train_examples(RunSpec(global_batch=2048, measured_steps=10)) == 2048  # one batch at least

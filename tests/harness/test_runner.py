@@ -109,19 +109,20 @@ def test_crash_timeout_and_oom_cells_become_rows_and_the_grid_goes_on(tmp_path):
     assert "log_tail" not in by_cell[3]
 
 
-def test_ctrl_c_records_the_running_cell_as_interrupted(tmp_path):
+@pytest.mark.parametrize(("sig", "code", "how"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_ctrl_c_or_sigterm_records_the_running_cell_as_interrupted(tmp_path, sig, code, how):
     path = grid(tmp_path, "include:\n  - {measured_steps: 2000}\n")
     results = tmp_path / "r"
     runner = harness_bg("run", str(path), "--results", str(results))
     try:
         wait_for(lambda: any((results / "g" / "cpu" / "cells").rglob("pgid")) if (results / "g").exists() else False)
         time.sleep(6)
-        runner.send_signal(signal.SIGINT)
-        assert runner.wait(timeout=60) == 130
+        runner.send_signal(sig)
+        assert runner.wait(timeout=60) == code
     finally:
         runner.kill()
     (row,) = rows(results)
-    assert row["status"] == "interrupted" and "interrupted" in row["reason"]
+    assert row["status"] == "interrupted" and f"the runner was interrupted ({how})" in row["reason"]
     # not final: a rerun would repeat it
     assert RowStore(results / "g" / "cpu").final_rows() == {}
 
@@ -275,3 +276,48 @@ def test_a_missing_data_path_is_refused_up_front(tmp_path):
     out = harness("run", str(path), "--results", str(tmp_path / "r"))
     assert out.returncode == 2 and "data '/nonexistent/dataset' not found" in out.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_runs_that_would_run_nothing_are_errors(tmp_path, capsys):
+    from harness.cli import main
+
+    path = grid(tmp_path, "axes: {attention: [eager, sdpa]}\n")
+    results = ["--results", str(tmp_path / "r")]
+    assert main(["run", str(path), *results, "--filter", "strategi=lora"]) == 2
+    assert "'strategi' is not a cell setting" in capsys.readouterr().err
+    assert main(["run", str(path), *results, "--filter", "attention=flash_attention_2"]) == 2
+    assert "matches none of the 2 runnable cell(s); the grid has attention: eager, sdpa" in capsys.readouterr().err
+    assert main(["plan", str(path), "--filter", "strategy=qlora"]) == 2
+    invalid = grid(tmp_path, "axes: {precision: [fp16]}\n", name="invalid")
+    assert main(["run", str(invalid), *results]) == 2
+    assert "none of the grid's 1 cell(s) can run (invalid: fp16 mixed precision needs a CUDA GPU)" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_failed_cells_are_named_on_a_rerun_and_retried_on_request(tmp_path):
+    (tmp_path / "empty").mkdir()
+    path = grid(tmp_path, f"include:\n  - {{data: {tmp_path / 'empty'}}}\n  - {{}}\n")
+    results = ["--results", str(tmp_path / "r")]
+    first = harness("run", str(path), *results)
+    assert first.returncode == 1 and [r["status"] for r in rows(tmp_path / "r")] == ["error", "ok"]
+    again = harness("run", str(path), *results)
+    assert again.returncode == 1 and len(rows(tmp_path / "r")) == 2  # nothing rerun, but not a silent pass
+    assert "1 cell(s) failed in an earlier run and were not rerun: 0 (error); --retry-failed reruns only" in \
+        " ".join(again.stdout.split())
+    retry = harness("run", str(path), *results, "--retry-failed")
+    assert retry.returncode == 1 and "[1/1] cell 0" in retry.stdout  # only the failed cell ran again
+    assert [r["status"] for r in rows(tmp_path / "r")] == ["error", "ok", "error"]
+
+
+def test_report_and_results_problems_are_error_lines(tmp_path, capsys):
+    from harness.cli import main
+
+    (tmp_path / "empty").mkdir()
+    for directory in (tmp_path / "empty", tmp_path / "missing"):
+        assert main(["report", str(directory)]) == 2
+        assert "no rows.jsonl below it" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    path = grid(tmp_path, "axes: {attention: [eager]}\n")
+    assert main(["run", str(path), "--results", str(tmp_path / "a-file" / "r")]) == 2
+    assert f"--results {tmp_path / 'a-file' / 'r'}: cannot write there" in capsys.readouterr().err

@@ -25,6 +25,14 @@ TWINS: dict[str, type[Twin]] = {
 }
 
 
+def twin_version(task: str) -> str:
+    """What identifies the data a synthetic cell trains on: the twin and its generator version."""
+    if task not in TWINS:
+        raise DataError([f"no synthetic twin for task {task!r}; choose one of {sorted(TWINS)}"])
+    twin = TWINS[task]
+    return f"{twin.__name__}-v{twin.version}"
+
+
 def synthesize(
     task: str, out_dir: str | Path, *, n_train: int, n_eval: int, seed: int = 0, overwrite: bool = False, **options
 ) -> dict[str, int]:
@@ -33,4 +41,4 @@ def synthesize(
     return TWINS[task](**options).write(Path(out_dir), n_train=n_train, n_eval=n_eval, seed=seed, overwrite=overwrite)
 
 
-__all__ = ["TWINS", "synthesize"]
+__all__ = ["TWINS", "synthesize", "twin_version"]

@@ -33,6 +33,7 @@ QUESTION = "{statement}\nIs this statement true or false?"
 
 @dataclass
 class NLVR2Twin(Twin):
+    version = 2  # 2: the first turn always states "left has more" (1 chose the side at random: an XOR)
     size: tuple[int, int] = (240, 160)
     counts: tuple[int, ...] = (1, 4)  # shapes per picture; far apart, so that a tiny model can learn the comparison
     source = "nlvr2_synth"

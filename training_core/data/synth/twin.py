@@ -43,6 +43,10 @@ class Example:
 
 
 class Twin:
+    # Bump when what a twin generates changes (records, answers or images): the version is part of the run_id of
+    # every cell on this twin, so rows measured on the old data are not mistaken for the new (tests pin a
+    # fingerprint of each twin's output to its version).
+    version = 1
     source = "synthetic"
     split_names = {"train": "train", "eval": "eval"}
     jsonl_names = {"train": "train.jsonl", "eval": "eval.jsonl"}
