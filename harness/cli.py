@@ -148,6 +148,8 @@ def _add_grid_commands(sub) -> None:
     run.add_argument("--max-cells", type=_positive(int), default=MAX_CELLS,
                      help=f"refuse a grid that expands to more cells (default {MAX_CELLS:,})")
     run.add_argument("--force", action="store_true", help="rerun cells that already have a final row")
+    run.add_argument("--wait", action="store_true",
+                     help="when another runner holds the results group, wait for it instead of refusing")
     run.add_argument("--retry-failed", action="store_true",
                      help="rerun only the cells whose final row is error, timeout, oom or diverged")
     run.add_argument("--timeout", type=_positive(float), help="per-cell timeout in seconds (default: the grid's limits)")
@@ -337,8 +339,6 @@ def _run(args) -> int:
     slurm = args.launcher == "slurm"
     machine = hardware.detect()
     grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats, machine=machine, max_cells=args.max_cells)
-    if not args.dry_run:
-        _check_writable(args.results)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     hw = grid.file.hardware
     if slurm and (args.nnodes > 1 or args.master_addr):
@@ -367,11 +367,14 @@ def _run(args) -> int:
     if args.nnodes > 1 and not args.master_addr:
         print("error: --nnodes > 1 needs --master-addr (the first node's address)", file=sys.stderr)
         return 2
+    if not args.dry_run:
+        _check_writable(args.results)  # last: a refused run leaves no results directory behind
     options = RunOptions(results=args.results, group=args.group, force=args.force, filters=_filters(args.filter),
                          timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
                                                              args.master_port),
                          launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg,
-                         check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed)
+                         check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed,
+                         wait=args.wait)
     # rows are grouped by the hardware that ran them: this machine's, or under SLURM the grid's (e.g. 8xA100)
     runner = Runner(grid, options, hw.label if slurm else machine.label, console)
     rows = runner.run()

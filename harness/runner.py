@@ -4,6 +4,7 @@ as it goes and a summary at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -15,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 from rich.console import Console
 
 from training_core.env import capture
 from training_core.result import Outcome, build_row
 from training_core.spec import RunSpec
 
+from . import proctree
 from .launch import Nodes, sbatch_script, shell, torchrun_command
 from .matrix import Cell, Grid, GridError
 from .store import FINAL, RowStore
@@ -45,6 +46,7 @@ class RunOptions:
     sbatch_args: list[str] = field(default_factory=list)
     check_hardware: bool = True  # SLURM: check each compute node's GPUs inside the job
     retry_failed: bool = False  # rerun cells whose final row is a failure (RETRYABLE), not the others
+    wait: bool = False  # another runner holds the group: wait for it instead of refusing
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -96,25 +98,6 @@ def _child_setup(memory_gb: float | None) -> Callable[[], None]:
     return setup
 
 
-def _kill_group(pgid: int, grace_s: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    """SIGTERM the whole process group, then SIGKILL what is left after `grace_s`; reaps our own child as it goes
-    (a dead but unreaped group leader would otherwise look alive)."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if proc is not None:
-                proc.poll()
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
-
-
 class Runner:
     def __init__(self, grid: Grid, options: RunOptions, machine_label: str, console: Console | None = None):
         self.grid, self.options = grid, options
@@ -124,7 +107,6 @@ class Runner:
         self.main_node = options.nodes.node_rank == 0
         self._interrupted = False
         self.interrupted_by = signal.SIGINT
-        self._current_pgid: int | None = None
         self.kept_failures: list[tuple[Cell, str]] = []  # failed in an earlier run, not rerun now
 
     # ---------------------------------------------------------------- selection
@@ -154,6 +136,12 @@ class Runner:
 
     # ---------------------------------------------------------------- running
     def run(self) -> list[dict]:
+        """Run the cells under the group's lock (the main node holds it; other nodes of a multi-node run write only
+        their own per-node files)."""
+        with self.store.lock(wait=self.options.wait) if self.main_node else contextlib.nullcontext():
+            return self._run()
+
+    def _run(self) -> list[dict]:
         todo, skipped = self.cells()
         for cell, why in skipped:
             self.console.print(f"[dim]skip cell {cell.index}: {why}[/dim]")
@@ -179,11 +167,10 @@ class Runner:
         return rows
 
     def _on_interrupt(self, signum, frame) -> None:
-        """Ctrl-C or SIGTERM (a scheduler or `kill`): end the running cell, record it `interrupted`, stop."""
+        """Ctrl-C or SIGTERM (a scheduler or `kill`): the running cell's tree is ended, it is recorded
+        `interrupted`, and the run stops."""
         self._interrupted = True
         self.interrupted_by = signum
-        if self._current_pgid is not None:
-            _kill_group(self._current_pgid, grace_s=5.0)
 
     def _announce(self, n: int, total: int, cell: Cell, started: float) -> None:
         elapsed = time.monotonic() - started
@@ -232,16 +219,17 @@ class Runner:
         return result if result.get("status") in FINAL else None
 
     def _kill_stale(self, cell_dir: Path) -> None:
-        """A previous runner was killed while this cell ran: end that cell's process group first."""
-        pid_file = cell_dir / f"pgid{self._node_suffix()}"
-        if pid_file.exists():
-            try:
-                pgid = int(pid_file.read_text())
-                if "torch.distributed.run" in " ".join(psutil.Process(pgid).cmdline()):
-                    _kill_group(pgid, grace_s=2.0)
-            except (ValueError, psutil.Error):
-                pass
-            pid_file.unlink(missing_ok=True)
+        """A previous runner of this group was killed while this cell ran (we hold the group's lock, so it is not
+        running): end the processes it recorded for the cell, those and only those (same PID and start time)."""
+        record = self._procs_file(cell_dir)
+        if not record.exists():
+            return
+        survivors = proctree.terminate(proctree.load(record), grace_s=2.0)
+        if survivors:
+            proctree.save(record, survivors)
+            self.console.print(f"    [red]processes {sorted(survivors)} left by an earlier run survived SIGKILL[/red]")
+        else:
+            record.unlink(missing_ok=True)
 
     def _execute(self, cell: Cell, cell_dir: Path, spec_path: Path) -> dict:
         result_path = cell_dir / "result.json"
@@ -256,26 +244,53 @@ class Runner:
             log.flush()
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=_child_setup(cell.limits.memory_gb))
-            self._current_pgid = proc.pid
-            (cell_dir / f"pgid{self._node_suffix()}").write_text(str(proc.pid))
-            status = None
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc.pid, proc=proc)
-                proc.wait()
-                status = ("timeout", f"killed after the cell's timeout of {timeout:g} s")
-            finally:
-                self._current_pgid = None
-                (cell_dir / f"pgid{self._node_suffix()}").unlink(missing_ok=True)
+            status, survivors = self._supervise(proc, cell_dir, timeout)
         if self._interrupted and status is None:
             how = "Ctrl-C" if self.interrupted_by == signal.SIGINT else signal.Signals(self.interrupted_by).name
             status = ("interrupted", f"the runner was interrupted ({how}) while this cell ran")
         if status is None and result_path.exists():
-            return self._finish_row(cell, json.loads(result_path.read_text()), log_path)
-        if status is None:
-            status = self._classify_exit(proc.returncode, log_path, cell)
-        return self._failure_row(cell, status, log_path, started)
+            row = self._finish_row(cell, json.loads(result_path.read_text()), log_path)
+        else:
+            status = status or self._classify_exit(proc.returncode, log_path, cell)
+            row = self._failure_row(cell, status, log_path, started)
+        if survivors:
+            row["survivors"] = sorted(survivors)
+            self.console.print(f"    [red]processes {sorted(survivors)} of this cell survived SIGKILL; recorded in "
+                               f"{self._procs_file(cell_dir)}, the next run ends them[/red]")
+        return row
+
+    def _procs_file(self, cell_dir: Path) -> Path:
+        return cell_dir / f"procs{self._node_suffix()}.json"
+
+    def _supervise(self, proc: subprocess.Popen, cell_dir: Path, timeout: float) -> tuple[tuple | None, dict]:
+        """Wait for the cell, recording its process tree as it grows; on its timeout or an interrupt end the whole
+        tree (every descendant, whatever its session), and after a normal exit end what it left behind. Returns
+        (status or None, the processes that survived SIGKILL)."""
+        record = self._procs_file(cell_dir)
+        tracked: proctree.Procs = {}
+        deadline = time.monotonic() + timeout
+        status = None
+        try:
+            while proc.poll() is None:
+                now = proctree.snapshot(proc.pid)
+                if now.keys() - tracked.keys():
+                    tracked.update(now)
+                    proctree.save(record, tracked)
+                if self._interrupted:
+                    break
+                if time.monotonic() > deadline:
+                    status = ("timeout", f"killed after the cell's timeout of {timeout:g} s")
+                    break
+                time.sleep(0.2)
+        finally:
+            tracked.update(proctree.snapshot(proc.pid))
+            survivors = proctree.terminate(tracked, grace_s=5.0 if self._interrupted else 10.0, reap=proc.poll)
+            proc.wait()
+            if survivors:
+                proctree.save(record, survivors)
+            else:
+                record.unlink(missing_ok=True)
+        return status, survivors
 
     def _classify_exit(self, code: int, log_path: Path, cell: Cell) -> tuple[str, str]:
         tail = "\n".join(log_tail(log_path, 60)).lower()

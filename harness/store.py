@@ -2,12 +2,20 @@
 cell, flushed and fsynced), `env.json` and `cells/<run_id>/` (spec, result, log).
 
 A torn last line (a crash in the middle of a write) is detected, moved aside to `rows.jsonl.torn-<time>` with a
-warning, and never merged; nothing that was recorded is lost."""
+warning, and never merged; nothing that was recorded is lost.
+
+One runner at a time per group: `RowStore.lock()` takes an exclusive `flock` on `<group>/.lock` and writes the
+holder (PID, host, start time, command) into it. The kernel releases the lock when the holder exits or dies, so a
+lock left by a killed runner is taken over without any guess about liveness; a second runner is refused with the
+holder's name, or waits (`--wait`)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -20,6 +28,15 @@ FINAL = {"ok", "oom", "error", "timeout", "unsupported", "diverged"}  # "interru
 
 class StoreError(ValueError):
     pass
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"]))
+        return f"PID {info['pid']} on {info['host']} since {since}: {info['command']}"
+    except (OSError, ValueError, KeyError):
+        return "holder unknown"
 
 
 class RowStore:
@@ -84,6 +101,32 @@ class RowStore:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
+
+    @contextlib.contextmanager
+    def lock(self, wait: bool = False, poll_s: float = 1.0):
+        """Hold the group's lock while the block runs; held elsewhere: StoreError naming the holder, or (wait)
+        block until it is free."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / ".lock"
+        handle = path.open("a+")
+        try:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not wait:
+                        raise StoreError(f"{self.directory} is in use by another runner ({_holder(path)}); wait "
+                                         "for it to finish, or pass --wait to start when it has") from None
+                    time.sleep(poll_s)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                                     "command": " ".join(sys.argv)}) + "\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # releases the lock
 
     def write_env(self, env: dict) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from harness.store import RowStore
@@ -75,7 +76,7 @@ def test_sigkill_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
     store = RowStore(results / "g" / "cpu")
     try:
         wait_for(lambda: store.path.exists() and len(store.rows()) >= 1)
-        wait_for(lambda: any(p.name == "pgid" for p in (results / "g" / "cpu" / "cells").rglob("pgid")))
+        wait_for(lambda: any((results / "g" / "cpu" / "cells").rglob("procs.json")))
     finally:
         runner.send_signal(signal.SIGKILL)
         runner.wait()
@@ -103,6 +104,9 @@ def test_crash_timeout_and_oom_cells_become_rows_and_the_grid_goes_on(tmp_path):
     assert [by_cell[i]["status"] for i in range(4)] == ["error", "timeout", "oom", "ok"]
     assert "DataError" in by_cell[0]["reason"] and str(tmp_path / "empty") in by_cell[0]["reason"]
     assert "timeout of 3 s" in by_cell[1]["reason"]
+    timed_out = str(Path(by_cell[1]["log"]).parent)  # nothing of the killed cell runs on: torchrun nor its workers
+    assert not [p.pid for p in psutil.process_iter(["cmdline"]) if timed_out in " ".join(p.info["cmdline"] or [])]
+    assert not (Path(timed_out) / "procs.json").exists()
     assert "out of memory under the cell's 0.5 GB limit" in by_cell[2]["reason"]
     for i in range(3):
         assert by_cell[i]["log_tail"] and Path(by_cell[i]["log"]).exists()
@@ -115,7 +119,7 @@ def test_ctrl_c_or_sigterm_records_the_running_cell_as_interrupted(tmp_path, sig
     results = tmp_path / "r"
     runner = harness_bg("run", str(path), "--results", str(results))
     try:
-        wait_for(lambda: any((results / "g" / "cpu" / "cells").rglob("pgid")) if (results / "g").exists() else False)
+        wait_for(lambda: any((results / "g" / "cpu" / "cells").rglob("procs.json")) if (results / "g").exists() else False)
         time.sleep(6)
         runner.send_signal(sig)
         assert runner.wait(timeout=60) == code
@@ -321,3 +325,22 @@ def test_report_and_results_problems_are_error_lines(tmp_path, capsys):
     path = grid(tmp_path, "axes: {attention: [eager]}\n")
     assert main(["run", str(path), "--results", str(tmp_path / "a-file" / "r")]) == 2
     assert f"--results {tmp_path / 'a-file' / 'r'}: cannot write there" in capsys.readouterr().err
+
+
+def test_one_runner_per_results_group_and_wait(tmp_path):
+    path = grid(tmp_path, "include:\n  - {measured_steps: 40}\n")
+    results = ["--results", str(tmp_path / "r")]
+    first = harness_bg("run", str(path), *results)
+    try:
+        wait_for(lambda: any((tmp_path / "r" / "g" / "cpu" / "cells").rglob("procs.json"))
+                 if (tmp_path / "r" / "g").exists() else False)
+        refused = harness("run", str(path), *results)
+        assert refused.returncode == 2 and f"is in use by another runner (PID {first.pid} on " in refused.stderr
+        waiting = harness_bg("run", str(path), *results, "--wait")
+        assert first.wait(timeout=300) == 0
+        out = waiting.communicate(timeout=300)[0]
+    finally:
+        first.kill()
+    assert waiting.returncode == 0 and "done (ok)" in out  # it waited, then found the cell finished
+    (row,) = rows(tmp_path / "r")
+    assert row["status"] == "ok"  # the refused runner touched nothing of the first one's
