@@ -51,7 +51,7 @@ def _add_data(sub) -> None:
     validate.add_argument("source", nargs="?", help="jsonl file or directory (default: the task's HF dataset in the cache)")
     validate.add_argument("--split", choices=("train", "eval", "both"), default="both")
     validate.add_argument("--lengths", action="store_true", help="also report training sequence lengths")
-    validate.add_argument("--num-crops", type=int, help="for --lengths (default: the task's)")
+    validate.add_argument("--num-crops", type=int, help="for --lengths and the image checks (default: the task's)")
     validate.add_argument("--model", type=Path, help="for --lengths: a checkpoint dir whose tokenizer counts the "
                           "text (default: the tiny byte-level tokenizer, an upper bound on text tokens)")
     validate.set_defaults(func=_validate)
@@ -87,7 +87,7 @@ def _validate(args) -> int:
     task = get_task(args.task)
     splits = ("train", "eval") if args.split == "both" else (args.split,)
     for split in splits:
-        records = load_records(task, split, args.source)
+        records = load_records(task, split, args.source, num_crops=args.num_crops)
         n_images = sum(len(r.all_images) for r in records) if isinstance(records, list) else None
         shown = f", {n_images} images" if n_images is not None else ""
         print(f"{task.name} {split}: {len(records)} records{shown}: OK")

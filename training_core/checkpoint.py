@@ -1,11 +1,19 @@
-"""Periodic checkpoints and resume (the recipe cannot resume; this harness can).
+"""Periodic checkpoints and resume (the recipe cannot resume; this harness can), without running code from them.
 
-`DIR/checkpoints/step-NNNNNNNN/` holds the engine state (trainable weights, optimiser, scheduler, loss scaler; or
-DeepSpeed's own checkpoint), the training position and the loss series, and every rank's RNG states. A
-`COMPLETE` marker is written last, after all ranks have saved, so an interrupted save is never resumed from."""
+`DIR/checkpoints/step-NNNNNNNN/` holds:
+- `position.json`: the training position, the loss series, the metrics before training and the `run_id` of the
+  cell that wrote it (a checkpoint of another spec is refused);
+- `rng-rankN.json`: every rank's RNG states (Python, NumPy, torch, CUDA) as plain numbers;
+- the engine state: `engine.pt` (trainable weights, optimiser, scheduler, loss scaler: tensors and plain data,
+  read back with torch's weights-only loader, which refuses anything else), or DeepSpeed's own checkpoint under
+  `engine/`, whose files are first scanned: DeepSpeed unpickles them fully, so a file that names any global outside
+  `DEEPSPEED_GLOBALS` (e.g. a planted `os.system`) is refused before DeepSpeed reads it;
+- `COMPLETE`, written last, after all ranks have saved, so an interrupted save is never resumed from.
+"""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -13,8 +21,21 @@ import numpy as np
 import torch
 
 from . import distributed
+from .result import write_json_atomic
 
 MARKER = "COMPLETE"
+# The classes a DeepSpeed ZeRO checkpoint pickles beside tensors (deepspeed 0.19: measured on ZeRO-2 fp32 and bf16
+# checkpoints; the dynamic scaler is fp16's).
+DEEPSPEED_GLOBALS = frozenset({
+    "deepspeed.utils.tensor_fragment.fragment_address",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+})
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not resumed from, and why."""
 
 
 def checkpoint_root(out_dir: Path) -> Path:
@@ -27,27 +48,34 @@ def latest(out_dir: Path) -> Path | None:
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(state), gauss],
+            "numpy": [str(name), keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state().tolist(),
+            "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None}
 
 
 def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    version, values, gauss = state["python"]
+    random.setstate((version, tuple(values), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def save(engine, out_dir: Path, step: int, position: dict) -> Path:
+def save(engine, out_dir: Path, step: int, position: dict, run_id: str) -> Path:
     directory = checkpoint_root(out_dir) / f"step-{step:08d}"
     directory.mkdir(parents=True, exist_ok=True)
-    client = {"position": position}
     if hasattr(engine, "save"):  # DeepSpeed: every rank writes its own shard
-        engine.save(directory, "engine", client)
+        engine.save(directory, "engine", {})
     elif distributed.is_main():
-        torch.save({"engine": engine.state_dict(), **client}, directory / "engine.pt")
-    torch.save(_rng_state(), directory / f"rng-rank{distributed.rank()}.pt")
+        torch.save(engine.state_dict(), directory / "engine.pt")
+    if distributed.is_main():
+        write_json_atomic(directory / "position.json", {**position, "run_id": run_id})
+    write_json_atomic(directory / f"rng-rank{distributed.rank()}.json", _rng_state())
     distributed.barrier()
     if distributed.is_main():
         (directory / MARKER).write_text(f"step {step}\n")
@@ -55,16 +83,48 @@ def save(engine, out_dir: Path, step: int, position: dict) -> Path:
     return directory
 
 
-def load(engine, directory: Path) -> dict:
-    """Restore the engine and this rank's RNG; returns the saved training position."""
+def check_deepspeed_files(directory: Path) -> None:
+    """Refuse DeepSpeed checkpoint files that would make its (full) unpickling run anything but known classes."""
+    for path in sorted(directory.rglob("*.pt")):
+        try:
+            unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) - DEEPSPEED_GLOBALS
+        except Exception as exc:
+            raise CheckpointError(f"{path}: not a readable checkpoint file ({type(exc).__name__}: {exc})") from None
+        if unsafe:
+            raise CheckpointError(f"refusing {path}: it names {sorted(unsafe)}, which a DeepSpeed checkpoint does not "
+                                  "hold; loading it could run code. Remove the checkpoint and rerun without --resume")
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read the {what} ({exc}); a checkpoint of an older harness version "
+                              "or a damaged one: rerun without --resume") from None
+
+
+def load(engine, directory: Path, run_id: str) -> dict:
+    """Restore the engine and this rank's RNG from a checkpoint written by the cell `run_id`; returns the saved
+    training position."""
+    position = _read_json(directory / "position.json", "training position")
+    if position.get("run_id") != run_id:
+        raise CheckpointError(f"{directory} was written by cell {position.get('run_id')}, not by this cell "
+                              f"({run_id}): resume only into the same spec; move the checkpoints away or rerun "
+                              "without --resume")
     if hasattr(engine, "load"):
-        client = engine.load(directory, "engine")
+        check_deepspeed_files(directory / "engine")
+        engine.load(directory, "engine")
     else:
-        state = torch.load(directory / "engine.pt", map_location="cpu", weights_only=False)
-        engine.load_state_dict(state["engine"])
-        client = state
-    rng_file = directory / f"rng-rank{distributed.rank()}.pt"
+        try:
+            state = torch.load(directory / "engine.pt", map_location="cpu", weights_only=True)
+        except Exception as exc:  # the weights-only unpickler refuses anything but tensors and plain data
+            raise CheckpointError(f"refusing {directory / 'engine.pt'}: not tensors and plain data only "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0]}); remove the checkpoint and "
+                                  "rerun without --resume") from None
+        engine.load_state_dict(state)
+    rng_file = directory / f"rng-rank{distributed.rank()}.json"
     if not rng_file.exists():
-        raise ValueError(f"{directory}: no RNG state for rank {distributed.rank()}: resume with the same world size")
-    _set_rng_state(torch.load(rng_file, weights_only=False))
-    return client["position"]
+        raise CheckpointError(f"{directory}: no RNG state for rank {distributed.rank()}: resume with the same world "
+                              "size")
+    _set_rng_state(_read_json(rng_file, "RNG state"))
+    return position

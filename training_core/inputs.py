@@ -60,8 +60,8 @@ def records(spec: RunSpec, out_dir: Path) -> tuple[Sequence[Record], Sequence[Re
         source = directory
     else:
         source = None if spec.data == "hf" else Path(spec.data)
-    train = load_records(task, "train", source)
-    evals = load_records(task, "eval", source, limit=spec.eval_limit) if want_eval else None
+    train = load_records(task, "train", source, num_crops=spec.num_crops)
+    evals = load_records(task, "eval", source, limit=spec.eval_limit, num_crops=spec.num_crops) if want_eval else None
     return train, evals
 
 

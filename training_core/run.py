@@ -99,7 +99,7 @@ class Cell:
         self.engine = build_engine(self.strategy.engine, model, spec, device, self.total_steps)
         self.start_step = 0
         if self.args.resume and (latest := checkpoint.latest(self.out)) is not None:
-            position = checkpoint.load(self.engine, latest)
+            position = checkpoint.load(self.engine, latest, spec.run_id)
             self.start_step = position["step"]
             self.batches.epoch, self.batches.consumed = position["epoch"], position["consumed"]
             self.outcome.series = {**self.outcome.series, **position["series"]}
@@ -177,7 +177,7 @@ class Cell:
         if every and done % every == 0 and done < self.total_steps:
             position = {"step": done, **self.batches.position(), "series": self.outcome.series,
                         "metrics_before": {k: v for k, v in self.outcome.metrics.items() if k.endswith("_before")}}
-            checkpoint.save(self.engine, self.out, done, position)
+            checkpoint.save(self.engine, self.out, done, position, self.spec.run_id)
         if self.args.stop_after and done == self.args.stop_after:
             raise StopRequested(f"stopped after optimizer step {done} (--stop-after)")
 

@@ -57,6 +57,44 @@ def test_same_seed_same_losses_and_resume_equals_uninterrupted(tmp_path):
     resumed = run_spec_file(tmp_path / "c" / "spec.json", tmp_path / "c", extra_args=("--resume",))
     assert resumed["status"] == "ok" and resumed["metrics"]["resumed_from_step"] == 3
     assert resumed["series"]["loss"] == a["series"]["loss"]
+    # nothing of a checkpoint is unpickled beyond tensors and plain data: a planted engine.pt runs nothing
+    step = tmp_path / "c" / "checkpoints" / "step-00000003"
+    marker = tmp_path / "PWNED"
+    torch.save(_Payload(str(marker)), step / "engine.pt")
+    (tmp_path / "c" / "result.json").unlink()
+    planted = run_spec_file(tmp_path / "c" / "spec.json", tmp_path / "c", extra_args=("--resume",))
+    assert not marker.exists() and planted["status"] == "error"
+    assert f"refusing {step / 'engine.pt'}: not tensors and plain data only" in planted["reason"]
+    # a checkpoint written by another spec is refused
+    other_spec = RunSpec(**{**json.loads((tmp_path / "c" / "spec.json").read_text()), "seed": 7})
+    other_spec.save(tmp_path / "c" / "spec.json")
+    refused = run_spec_file(tmp_path / "c" / "spec.json", tmp_path / "c", extra_args=("--resume",))
+    assert refused["status"] == "error" and f"{step} was written by cell {a['run_id']}" in refused["reason"]
+
+
+class _Payload:
+    """Unpickling this runs a command: what a planted checkpoint file would do."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_planted_deepspeed_checkpoint_file_is_refused_before_deepspeed_reads_it(tmp_path):
+    from training_core.checkpoint import CheckpointError, check_deepspeed_files
+
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    torch.save({"module": {"w": torch.zeros(2)}, "ds_version": "0.19.8"}, engine / "mp_rank_00_model_states.pt")
+    check_deepspeed_files(engine)  # tensors and plain data pass
+    torch.save(_Payload(str(tmp_path / "PWNED")), engine / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    with pytest.raises(CheckpointError, match=r"refusing .*optim_states.pt: it names \['posix.system'\]"):
+        check_deepspeed_files(engine)
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_deepspeed_resume_equals_uninterrupted(tmp_path):

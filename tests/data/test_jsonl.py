@@ -117,3 +117,22 @@ def test_missing_file_and_empty_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="holds no records"):
         load_jsonl(tmp_path / "empty.jsonl")
+
+
+def test_huge_and_extreme_images_are_problems_with_file_and_line(dataset, capsys):
+    from harness.cli import main
+
+    root, write = dataset
+    Image.new("1", (20000, 20000)).save(root / "images" / "huge.png")  # 400 Mpixels: PIL's decompression-bomb limit
+    Image.new("RGB", (20000, 1), (9, 9, 9)).save(root / "images" / "thin.png")
+    path = write(_record("r1"), _record("r2", images=("huge.png",)), _record("r3", images=("thin.png",)))
+    problems = _problems(path)  # without num_crops: the size is checked, the aspect ratio is not
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:2: image 'huge.png': too large to decode safely")
+    with pytest.raises(DataError) as info:
+        load_jsonl(path, num_crops=16)
+    assert [p.split(": image")[0] for p in info.value.problems] == [f"{path}:2", f"{path}:3"]
+    assert "a 20000x1 image is too elongated" in info.value.problems[1] and "num_crops 16" in info.value.problems[1]
+    # the CLI lists every problem as an error line (exit 2), no traceback
+    assert main(["data", "validate", "docvqa", str(path), "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2: image 'huge.png': too large" in err and f"{path}:3: image 'thin.png'" in err

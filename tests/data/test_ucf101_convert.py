@@ -89,3 +89,20 @@ def test_bad_sources_are_clear_errors(tmp_path):
     bad.write_bytes(b"not a video")
     with pytest.raises(DataError, match="v_bad.avi: cannot decode"):
         convert_ucf101(tmp_path, tmp_path / "out")
+
+
+def test_an_archive_with_a_traversal_member_is_an_error_line(tmp_path, capsys):
+    import io
+    import tarfile
+
+    from harness.cli import main
+
+    archive = tmp_path / "UCF101_subset.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        member = tarfile.TarInfo("UCF101_subset/../../evil.txt")
+        member.size = 4
+        tar.addfile(member, io.BytesIO(b"evil"))
+    assert main(["data", "convert", "ucf101", "--src", str(archive), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{archive}: not extracted: OutsideDestinationError" in err and "nothing was converted" in err
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out" / "ucf101_train.jsonl").exists()

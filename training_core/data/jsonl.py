@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
+from training_core.model.image_processing import hd_geometry
 from training_core.model.processing import IMAGE_TAG, parse_image_tags
 
 from .records import DataError, Record, Turn
@@ -21,8 +22,10 @@ def default_image_root(jsonl_path: Path) -> Path:
     return jsonl_path.parent / "images"
 
 
-def load_jsonl(path: str | Path, image_root: str | Path | None = None, *, check_images: bool = True) -> list[Record]:
-    """All records of a jsonl file, or a `DataError` listing every problem with file and line."""
+def load_jsonl(path: str | Path, image_root: str | Path | None = None, *, check_images: bool = True,
+               num_crops: int | None = None) -> list[Record]:
+    """All records of a jsonl file, or a `DataError` listing every problem with file and line. With `num_crops`,
+    each image must also survive the HD transform at that many crops (not too elongated)."""
     path = Path(path)
     if not path.is_file():
         raise DataError([f"{path}: no such dataset file (expected a conversation-format .jsonl)"])
@@ -39,7 +42,7 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None, *, check_
                     line_problems.append(f"{where}: duplicate id {record.id!r} (first on line {seen_ids[record.id]})")
                 seen_ids.setdefault(record.id, lineno)
                 if check_images:
-                    line_problems += _check_images(record, where, root, checked)
+                    line_problems += _check_images(record, where, root, checked, num_crops)
             problems += line_problems
             if record is not None and not line_problems:
                 records.append(record)
@@ -102,18 +105,18 @@ def _parse_turn(raw, where: str) -> tuple[Turn | None, list[str]]:
     return Turn(tuple(images), user, assistant, tuple(answers)), problems
 
 
-def _check_images(record: Record, where: str, root: Path, checked: dict) -> list[str]:
+def _check_images(record: Record, where: str, root: Path, checked: dict, num_crops: int | None = None) -> list[str]:
     problems = []
     for ref in record.all_images:
         problem = checked.get(ref)
         if ref not in checked:
-            problem = checked[ref] = _image_problem(ref, root)
+            problem = checked[ref] = _image_problem(ref, root, num_crops)
         if problem:
             problems.append(f"{where}: image {ref!r}: {problem}")
     return problems
 
 
-def _image_problem(ref: str, root: Path) -> str | None:
+def _image_problem(ref: str, root: Path, num_crops: int | None = None) -> str | None:
     pure = PurePosixPath(ref)
     if pure.is_absolute() or Path(ref).is_absolute():
         return f"absolute paths are rejected; write it relative to the image root {root}"
@@ -126,7 +129,16 @@ def _image_problem(ref: str, root: Path) -> str | None:
         return f"missing: no file at {root / ref}"
     try:
         with Image.open(full) as image:
+            size = image.size
             image.verify()
+    except Image.DecompressionBombError as exc:
+        return (f"too large to decode safely ({exc}); downscale it (the HD transform uses at most 16 crops of "
+                "336 pixels)")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         return f"unreadable image file ({type(exc).__name__}: {exc})"
+    if num_crops is not None:
+        try:
+            hd_geometry(*size, num_crops)
+        except ValueError as exc:
+            return f"{exc} at num_crops {num_crops}; crop or pad it to a less extreme aspect ratio"
     return None

@@ -29,15 +29,18 @@ def load_records(
     *,
     limit: int | None = None,
     allow_download: bool = False,
+    num_crops: int | None = None,
 ) -> Sequence[Record]:
-    """The records of `task`'s `split` ("train" or "eval") from `source` (see module doc)."""
+    """The records of `task`'s `split` ("train" or "eval") from `source` (see module doc); jsonl images are checked
+    against the HD transform at `num_crops` (default: the task's)."""
+    crops = num_crops or task.num_crops
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: choose one of {SPLITS}")
     path = Path(source) if source is not None else None
     if path is not None and path.suffix == ".jsonl":
-        records = load_jsonl(path)
+        records = load_jsonl(path, num_crops=crops)
     elif path is not None and path.is_dir() and (found := find_jsonl(task, split, path)):
-        records = load_jsonl(found)
+        records = load_jsonl(found, num_crops=crops)
     else:
         records = _hf_records(task, split, path, allow_download)
     if limit is not None:

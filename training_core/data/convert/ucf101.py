@@ -72,8 +72,14 @@ def convert_ucf101(
         raise DataError([f"{existing[0]} exists: choose another --out-dir or pass --overwrite"])
     if src.is_file() and src.name.endswith((".tar.gz", ".tgz")):
         with tempfile.TemporaryDirectory(prefix="ucf101-") as tmp:
-            with tarfile.open(src) as archive:
-                archive.extractall(tmp, filter="data")
+            try:
+                with tarfile.open(src) as archive:
+                    archive.extractall(tmp, filter="data")  # refuses members that leave tmp, links out, devices
+            except tarfile.TarError as exc:  # a traversal member, a corrupt or truncated archive
+                raise DataError([f"{src}: not extracted: {type(exc).__name__}: {exc}; nothing was converted (use "
+                                 "the official UCF101_subset archive, or extract it yourself and pass the directory)"])
+            except OSError as exc:
+                raise DataError([f"{src}: not extracted: {exc}"]) from None
             return _convert_tree(_subset_root(Path(tmp)), out_dir, progress)
     return _convert_tree(_subset_root(src), out_dir, progress)
 
