@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .store import RowStore
 
 HIGHER = {"images_per_s", "images_per_s_per_gpu", "samples_per_s", "tokens_per_s", "mfu", "anls", "accuracy",
-          "anls_standard", "auroc", "normalized_images_per_s", "model_flops_per_s"}
+          "anls_standard", "auroc", "normalized_images_per_s", "model_flops_per_s", "images_per_cpu_s",
+          "normalized_images_per_cpu_s"}
 LOWER = {"peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "peak_mem_device_bytes", "peak_rss_bytes",
          "model_state_bytes", "step_time_s_p50", "step_time_s_p90", "loss_first", "loss_last",
          "energy_j_per_image", "time_to_first_step_s", "data_wait_s", "data_wait_share"}
@@ -143,15 +144,20 @@ def medians(rows: list[dict]) -> dict[str, dict]:
     return out
 
 
+NORMALISED = {"images_per_s": "normalized_images_per_s", "images_per_cpu_s": "normalized_images_per_cpu_s"}
+
+
 def _normalise(cells: dict[str, dict], baseline_id: str | None) -> None:
+    """Each throughput over the run's baseline cell's: the speed of the machine cancels out."""
     if baseline_id is None or baseline_id not in cells:
         return
-    ref = cells[baseline_id]["metrics"].get("images_per_s")
-    if not ref:
-        return
-    for cell in cells.values():
-        if "images_per_s" in cell["metrics"]:
-            cell["metrics"]["normalized_images_per_s"] = cell["metrics"]["images_per_s"] / ref
+    for metric, normalised in NORMALISED.items():
+        ref = cells[baseline_id]["metrics"].get(metric)
+        if not ref:
+            continue
+        for cell in cells.values():
+            if cell["metrics"].get(metric):
+                cell["metrics"][normalised] = cell["metrics"][metric] / ref
 
 
 def _baseline_id(base: dict, cur: dict, rules: Rules) -> str | None:
@@ -167,7 +173,7 @@ def _baseline_id(base: dict, cur: dict, rules: Rules) -> str | None:
 def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rules) -> Comparison:
     base, cur = medians(baseline_rows), medians(current_rows)
     reference = None
-    if rules.baseline_cell or "normalized_images_per_s" in rules.metrics:  # asked for: normalised throughput
+    if rules.baseline_cell or set(NORMALISED.values()) & set(rules.metrics):  # asked for: normalised throughput
         reference = _baseline_id(base, cur, rules)
         _normalise(base, reference)
         _normalise(cur, reference)
@@ -187,7 +193,7 @@ def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rul
             result.failed_current.append(f"{rid} ({label}): {b['status']} in the baseline, {c['status']} now")
             continue
         for metric in sorted(set(b["metrics"]) & set(c["metrics"])):
-            if rules.only is not None and metric not in rules.only and metric != "normalized_images_per_s":
+            if rules.only is not None and metric not in rules.only and metric not in NORMALISED.values():
                 continue
             if metric not in HIGHER | LOWER | EXACT or rules.tolerance(metric).ignore:
                 continue

@@ -140,7 +140,8 @@ class Cell:
         max_all = lambda v: distributed.max_all(v, reduce_on)  # noqa: E731
         window_flops = []
         outcome.metrics["time_to_first_step_s"] = round(time.time() - self.process_start, 3)
-        tracker = ThroughputTracker(spec.warmup_steps, sync=self.device.synchronize)
+        tracker = ThroughputTracker(spec.warmup_steps, sync=self.device.synchronize,
+                                    cpu_clock=time.thread_time if self.device.type == "cpu" else None)
         with MemoryTracker(self.device) as memory, EnergyTracker(self.device) as energy:
             tracker.on_window_start += [memory.start_window, energy.start_window]
             with tracker:

@@ -45,6 +45,20 @@ def test_throughput_sums_ranks_and_takes_the_slowest_window():
     assert m["images_per_s_per_gpu"] == pytest.approx(4 / 3)
 
 
+def test_cpu_time_throughput_and_data_wait_over_the_measured_window():
+    wall = iter([0.0, 1.0, 3.0, 6.0]).__next__  # enter, warm-up end, two measured steps of 2 s and 3 s
+    cpu = iter([10.0, 11.0, 12.5]).__next__  # read at the window start and after each measured step
+    tracker = ThroughputTracker(warmup_steps=1, clock=wall, cpu_clock=cpu)
+    with tracker:
+        tracker.step(4, 10, 4, data_wait_s=0.5)  # warm-up: its wait does not count
+        tracker.step(4, 10, 4, data_wait_s=0.25)
+        tracker.step(4, 10, 4, data_wait_s=0.75)
+    m = tracker.metrics()
+    assert m["cpu_s"] == 2.5 and m["images_per_cpu_s"] == pytest.approx(8 / 2.5)
+    assert m["data_wait_s"] == 1.0 and m["data_wait_share"] == pytest.approx(1.0 / 5.0)
+    assert "images_per_cpu_s" not in ThroughputTracker(warmup_steps=0).metrics()
+
+
 def test_warmup_longer_than_the_run_measures_nothing():
     with ThroughputTracker(warmup_steps=5) as tracker:
         tracker.step(1, 1, 1)

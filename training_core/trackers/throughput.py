@@ -8,6 +8,12 @@ rank's window; `tokens_per_s` counts non-pad tokens; step-time percentiles are t
 asking the loader and after getting the batches, while the device is idle: it was synchronised at the end of the
 previous step), and `data_wait_share` that time over the summed step times: the share of the window the
 accelerator waited for input. Both are the largest over ranks (the slowest rank holds the others up).
+
+With `cpu_clock` (cells on a CPU: `time.thread_time`, the training thread's own CPU time, summed over ranks),
+`images_per_cpu_s` counts images per second of that CPU time over the same window: work done, not wall time, so it
+barely moves when other processes share the cores, yet falls when a change makes the cell do more work. It covers
+the work of the training thread only (not the memory sampler's, nor loader workers'): the CI gate runs its cells
+single-threaded (OMP_NUM_THREADS=1, 0 loader workers), where that is all of the training work.
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ class ThroughputTracker:
     sync: Callable[[], None] = lambda: None
     clock: Callable[[], float] = time.perf_counter
     on_window_start: list[Callable[[], None]] = field(default_factory=list)
+    cpu_clock: Callable[[], float] | None = None  # e.g. time.process_time: the CPU-time throughput
     steps: list[StepRecord] = field(default_factory=list)
     _last: float | None = None
     window_start: float | None = None
     window_end: float | None = None
+    cpu_start: float | None = None
+    cpu_end: float | None = None
 
     def now(self) -> float:
         self.sync()
@@ -53,6 +62,8 @@ class ThroughputTracker:
 
     def _start_window(self, at: float) -> None:
         self.window_start = at
+        if self.cpu_clock is not None:
+            self.cpu_start = self.cpu_clock()
         for callback in self.on_window_start:
             callback()
 
@@ -65,6 +76,8 @@ class ThroughputTracker:
             self._start_window(now)
         elif len(self.steps) > self.warmup_steps:
             self.window_end = now
+            if self.cpu_clock is not None:
+                self.cpu_end = self.cpu_clock()
 
     @property
     def measured(self) -> list[StepRecord]:
@@ -90,6 +103,10 @@ class ThroughputTracker:
             "data_wait_s": max_all(waited),
             "data_wait_share": max_all(waited / sum(times)) if sum(times) > 0 else 0.0,
         })
+        if self.cpu_start is not None and self.cpu_end is not None:
+            cpu = sum_all(self.cpu_end - self.cpu_start)
+            out["cpu_s"] = cpu
+            out["images_per_cpu_s"] = images / cpu if cpu > 0 else None
         return out
 
 
