@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -119,7 +120,7 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0 or value != value or value == float("inf"):
+        if not (value > 0 and math.isfinite(value)):  # NaN fails `> 0`
             raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
         return value
     parse.__name__ = f"positive {kind.__name__}"
@@ -337,6 +338,7 @@ def _run(args) -> int:
     from harness.summary import print_summary
 
     slurm = args.launcher == "slurm"
+    filters = _filters(args.filter)
     machine = hardware.detect()
     grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats, machine=machine, max_cells=args.max_cells)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -350,7 +352,7 @@ def _run(args) -> int:
               "with the local launcher on the GPU node (e.g. inside salloc/srun), not through --launcher slurm",
               file=sys.stderr)
         return 2
-    check_selection(grid, _filters(args.filter))
+    check_selection(grid, filters)
     # SLURM: the hardware is checked inside each job, on the compute node (not here, on the login node)
     problem = None if slurm else hardware.mismatch(machine, hw.gpu, hw.gpus_per_node)
     if problem and not args.allow_hardware_mismatch:
@@ -359,7 +361,7 @@ def _run(args) -> int:
         return 2
     from harness.preflight import missing_inputs
 
-    problems = missing_inputs([c for c in grid.runnable if matches(c, _filters(args.filter))]) \
+    problems = missing_inputs([c for c in grid.runnable if matches(c, filters)]) \
         if args.launcher == "local" and not args.dry_run else []
     if problems:
         print("error: the grid's inputs are not here:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
@@ -369,7 +371,7 @@ def _run(args) -> int:
         return 2
     if not args.dry_run:
         _check_writable(args.results)  # last: a refused run leaves no results directory behind
-    options = RunOptions(results=args.results, group=args.group, force=args.force, filters=_filters(args.filter),
+    options = RunOptions(results=args.results, group=args.group, force=args.force, filters=filters,
                          timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
                                                              args.master_port),
                          launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg,

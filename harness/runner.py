@@ -108,6 +108,7 @@ class Runner:
         self._interrupted = False
         self.interrupted_by = signal.SIGINT
         self.kept_failures: list[tuple[Cell, str]] = []  # failed in an earlier run, not rerun now
+        self.retried: set[str] = set()  # run_ids of failed cells rerun now (--retry-failed): their old results go
 
     # ---------------------------------------------------------------- selection
     def cells(self) -> tuple[list[Cell], list[tuple[Cell, str]]]:
@@ -125,6 +126,7 @@ class Runner:
             elif cell.spec.run_id in done and self.options.retry_failed \
                     and done[cell.spec.run_id]["status"] in RETRYABLE:
                 todo.append(cell)
+                self.retried.add(cell.spec.run_id)
             elif cell.spec.run_id in done:
                 status = done[cell.spec.run_id]["status"]
                 skipped.append((cell, f"done ({status}); --force reruns it"))
@@ -193,7 +195,7 @@ class Runner:
         spec.save(spec_path)
         if self.options.launcher == "slurm":
             return self._slurm(cell, cell_dir, spec_path)
-        recorded = self._finished_result(cell_dir)
+        recorded = self._finished_result(cell_dir, spec.run_id)
         if recorded is not None:  # the cell finished but the runner died before recording it
             return self._finish_row(cell, recorded, cell_dir / self._log_name())
         if self.options.dry_run:
@@ -208,9 +210,13 @@ class Runner:
     def _log_name(self) -> str:
         return f"log{self._node_suffix()}.txt"
 
-    def _finished_result(self, cell_dir: Path) -> dict | None:
+    def _afresh(self, run_id: str) -> bool:
+        """Run the cell again, not reusing an earlier result or job (--force, or a failed cell --retry-failed)."""
+        return self.options.force or run_id in self.retried
+
+    def _finished_result(self, cell_dir: Path, run_id: str) -> dict | None:
         path = cell_dir / "result.json"
-        if self.options.force or not path.exists():
+        if self._afresh(run_id) or not path.exists():
             return None
         try:
             result = json.loads(path.read_text())
@@ -316,7 +322,7 @@ class Runner:
     # ---------------------------------------------------------------- slurm
     def _slurm(self, cell: Cell, cell_dir: Path, spec_path: Path) -> dict | None:
         job_file = cell_dir / "slurm_job_id"
-        recorded = self._finished_result(cell_dir)
+        recorded = self._finished_result(cell_dir, cell.spec.run_id)
         if recorded is not None:
             return self._finish_row(cell, recorded, _slurm_log(cell_dir))
         script = sbatch_script(cell.spec, spec_path.resolve(), cell_dir.resolve(),
@@ -327,10 +333,10 @@ class Runner:
         if self.options.dry_run:
             path.write_text(script)
             self.console.print(f"    wrote {path} ({cell.spec.nodes} node(s); dry run: not submitted)")
-        elif job_file.exists() and not self.options.force and not self.options.retry_failed:
+        elif job_file.exists() and not self._afresh(cell.spec.run_id):
             job = job_file.read_text().strip()
             ended = slurm_outcome(job)
-            if ended is not None and (recorded := self._finished_result(cell_dir)) is not None:
+            if ended is not None and (recorded := self._finished_result(cell_dir, cell.spec.run_id)) is not None:
                 return self._finish_row(cell, recorded, _slurm_log(cell_dir))  # it finished just now
             if ended is not None:  # the job ended without writing a result (killed by SLURM, node failure, ...)
                 return self._failure_row(cell, ended, _slurm_log(cell_dir), job_file.stat().st_mtime)

@@ -311,7 +311,9 @@ def test_failed_cells_are_named_on_a_rerun_and_retried_on_request(tmp_path):
         " ".join(again.stdout.split())
     retry = harness("run", str(path), *results, "--retry-failed")
     assert retry.returncode == 1 and "[1/1] cell 0" in retry.stdout  # only the failed cell ran again
-    assert [r["status"] for r in rows(tmp_path / "r")] == ["error", "ok", "error"]
+    recorded = rows(tmp_path / "r")
+    assert [r["status"] for r in recorded] == ["error", "ok", "error"]
+    assert recorded[2]["finished_at"] != recorded[0]["finished_at"]  # run again, not the old result re-recorded
 
 
 def test_report_and_results_problems_are_error_lines(tmp_path, capsys):
