@@ -178,13 +178,14 @@ def _add_grid_commands(sub) -> None:
 
     compare = sub.add_parser("compare", help="regression gate: compare a run against a baseline")
     compare.add_argument("baseline", help="a baseline results group, or a baselines root (results/baselines)")
-    compare.add_argument("current", help="the current results group (results/runs/<matrix>/<group>)")
+    compare.add_argument("current", nargs="+", type=Path,
+                         help="the current results group (results/runs/<matrix>/<group>); several: one per pass")
     compare.add_argument("--rules", type=Path, help="tolerances and ordering rules (YAML)")
     compare.add_argument("--out", type=Path, help="also write the markdown summary here")
     compare.set_defaults(func=_compare)
 
     baseline = sub.add_parser("baseline", help="store a clean run as the baseline for its grid, model and hardware")
-    baseline.add_argument("group", type=Path, help="the results group to store")
+    baseline.add_argument("group", type=Path, nargs="+", help="the results group to store; several: one per pass")
     baseline.add_argument("--root", type=Path, default=Path("results/baselines"))
     baseline.set_defaults(func=_baseline)
 
@@ -227,16 +228,24 @@ def _report(args) -> int:
 
 
 def _compare(args) -> int:
-    from harness.compare import CompareError, compare_rows, find_baseline, load_rows, load_rules, render_markdown
+    from harness.compare import (
+        CompareError,
+        compare_rows,
+        find_baseline,
+        load_passes,
+        load_rows,
+        load_rules,
+        render_markdown,
+    )
 
     try:
-        current_rows = load_rows(args.current)
+        current_rows = load_passes(args.current)
         baseline_dir = find_baseline(Path(args.baseline), current_rows)
         result = compare_rows(load_rows(baseline_dir), current_rows, load_rules(args.rules))
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = render_markdown(result, baseline_dir, Path(args.current))
+    text = render_markdown(result, baseline_dir, ", ".join(map(str, args.current)))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
@@ -247,18 +256,29 @@ def _compare(args) -> int:
 def _baseline(args) -> int:
     import shutil
 
-    from harness.compare import baseline_key, load_rows
+    from harness.compare import CompareError, baseline_key, load_passes
+    from training_core.result import dumps
 
-    rows = load_rows(args.group)
+    try:
+        rows = load_passes(args.group)
+    except CompareError as exc:
+        raise DataError([str(exc)]) from None
     bad = [r["run_id"] for r in rows if r["status"] != "ok"]
     if bad:
-        raise DataError([f"{args.group}: cells {bad} did not finish ok; a baseline must be a clean run"])
+        raise DataError([f"{', '.join(map(str, args.group))}: cells {bad} did not finish ok; a baseline must be a "
+                         "clean run"])
+    keys = {baseline_key([row]) for row in rows}
+    if len(keys) > 1:
+        raise DataError([f"{', '.join(map(str, args.group))}: the groups are runs of different grids, models or "
+                         f"hardware ({', '.join(sorted(keys))}); store one baseline at a time"])
     target = args.root / baseline_key(rows)
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(args.group) / "rows.jsonl", target / "rows.jsonl")
-    if (Path(args.group) / "env.json").exists():
-        shutil.copyfile(Path(args.group) / "env.json", target / "env.json")
-    print(f"baseline {baseline_key(rows)}: {len(rows)} rows written to {target}")
+    (target / "rows.jsonl").write_text("".join(dumps(row) + "\n" for row in rows))
+    if (args.group[0] / "env.json").exists():
+        shutil.copyfile(args.group[0] / "env.json", target / "env.json")
+    passes = len(args.group)
+    print(f"baseline {baseline_key(rows)}: {len(rows)} rows ({passes} pass{'es' if passes > 1 else ''}) written to "
+          f"{target}")
     return 0
 
 

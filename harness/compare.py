@@ -1,7 +1,9 @@
-"""`python -m harness compare BASELINE CURRENT [--rules RULES.yaml]`: the regression gate.
+"""`python -m harness compare BASELINE CURRENT [CURRENT ...] [--rules RULES.yaml]`: the regression gate.
 
 Cells are matched by their spec (`run_id`, a hash of the spec), never by file order; repeats of a cell are
-compared by their median. Each metric is compared in its direction (throughput and accuracy: higher is better;
+compared by their median. Several CURRENT groups are passes: the same cells run again, interleaved, and a
+normalised throughput is each pass's ratio to the baseline cell of that pass, then the median over passes (a
+burst of load on a shared machine moves one pass, not the median). Each metric is compared in its direction (throughput and accuracy: higher is better;
 memory, step time and loss: lower is better; parameter and step counts: exact) against a tolerance per metric,
 relative or absolute, from the rules file. Beside absolute throughput, a normalised throughput (a cell's images/s
 over the run's baseline cell's, measured in the same run) cancels the speed of a shared machine. Optional ordering
@@ -84,6 +86,7 @@ class Finding:
     current: float
     verdict: Literal["regression", "improvement", "unchanged"]
     allowed: str
+    per_pass: tuple[float, ...] = ()  # normalised metrics: the current run's value in each pass
 
     @property
     def change(self) -> str:
@@ -99,6 +102,7 @@ class Comparison:
     only_current: list[str] = field(default_factory=list)
     order_failures: list[str] = field(default_factory=list)
     failed_current: list[str] = field(default_factory=list)
+    passes: tuple[int, int] = (1, 1)  # passes in the baseline and in the current run
 
     @property
     def regressions(self) -> list[Finding]:
@@ -147,17 +151,35 @@ def medians(rows: list[dict]) -> dict[str, dict]:
 NORMALISED = {"images_per_s": "normalized_images_per_s", "images_per_cpu_s": "normalized_images_per_cpu_s"}
 
 
-def _normalise(cells: dict[str, dict], baseline_id: str | None) -> None:
-    """Each throughput over the run's baseline cell's: the speed of the machine cancels out."""
+def pass_of(row: dict) -> int:
+    """The pass a row was measured in (rows of one results group are one pass: 1)."""
+    return int(row.get("pass", 1))
+
+
+def _normalise(cells: dict[str, dict], rows: list[dict], baseline_id: str | None) -> None:
+    """Each throughput over the baseline cell's *of the same pass*, then the median over passes.
+
+    The cells of one pass ran minutes apart at most, so the machine's speed then cancels in the ratio; a pass in
+    which a burst of load hit one cell moves that pass's ratio only, and the median over three or more passes
+    drops it. The per-pass ratios are kept in `cells[id]["passes"]` for the summary."""
     if baseline_id is None or baseline_id not in cells:
         return
+    by_pass: dict[int, list[dict]] = {}
+    for row in rows:
+        by_pass.setdefault(pass_of(row), []).append(row)
     for metric, normalised in NORMALISED.items():
-        ref = cells[baseline_id]["metrics"].get(metric)
-        if not ref:
-            continue
-        for cell in cells.values():
-            if cell["metrics"].get(metric):
-                cell["metrics"][normalised] = cell["metrics"][metric] / ref
+        ratios: dict[str, list[float]] = {}
+        for number in sorted(by_pass):
+            values = {rid: cell["metrics"].get(metric) for rid, cell in medians(by_pass[number]).items()}
+            ref = values.get(baseline_id)
+            if not ref:
+                continue
+            for rid, value in values.items():
+                if value and rid in cells:
+                    ratios.setdefault(rid, []).append(value / ref)
+        for rid, values in ratios.items():
+            cells[rid]["metrics"][normalised] = statistics.median(values)
+            cells[rid].setdefault("passes", {})[normalised] = values
 
 
 def _baseline_id(base: dict, cur: dict, rules: Rules) -> str | None:
@@ -175,8 +197,8 @@ def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rul
     reference = None
     if rules.baseline_cell or set(NORMALISED.values()) & set(rules.metrics):  # asked for: normalised throughput
         reference = _baseline_id(base, cur, rules)
-        _normalise(base, reference)
-        _normalise(cur, reference)
+        _normalise(base, baseline_rows, reference)
+        _normalise(cur, current_rows, reference)
     if not set(base) & set(cur):
         raise CompareError(
             f"no cell in common: the baseline has {len(base)} cell(s), the current run {len(cur)}, and no spec "
@@ -185,7 +207,8 @@ def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rul
     if rules.baseline_cell and reference is None:
         raise CompareError(f"rules.baseline_cell {rules.baseline_cell} matches no cell that is ok in both runs: "
                            "normalised throughput cannot be computed")
-    result = Comparison(only_baseline=sorted(set(base) - set(cur)), only_current=sorted(set(cur) - set(base)))
+    result = Comparison(only_baseline=sorted(set(base) - set(cur)), only_current=sorted(set(cur) - set(base)),
+                        passes=(len({pass_of(r) for r in baseline_rows}), len({pass_of(r) for r in current_rows})))
     for rid in sorted(set(base) & set(cur), key=lambda r: (cur[r]["cell"], r)):
         b, c = base[rid], cur[rid]
         label = _label(c["spec"])
@@ -199,7 +222,7 @@ def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rul
                 continue
             verdict, allowed = judge(metric, b["metrics"][metric], c["metrics"][metric], rules.tolerance(metric))
             result.findings.append(Finding(rid, label, metric, b["metrics"][metric], c["metrics"][metric], verdict,
-                                           allowed))
+                                           allowed, tuple(c.get("passes", {}).get(metric, ()))))
     for order in rules.orders:
         result.order_failures += check_order(cur, order)
     if not result.findings and not result.failed_current and not result.order_failures:
@@ -259,15 +282,17 @@ def render_markdown(result: Comparison, baseline: Path, current: Path) -> str:
     lines.append(f"**{verdict}**: {len(result.regressions)} regression(s), "
                  f"{sum(f.verdict == 'improvement' for f in result.findings)} improvement(s), "
                  f"{sum(f.verdict == 'unchanged' for f in result.findings)} unchanged metric(s); "
-                 f"{len(result.only_baseline)} cell(s) only in the baseline, {len(result.only_current)} only now.")
+                 f"{len(result.only_baseline)} cell(s) only in the baseline, {len(result.only_current)} only now. "
+                 f"Passes: {result.passes[0]} in the baseline, {result.passes[1]} now (normalised throughput: the "
+                 "median over passes of each pass's ratio to its baseline cell).")
     for title, kind in (("Regressions", "regression"), ("Improvements", "improvement"), ("Unchanged", "unchanged")):
         items = [f for f in result.findings if f.verdict == kind]
         if not items:
             continue
-        lines += ["", f"## {title}", "", "| cell | spec | metric | baseline | current | change | allowed |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", f"## {title}", "", "| cell | spec | metric | baseline | current | change | allowed | per pass |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {f.run_id} | {f.label} | {f.metric} | {f.baseline:.6g} | {f.current:.6g} | {f.change} | "
-                  f"{f.allowed} |" for f in items]
+                  f"{f.allowed} | {' '.join(f'{v:.3g}' for v in f.per_pass)} |" for f in items]
     if result.failed_current:
         lines += ["", "## Cells that failed now", ""] + [f"- {x}" for x in result.failed_current]
     if result.order_failures:
@@ -277,6 +302,17 @@ def render_markdown(result: Comparison, baseline: Path, current: Path) -> str:
         if ids:
             lines += ["", f"## {title}", ""] + [f"- {rid}" for rid in ids]
     return "\n".join(lines) + "\n"
+
+
+def load_passes(paths: list[Path]) -> list[dict]:
+    """The rows of one or more results groups, each group one pass (`pass` 1, 2, ...): the same cells run again,
+    interleaved (every cell once per pass). Rows that carry a pass already (a stored baseline) keep it."""
+    if len(paths) == 1:
+        return load_rows(paths[0])
+    rows = []
+    for number, path in enumerate(paths, start=1):
+        rows += [{**row, "pass": number} for row in load_rows(path)]
+    return rows
 
 
 def load_rows(path: Path) -> list[dict]:

@@ -244,6 +244,8 @@ class Runner:
         cmd = torchrun_command(cell.spec, spec_path, cell_dir, self.options.nodes)
         timeout = self.options.timeout_s or cell.limits.timeout_s
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        if cell.spec.cpu_threads is not None:  # also for libraries that size their pools at import
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cell.spec.cpu_threads)
         started = time.time()
         with log_path.open("w") as log:
             log.write(f"$ {shell(cmd)}\n")

@@ -232,6 +232,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     device = current_device()
+    if spec.cpu_threads is not None:
+        torch.set_num_threads(spec.cpu_threads)
     distributed.init(device.type, always=get_strategy(spec.strategy).engine == "deepspeed")
     reason = unsupported_reason(spec, device)
     if reason:

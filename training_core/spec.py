@@ -19,6 +19,10 @@ PRECISIONS = ("bf16", "fp16", "fp32")
 ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
 
 
+# Fields added after run ids were first recorded; a None value is left out of the id.
+_LATER_FIELDS = ("cpu_threads",)
+
+
 class SpecError(ValueError):
     """An invalid spec, worded for the user (names the field and the fix)."""
 
@@ -68,6 +72,9 @@ class RunSpec(BaseModel):
     synthetic_eval: int = Field(default=50, ge=1)
     # loader processes per rank; None: the recipe's 4 (pinned memory, kept across epochs) on CUDA, 0 on a CPU
     dataloader_workers: int | None = Field(default=None, ge=0)
+    # intra-op threads of each process on a CPU; None: torch's default (one per core). 1 keeps a measurement on a
+    # shared machine steady: a busy core slows a 2-thread cell ~20x (threads wait on each other), a 1-thread one not
+    cpu_threads: int | None = Field(default=None, ge=1)
     image_ablation: Literal["none", "blank"] = "none"  # "blank": every image replaced by a white one (a control)
     checkpoint_every: int | None = Field(default=None, ge=1)  # optimizer steps between checkpoints
     seed: int = 0
@@ -129,6 +136,9 @@ class RunSpec(BaseModel):
     def run_id(self) -> str:
         """A hash of the normalised spec and the data version: a cell measured on other data has another id."""
         identity = {**self.model_dump(mode="json"), "data_version": self.data_version}
+        for name in _LATER_FIELDS:  # added later: at their default they leave earlier ids (and rows) valid
+            if identity[name] is None:
+                del identity[name]
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -37,9 +37,10 @@ def test_every_strategy_and_precision_under_torchrun(tmp_path, strategy, precisi
 
 
 def test_fp16_on_cpu_is_unsupported_not_silently_fp32(tmp_path):
-    result = run_cell(tmp_path, strategy="lora", precision="fp16")
+    result = run_cell(tmp_path, strategy="lora", precision="fp16", cpu_threads=2)
     assert result["status"] == "unsupported" and "fp16 mixed precision needs a CUDA GPU" in result["reason"]
     assert set(result["metrics"]) == {"time_to_main_s"} and result["_returncode"] == 0
+    assert result["env"]["cpu_count"] == 2  # the spec's cpu_threads over the launcher's OMP_NUM_THREADS=1
 
 
 def test_same_seed_same_losses_and_resume_equals_uninterrupted(tmp_path):

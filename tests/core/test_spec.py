@@ -23,6 +23,8 @@ def test_run_id_is_stable_and_content_addressed(tmp_path):
     # (changed deliberately when dataloader_workers became None = the recipe's loader per device, and when the
     # twin's generator version joined the identity)
     assert RunSpec().run_id == "58c323db6e3fe86b"
+    # a field added later (cpu_threads) leaves earlier ids valid at its default, and is part of the id when set
+    assert RunSpec(cpu_threads=None).run_id == "58c323db6e3fe86b" != RunSpec(cpu_threads=1).run_id
 
 
 @pytest.mark.parametrize(

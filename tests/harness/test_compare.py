@@ -103,6 +103,62 @@ def test_normalised_throughput_cancels_a_slower_machine(tmp_path, capsys):
     assert "normalized_images_per_s" in capsys.readouterr().out
 
 
+PASS_RULES = ("default: {ignore: true}\nmetrics:\n  normalized_images_per_cpu_s: {relative: 0.25}\n"
+              "baseline_cell: {strategy: full}\n")
+
+
+def _passes(tmp_path, name, speeds):
+    """One results group per pass; `speeds` gives (full, lora) images per CPU second in each pass."""
+    groups = []
+    for number, (full, lora) in enumerate(speeds, start=1):
+        rows = [_row("a", "full", 0, images_per_cpu_s=full), _row("b", "lora", 1, images_per_cpu_s=lora)]
+        groups.append(_store(tmp_path / name / f"pass{number}", rows))
+    return groups
+
+
+def _gate(tmp_path, current):
+    (tmp_path / "rules.yaml").write_text(PASS_RULES)
+    base = _passes(tmp_path, "base", [(10.0, 8.0), (10.0, 8.0), (10.0, 8.0)])
+    assert main(["baseline", *base, "--root", str(tmp_path / "bl")]) == 0
+    return main(["compare", str(tmp_path / "bl"), *current, "--rules", str(tmp_path / "rules.yaml")])
+
+
+def test_passes_are_normalised_within_each_pass_then_medianed(tmp_path, capsys):
+    # the machine ran 3x slower during the whole second pass: each pass's ratio is the same, nothing moves
+    assert _gate(tmp_path, _passes(tmp_path, "slow", [(10.0, 8.0), (3.3, 2.64), (10.0, 8.0)])) == 0
+    out = capsys.readouterr().out
+    assert "Passes: 3 in the baseline, 3 now" in out
+    assert "| b | docvqa lora fp32 sdpa 1 1 | normalized_images_per_cpu_s | 0.8 | 0.8 | +0.00% | ±25% | 0.8 0.8 0.8 |" in out
+    # a burst of load hit the lora cell of one pass only (its ratio 0.3): the median over passes drops it
+    assert _gate(tmp_path / "2", _passes(tmp_path / "2", "burst", [(10.0, 8.1), (10.0, 3.0), (10.0, 7.9)])) == 0
+
+
+def test_a_2x_slowdown_in_every_pass_fails_and_names_the_cell(tmp_path, capsys):
+    assert _gate(tmp_path, _passes(tmp_path, "slowed", [(10.0, 4.0), (6.0, 2.5), (10.0, 3.9)])) == 1
+    out = capsys.readouterr().out
+    assert "**FAILED**: 1 regression(s)" in out
+    assert "| b | docvqa lora fp32 sdpa 1 1 | normalized_images_per_cpu_s | 0.8 | 0.4 | -50.00% | ±25% | 0.4 0.417 0.39 |" in out
+    # two of three passes slowed is enough; one is not (above)
+    assert _gate(tmp_path / "2", _passes(tmp_path / "2", "two", [(10.0, 4.0), (10.0, 8.0), (10.0, 3.9)])) == 1
+
+
+def test_a_stored_multi_pass_baseline_keeps_its_passes(tmp_path, capsys):
+    base = _passes(tmp_path, "base", [(10.0, 8.0), (5.0, 2.0), (10.0, 8.0)])
+    assert main(["baseline", *base, "--root", str(tmp_path / "bl")]) == 0
+    assert "6 rows (3 passes)" in capsys.readouterr().out
+    rows = RowStore(tmp_path / "bl" / "g" / "tiny-cpux1").rows()
+    assert sorted(r["pass"] for r in rows) == [1, 1, 2, 2, 3, 3]
+    # its normalised value is the median of its per-pass ratios (0.8, 0.4, 0.8), not the ratio of pooled medians
+    (tmp_path / "rules.yaml").write_text(PASS_RULES)
+    one = _store(tmp_path / "one", [_row("a", "full", 0, images_per_cpu_s=10.0),
+                                    _row("b", "lora", 1, images_per_cpu_s=8.0)])
+    assert main(["compare", str(tmp_path / "bl"), one, "--rules", str(tmp_path / "rules.yaml")]) == 0
+    assert "| normalized_images_per_cpu_s | 0.8 | 0.8 |" in capsys.readouterr().out
+    other = _store(tmp_path / "other", [{**BASELINE[0], "matrix": "h"}])
+    assert main(["baseline", base[0], other, "--root", str(tmp_path / "bl2")]) == 2
+    assert "different grids, models or hardware (g/tiny-cpux1, h/tiny-cpux1)" in capsys.readouterr().err
+
+
 def test_order_rules_and_failed_cells(tmp_path, capsys):
     rules = "orders:\n  - {metric: model_state_bytes, by: strategy, order: [full, lora]}\n"
     current = copy.deepcopy(BASELINE)
