@@ -95,13 +95,15 @@ test-gate: setup
 	$(PY) -m pytest -q -rP -m gate tests/gate $(PYTEST_ARGS)
 
 # Accuracy reproductions: MODEL=<checkpoint dir> DATA=<dataset dir or cache> RESULTS=<dir> REPEATS=<N seeds>;
-# PROFILE=tiny runs the same grids on a CPU with the tiny preset and the synthetic twins.
+# PROFILE=tiny runs the same grids on a CPU with the tiny preset and the synthetic twins; KEEP_MODEL=1 keeps each
+# cell's trained model / adapter (cells/<run_id>/model; the report lists them; `harness export` writes one out).
 RESULTS ?= results/runs
 REPEATS ?= 1
 PROFILE ?=
+KEEP_MODEL ?=
 define reproduce
 	MODEL="$(MODEL)" DATA="$(DATA)" $(HARNESS) run $(1) $(if $(PROFILE),--profile $(PROFILE)) --repeats $(REPEATS) \
-		--results $(RESULTS) $(RUN_ARGS); status=$$?; \
+		--results $(RESULTS) $(if $(filter 1,$(KEEP_MODEL)),--keep-model) $(RUN_ARGS); status=$$?; \
 	if [ -d $(RESULTS)/$(1) ]; then $(HARNESS) report $(RESULTS)/$(1) || exit 1; fi; exit $$status
 endef
 reproduce-docvqa: setup

@@ -2,7 +2,8 @@
 
 doctor         what this machine can run (GPUs, bf16, flash-attn, SDPA, bitsandbytes, DeepSpeed, NCCL, NVML, which
                cells of the shipped grids run here) and what to install
-compare B C    regression gate: C against baseline B (exit 1 on a regression)
+compare B C    regression gate: C against baseline B (exit 1 on a regression); several C: interleaved passes
+export CELL    write a cell's kept model (official layout) or adapter (peft layout; --merge: folded into the base)
 baseline DIR   store a clean run as a baseline
 report DIR     markdown reports of stored rows beside the guide's documented numbers
 plan MATRIX    the expanded cells of a grid (a table, or --json) and their launch commands; runs nothing
@@ -153,6 +154,9 @@ def _add_grid_commands(sub) -> None:
                      help="when another runner holds the results group, wait for it instead of refusing")
     run.add_argument("--retry-failed", action="store_true",
                      help="rerun only the cells whose final row is error, timeout, oom or diverged")
+    run.add_argument("--keep-model", action="store_true",
+                     help="each cell keeps its trained model (full, frozen_vision: official layout) or adapter (lora, "
+                          "qlora: peft layout) in cells/<run_id>/model; cells already recorded need --force")
     run.add_argument("--timeout", type=_positive(float), help="per-cell timeout in seconds (default: the grid's limits)")
     run.add_argument("--allow-hardware-mismatch", action="store_true",
                      help="run although this machine does not match the grid's GPU type or count")
@@ -169,6 +173,13 @@ def _add_grid_commands(sub) -> None:
                                            "to install")
     doctor.add_argument("--json", action="store_true", help="the checks as JSON")
     doctor.set_defaults(func=_doctor)
+
+    export = sub.add_parser("export", help="write a cell's kept model or adapter where other tools load it")
+    export.add_argument("cell_dir", type=Path, help="results/runs/<matrix>/<group>/cells/<run_id> (run with --keep-model)")
+    export.add_argument("--out", type=Path, required=True, help="a new (or empty) directory")
+    export.add_argument("--merge", action="store_true",
+                        help="lora/qlora: apply the adapter to its (unquantised) base and write the merged model")
+    export.set_defaults(func=_export)
 
     report = sub.add_parser("report", help="render markdown reports (measured beside documented) from stored rows")
     report.add_argument("results_dir", type=Path, help="a results group, matrix or root directory")
@@ -224,6 +235,17 @@ def _report(args) -> int:
     for group in groups:
         out = render(group, args.out or default_out(group), plots=not args.no_plots)
         print(f"wrote {out}")
+    return 0
+
+
+def _export(args) -> int:
+    from training_core.export import ExportError, export
+
+    try:
+        print(f"wrote {export(args.cell_dir, args.out, merge=args.merge)}")
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -396,7 +418,7 @@ def _run(args) -> int:
                                                              args.master_port),
                          launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg,
                          check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed,
-                         wait=args.wait)
+                         wait=args.wait, keep_model=args.keep_model)
     # rows are grouped by the hardware that ran them: this machine's, or under SLURM the grid's (e.g. 8xA100)
     runner = Runner(grid, options, hw.label if slurm else machine.label, console)
     rows = runner.run()

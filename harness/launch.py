@@ -21,7 +21,7 @@ class Nodes:
 
 
 def torchrun_command(spec: RunSpec, spec_path: Path, out_dir: Path, nodes: Nodes | None = None,
-                     python: str = sys.executable) -> list[str]:
+                     python: str = sys.executable, keep_model: bool = False) -> list[str]:
     nodes = nodes or Nodes()
     cmd = [python, "-m", "torch.distributed.run"]
     if nodes.nnodes == 1:
@@ -31,7 +31,7 @@ def torchrun_command(spec: RunSpec, spec_path: Path, out_dir: Path, nodes: Nodes
                 f"--master_addr={nodes.master_addr}", f"--master_port={nodes.master_port}"]
     cmd += [f"--nproc_per_node={spec.gpus_per_node}", "-m", "training_core.run", "--spec", str(spec_path),
             "--out", str(out_dir)]
-    return cmd
+    return cmd + (["--save-model"] if keep_model else [])
 
 
 _SAFE = re.compile(r"^[-\w=./:$@%+,]+$")
@@ -44,7 +44,7 @@ def shell(cmd: list[str]) -> str:
 
 def sbatch_script(spec: RunSpec, spec_path: Path, out_dir: Path, *, job_name: str, timeout_s: float,
                   workdir: Path, extra: list[str] = (), python: str = sys.executable, port: int = 29500,
-                  check_hardware: bool = True) -> str:
+                  check_hardware: bool = True, keep_model: bool = False) -> str:
     """One job per cell on `spec.nodes` nodes. With `check_hardware`, every node first checks its GPUs against
     the cell's (`python -m harness.hardware check`): a mismatch ends the job with the reason in result.json."""
     hours, rest = divmod(int(timeout_s), 3600)
@@ -62,6 +62,8 @@ def sbatch_script(spec: RunSpec, spec_path: Path, out_dir: Path, *, job_name: st
                 f"--nproc_per_node={spec.gpus_per_node}", "--rdzv_id=$SLURM_JOB_ID", "--rdzv_backend=c10d",
                 f'--rdzv_endpoint="$head_node:{port}"', "-m", "training_core.run",
                 "--spec", shlex.quote(str(spec_path)), "--out", shlex.quote(str(out_dir))]
+    if keep_model:
+        torchrun.append("--save-model")
     lines = ["#!/bin/bash", *(f"#SBATCH {d}" for d in directives), "set -euo pipefail",
              f"cd {shlex.quote(str(workdir))}",
              'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)']

@@ -199,6 +199,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         input_bound_share=INPUT_BOUND_SHARE,
         environment=environment(rows), rows=rows, images=[f"{assets}/{name}" for name in images],
         measured_gpu=measured_gpu, model_family=model_family,
+        kept=[r for r in rows if (r.get("artifacts") or {}).get("model")],
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

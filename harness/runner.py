@@ -47,6 +47,7 @@ class RunOptions:
     check_hardware: bool = True  # SLURM: check each compute node's GPUs inside the job
     retry_failed: bool = False  # rerun cells whose final row is a failure (RETRYABLE), not the others
     wait: bool = False  # another runner holds the group: wait for it instead of refusing
+    keep_model: bool = False  # each cell keeps its trained model / adapter in cells/<run_id>/model
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -199,7 +200,8 @@ class Runner:
         if recorded is not None:  # the cell finished but the runner died before recording it
             return self._finish_row(cell, recorded, cell_dir / self._log_name())
         if self.options.dry_run:
-            self.console.print("    " + shell(torchrun_command(spec, spec_path, cell_dir, self.options.nodes)))
+            self.console.print("    " + shell(torchrun_command(spec, spec_path, cell_dir, self.options.nodes,
+                                                                   keep_model=self.options.keep_model)))
             return None
         return self._execute(cell, cell_dir, spec_path)
 
@@ -241,7 +243,7 @@ class Runner:
         result_path = cell_dir / "result.json"
         result_path.unlink(missing_ok=True)
         log_path = cell_dir / self._log_name()
-        cmd = torchrun_command(cell.spec, spec_path, cell_dir, self.options.nodes)
+        cmd = torchrun_command(cell.spec, spec_path, cell_dir, self.options.nodes, keep_model=self.options.keep_model)
         timeout = self.options.timeout_s or cell.limits.timeout_s
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         if cell.spec.cpu_threads is not None:  # also for libraries that size their pools at import
@@ -330,7 +332,8 @@ class Runner:
         script = sbatch_script(cell.spec, spec_path.resolve(), cell_dir.resolve(),
                                job_name=f"phi3v-{self.grid.name}-{cell.spec.run_id}",
                                timeout_s=self.options.timeout_s or cell.limits.timeout_s, workdir=ROOT,
-                               extra=self.options.sbatch_args, check_hardware=self.options.check_hardware)
+                               extra=self.options.sbatch_args, check_hardware=self.options.check_hardware,
+                               keep_model=self.options.keep_model)
         path = cell_dir / "job.sbatch"
         if self.options.dry_run:
             path.write_text(script)

@@ -30,6 +30,7 @@ class Outcome:
     series: dict = field(default_factory=lambda: {"loss": [], "step_time_s": [], "data_wait_s": []})
     status: str = "ok"
     reason: str | None = None
+    artifacts: dict = field(default_factory=dict)  # files kept for later use, e.g. {"model": "<cell>/model"}
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str]:
@@ -62,6 +63,7 @@ def build_row(*, run_id, spec: dict, outcome: Outcome, env: dict, process_start:
         "finished_at": utc_now(),
         "wall_s": round(time.time() - process_start, 3),
         "log": log,
+        **({"artifacts": outcome.artifacts} if outcome.artifacts else {}),
     }
 
 

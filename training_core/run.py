@@ -28,6 +28,7 @@ from .devices import Device, current_device
 from .engine import build_engine
 from .env import capture
 from .evaluate import evaluate
+from .export import BASE_DIR, MODEL_DIR, is_adapter, save_adapter, save_model_dir
 from .precision import weights_dtype
 from .result import RESULT_FILE, Diverged, Outcome, build_row, classify_exception, write_json_atomic
 from .spec import RunSpec, SpecError
@@ -49,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--spec", required=True, type=Path, help="RunSpec JSON file")
     parser.add_argument("--out", required=True, type=Path, help="output directory (result.json, checkpoints)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--save-model", action="store_true",
+                        help="keep the trained model (or adapter) in --out/model, in the official / peft layout")
     parser.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -84,7 +87,10 @@ class Cell:
         self.processor = inputs.build_processor(spec, self.config)
         self.train_records, self.eval_records = inputs.records(spec, self.out)
         quantization = qlora_quantization(spec, self.config) if self.strategy.quantized else None
-        model = build_base(spec, device.torch, weights_dtype(spec), quantization)
+        keep_random = None
+        if self.args.save_model and is_adapter(spec) and spec.weights == "random" and distributed.is_main():
+            keep_random = self.out / MODEL_DIR / BASE_DIR  # nothing else could rebuild this base later
+        model = build_base(spec, device.torch, weights_dtype(spec), quantization, keep_random=keep_random)
         model = self.strategy.prepare(model, spec)
         if spec.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -109,6 +115,7 @@ class Cell:
     # ---------------------------------------------------------------- eval
     def evaluate(self, when: str) -> None:
         started = time.monotonic()
+        self.engine.generation_model().longrope_generation = self.spec.longrope_generation or "official"
         metrics, predictions = evaluate(
             self.engine.generation_model(), self.eval_records, self.task, self.processor,
             batch_size=self.spec.eval_batch, max_new_tokens=self.spec.max_new_tokens, device=self.device.torch,
@@ -204,6 +211,22 @@ class Cell:
         self.train()
         if self.spec.mode == "accuracy":
             self.evaluate("after")
+        if self.args.save_model:
+            self.save_model()
+
+    def save_model(self) -> None:
+        """The trained model (full / frozen_vision) or adapter (lora / qlora) in `--out/model` (main rank: ZeRO-2
+        and DDP hold every trained parameter on every rank)."""
+        directory = self.out / MODEL_DIR
+        if distributed.is_main():
+            module = self.engine.module
+            if is_adapter(self.spec):
+                base = directory / BASE_DIR if self.spec.weights == "random" else Path(self.spec.model).resolve()
+                save_adapter(module, self.spec, self.processor, directory, base=str(base.resolve()))
+            else:
+                save_model_dir(module, self.processor, directory)
+            self.outcome.artifacts["model"] = str(directory)
+        distributed.barrier()
 
 
 def _world_mismatch(spec: RunSpec) -> str | None:

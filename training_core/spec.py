@@ -20,7 +20,7 @@ ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
 
 
 # Fields added after run ids were first recorded; a None value is left out of the id.
-_LATER_FIELDS = ("cpu_threads",)
+_LATER_FIELDS = ("cpu_threads", "longrope_generation")
 
 
 class SpecError(ValueError):
@@ -68,6 +68,9 @@ class RunSpec(BaseModel):
     eval_limit: int | None = Field(default=None, ge=1)
     eval_batch: int = Field(default=1, ge=1)
     max_new_tokens: int = Field(default=64, ge=1)
+    # generation crossing 4096 positions (LongRoPE's switch): None/"official" keeps the cache as the official code
+    # does; "recompute" drops it once, so cached generation equals cache-free generation (README: differences)
+    longrope_generation: Literal["official", "recompute"] | None = None
     synthetic_train: int | None = Field(default=None, ge=1)  # twin sizes (None: enough for the steps)
     synthetic_eval: int = Field(default=50, ge=1)
     # loader processes per rank; None: the recipe's 4 (pinned memory, kept across epochs) on CUDA, 0 on a CPU

@@ -25,6 +25,7 @@ def test_run_id_is_stable_and_content_addressed(tmp_path):
     assert RunSpec().run_id == "58c323db6e3fe86b"
     # a field added later (cpu_threads) leaves earlier ids valid at its default, and is part of the id when set
     assert RunSpec(cpu_threads=None).run_id == "58c323db6e3fe86b" != RunSpec(cpu_threads=1).run_id
+    assert RunSpec(longrope_generation=None).run_id == "58c323db6e3fe86b" != RunSpec(longrope_generation="recompute").run_id
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,7 @@ def test_unchanged_code_passes_under_a_cpu_burner(tmp_path):
     with cpu_burner(load):
         groups = run_passes(tmp_path, ROOT / "matrices" / "regress_cpu.yaml")
     result = gate(groups, load)
-    assert load["busy_share"] > 0.7, "the burner did not load the machine: this run proves nothing"
+    assert load["busy_share"] > 0.6, "the burner did not load the machine: this run proves nothing"  # idle + a cell: ~0.5
     judged = {(f.label.split()[1], f.metric) for f in result.findings}
     for strategy in ("frozen_vision", "lora", "qlora"):
         assert (strategy, "normalized_images_per_cpu_s") in judged and (strategy, "normalized_images_per_s") in judged
@@ -101,7 +101,7 @@ def test_a_2x_slowdown_of_one_strategy_fails(tmp_path):
     load = {}
     with cpu_burner(load):
         groups = run_passes(tmp_path / "results", tmp_path / "regress_cpu.yaml", env)
-    assert load["busy_share"] > 0.7
+    assert load["busy_share"] > 0.6
     logs = "".join(p.read_text() for p in (groups[0] / "cells").glob("*/log.txt"))
     assert logs.count("gate test: lora slowed 2.0x") == 1  # the lora cell only, and it was slowed
     result = gate(groups, load)

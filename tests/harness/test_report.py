@@ -128,8 +128,8 @@ def test_accuracy_rows(tmp_path):
 def test_report_of_a_real_cpu_smoke_run(tmp_path):
     env_cmd = [sys.executable, "-m", "harness"]
     results = tmp_path / "runs"
-    run = subprocess.run([*env_cmd, "run", "cpu_smoke", "--results", str(results), "--filter", "strategy=lora"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([*env_cmd, "run", "cpu_smoke", "--results", str(results), "--filter", "strategy=lora",
+                          "--keep-model"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "cpu.md"
     report = subprocess.run([*env_cmd, "report", str(results / "cpu_smoke"), "--out", str(out)], cwd=ROOT,
@@ -146,6 +146,13 @@ def test_report_of_a_real_cpu_smoke_run(tmp_path):
     assert text.count("not comparable: model: tiny preset vs documented Phi-3-vision; GPU: cpu vs documented A100; "
                       "GPU count: 1 vs documented 8; global batch: 2 vs documented 64") == 4
     assert json.loads(json.dumps(rows))  # rows are plain JSON
+    # --keep-model: each cell kept its adapter, and the report says where
+    kept = _table(text, "Kept models")
+    assert len(kept) == 4
+    for row in rows:
+        model_dir = results / "cpu_smoke" / "cpu" / "cells" / row["run_id"] / "model"
+        assert row["artifacts"]["model"] == str(model_dir) and (model_dir / "adapter_model.safetensors").is_file()
+        assert [str(row["cell"]), "lora", row["run_id"], f"`{model_dir}`"] in kept
 
 
 def test_repeats_are_reported_as_mean_and_spread(tmp_path):

@@ -154,7 +154,7 @@ def test_two_nodes_on_one_machine(tmp_path):
 def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
     path = grid(tmp_path, "include:\n  - {nodes: 2, gpus_per_node: 8, global_batch: 64, gpu: A100}\n")
     out = harness("run", str(path), "--results", str(tmp_path / "r"), "--launcher", "slurm", "--dry-run",
-                  "--sbatch-arg=--partition=gpu")
+                  "--sbatch-arg=--partition=gpu", "--keep-model")
     assert out.returncode == 0, out.stdout + out.stderr
     (script,) = list((tmp_path / "r").rglob("job.sbatch"))
     text = script.read_text()
@@ -169,7 +169,7 @@ def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
         "--gpus-per-node=8" in check  # every node checks its GPUs inside the job
     assert "-m torch.distributed.run --nnodes=$SLURM_NNODES --nproc_per_node=8" in srun
     assert '--rdzv_backend=c10d --rdzv_endpoint="$head_node:29500"' in srun
-    assert f"-m training_core.run --spec {cell_dir}/spec.json --out {cell_dir}" in srun
+    assert f"-m training_core.run --spec {cell_dir}/spec.json --out {cell_dir} --save-model" in srun  # --keep-model
     assert json.loads((cell_dir / "spec.json").read_text())["nodes"] == 2
     assert not (cell_dir / "slurm_job_id").exists() and rows(tmp_path / "r") == []
     # --nnodes and friends mean nothing under SLURM

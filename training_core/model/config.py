@@ -14,6 +14,7 @@ plus the two vision blocks of the official file:
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -70,6 +71,42 @@ class Phi3VConfig(Phi3Config):
             _su_to_longrope(source)
         super().__post_init__(**kwargs)
         _check_embd_layer(self.embd_layer)
+
+    # ----- the official file layout -----
+    def official_dict(self) -> dict[str, Any]:
+        """config.json as the official remote code and the tools that read its format (vLLM, the official
+        processor) expect it: transformers-5's `rope_parameters` block written back as `rope_theta`,
+        `original_max_position_embeddings` and `rope_scaling {type: "su", short_factor, long_factor}` (the only
+        form the official config class accepts: exactly those three keys), `sliding_window`, `embd_layer`,
+        `img_processor` always present, and no `auto_map` (the official .py files are not in a directory we
+        write, so an `auto_map` would point at missing files)."""
+        out = self.to_diff_dict()
+        full = self.to_dict()
+        rope = full.get("rope_parameters") or {}
+        out.pop("rope_parameters", None)
+        out.pop("auto_map", None)
+        out["rope_theta"] = float(rope.get("rope_theta", 10000.0))
+        out["original_max_position_embeddings"] = int(
+            rope.get("original_max_position_embeddings") or full.get("original_max_position_embeddings"))
+        if rope.get("rope_type") == "longrope":
+            out["rope_scaling"] = {"type": "su", "long_factor": list(rope["long_factor"]),
+                                   "short_factor": list(rope["short_factor"])}
+        else:
+            out["rope_scaling"] = None
+        for key in ("architectures", "model_type", "max_position_embeddings", "sliding_window", "embd_layer",
+                    "img_processor", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "intermediate_size", "vocab_size", "rms_norm_eps", "tie_word_embeddings",
+                    "bos_token_id", "eos_token_id", "pad_token_id"):
+            out[key] = full.get(key)
+        if full.get("dtype") is not None:  # the official code (transformers 4.x) reads `torch_dtype`
+            out["torch_dtype"] = str(full["dtype"]).removeprefix("torch.")
+        return out
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """What `save_pretrained` writes: the official layout (`official_dict`); our loader reads both layouts."""
+        if not use_diff:
+            return super().to_json_string(use_diff=False)
+        return json.dumps(self._encode_special_floats(self.official_dict()), indent=2, sort_keys=True) + "\n"
 
     # ----- derived vision facts (not serialised; computed from the two official blocks) -----
     def vision_config(self) -> CLIPVisionConfig:

@@ -147,11 +147,20 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states, attentions=outputs.attentions,
         )
 
+    # How cached generation crosses original_max_position_embeddings (4096), where LongRoPE switches from the short
+    # to the long factors: "official" keeps the cache, as the official remote code does (the keys cached before the
+    # switch stay rotated with the short factors), so generation reproduces the official outputs; "recompute" drops
+    # the cache once at the crossing (transformers' Phi-3 does this), so cached generation equals cache-free
+    # generation. Set per model (`model.longrope_generation = "recompute"`) or per cell (RunSpec.longrope_generation).
+    LONGROPE_GENERATION = ("official", "recompute")
+    longrope_generation: str = "official"
+
     def prepare_inputs_for_generation(self, input_ids, cache=None, **kwargs):
-        # LongRoPE switches from short to long factors past original_max_position_embeddings: drop the cache once
-        # when the sequence first crosses it, as the official code does.
+        if self.longrope_generation not in self.LONGROPE_GENERATION:
+            raise ValueError(f"longrope_generation={self.longrope_generation!r}: choose one of {self.LONGROPE_GENERATION}")
         limit = self.config.original_max_position_embeddings
-        if cache is not None and input_ids.shape[1] >= limit + 1 and cache.get_seq_length() <= limit:
+        if (self.longrope_generation == "recompute" and cache is not None and input_ids.shape[1] >= limit + 1
+                and cache.get_seq_length() <= limit):
             cache = None
             kwargs["next_sequence_length"] = None
         return super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,17 +40,25 @@ def model_config(spec: RunSpec):
     return Phi3VConfig.from_pretrained(str(directory))
 
 
-def build_base(spec: RunSpec, device: torch.device, dtype: torch.dtype, quantization=None) -> Phi3VForCausalLM:
-    """The base model on `device`: random (built on the meta device) or pretrained; 4-bit when `quantization`."""
+def build_base(spec: RunSpec, device: torch.device, dtype: torch.dtype, quantization=None,
+               keep_random: Path | None = None) -> Phi3VForCausalLM:
+    """The base model on `device`: random (built on the meta device) or pretrained; 4-bit when `quantization`.
+    `keep_random`: also write random weights there (unquantised, official layout), the base of a kept adapter."""
     if quantization is None:
         if spec.weights == "pretrained":
             return build_model(None, weights=spec.model, device=device, dtype=dtype, attn_implementation=spec.attention)
-        return build_model(model_config(spec), device=device, dtype=dtype, attn_implementation=spec.attention)
+        model = build_model(model_config(spec), device=device, dtype=dtype, attn_implementation=spec.attention)
+        if keep_random is not None:
+            keep_random.mkdir(parents=True, exist_ok=True)
+            save_local(model, keep_random)
+        return model
     # bitsandbytes quantises at load time (from_pretrained of a directory): random weights are saved first
     if spec.weights == "pretrained":
         return _load_quantized(spec.model, spec, device, dtype, quantization)
     with tempfile.TemporaryDirectory(prefix="phi3v-random-") as tmp:
         save_local(build_model(model_config(spec), device="cpu", dtype=dtype, attn_implementation="eager"), Path(tmp))
+        if keep_random is not None:
+            shutil.copytree(tmp, keep_random, dirs_exist_ok=True)
         return _load_quantized(tmp, spec, device, dtype, quantization)
 
 

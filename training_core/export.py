@@ -1,0 +1,142 @@
+"""What a cell trained, written in the formats the rest of the ecosystem loads (issue 14).
+
+- `full` / `frozen_vision`: a model directory in the official layout: `model.safetensors` (the official key set),
+  `config.json` (the official layout: `Phi3VConfig.official_dict`), `generation_config.json`, and the processor's
+  `preprocessor_config.json` and the tokenizer files beside them.
+- `lora` / `qlora`: a peft adapter directory: `adapter_config.json` (the official module names as
+  `target_modules`) and `adapter_model.safetensors` (keys `base_model.model.<official name>.lora_A/B.weight`), which
+  `PeftModel.from_pretrained(base, directory)` applies to the official model, plus the processor and tokenizer
+  files. A random base (the presets' `weights: random`) is written beside it in `base/`: nothing else could rebuild it.
+- merged: the adapter applied to its base and folded in (`merge_and_unload`), written as a full model directory.
+
+A cell keeps its model in `<cell dir>/model/` when asked (`python -m harness run --keep-model`, or `KEEP_MODEL=1 make
+reproduce-*`); `python -m harness export CELL_DIR --out DIR [--merge]` writes it out.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training_core.spec import RunSpec
+
+MODEL_DIR = "model"  # under the cell directory
+BASE_DIR = "base"  # under MODEL_DIR: a random base model of an adapter
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_PREFIX = "base_model.model."  # what peft's PeftModel.save_pretrained puts before the module names
+
+
+class ExportError(ValueError):
+    """A cell directory without a kept model, or a kept model that cannot be written out; worded for the user."""
+
+
+def is_adapter(spec: RunSpec) -> bool:
+    return spec.strategy in ("lora", "qlora")
+
+
+def save_model_dir(model: nn.Module, processor, directory: Path) -> None:
+    """A full model directory in the official layout, with the processor and tokenizer files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    use_cache = model.config.use_cache
+    model.config.use_cache = True  # training turns the cache off; the official file says true
+    try:
+        model.save_pretrained(str(directory))
+    finally:
+        model.config.use_cache = use_cache
+    processor.save_pretrained(directory)
+
+
+def save_adapter(model: nn.Module, spec: RunSpec, processor, directory: Path, base: str) -> None:
+    """The injected LoRA weights in peft's standard layout; `base` names the model they apply to."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from training_core.strategies.lora import lora_config
+
+    directory.mkdir(parents=True, exist_ok=True)
+    # save_embedding_layers=False: lm_head carries a LoRA, its base weight is not trained and not an adapter weight
+    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    tensors = {ADAPTER_PREFIX + name: value.detach().to("cpu").contiguous() for name, value in state.items()}
+    save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    config = lora_config(spec)
+    config.base_model_name_or_path = base
+    config.task_type = "CAUSAL_LM"
+    config.exclude_modules = _pruned_vision_modules(model, config.target_modules)
+    config.save_pretrained(str(directory))
+    processor.save_pretrained(directory)
+
+
+def _pruned_vision_modules(model: nn.Module, targets) -> list[str] | None:
+    """The CLIP layers that LoRA training removed (after the feature layer, `prune_unused_vision_layers`) carry no
+    adapter: name their target modules so that peft applies the adapter to exactly the modules that were trained
+    (else it adds untrained ones there and warns about missing keys)."""
+    embedder = model.model.vision_embed_tokens
+    total = model.config.vision_config().num_hidden_layers
+    if embedder.num_layers_used >= total or not set(targets) & {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}:
+        return None
+    prefix = "model.vision_embed_tokens.img_processor.vision_model.encoder.layers"
+    parts = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"]
+    return [f"{prefix}.{i}.{part}" for i in range(embedder.num_layers_used, total) for part in parts
+            if part.split(".")[1] in targets]
+
+
+def kept_model(cell_dir: Path) -> tuple[RunSpec, Path]:
+    cell_dir = Path(cell_dir)
+    spec_path = cell_dir / "spec.json"
+    if not spec_path.is_file():
+        raise ExportError(f"{cell_dir}: not a cell directory (no spec.json); give results/runs/<matrix>/<group>/"
+                          "cells/<run_id>")
+    spec = RunSpec.load(spec_path)
+    model_dir = cell_dir / MODEL_DIR
+    marker = ADAPTER_CONFIG if is_adapter(spec) else "config.json"
+    if not (model_dir / marker).is_file():
+        raise ExportError(f"{cell_dir}: no kept model ({model_dir / marker} is missing); rerun the cell with "
+                          "`python -m harness run ... --keep-model --force` (or KEEP_MODEL=1 make reproduce-...)")
+    return spec, model_dir
+
+
+def adapter_base(model_dir: Path) -> Path:
+    """The base model directory an adapter applies to: the kept random base, else the checkpoint it was trained on."""
+    if (model_dir / BASE_DIR / "config.json").is_file():
+        return model_dir / BASE_DIR
+    base = json.loads((model_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise ExportError(f"{model_dir / ADAPTER_CONFIG}: base_model_name_or_path {base!r} is not a model directory "
+                          "here; --merge needs the base checkpoint the adapter was trained on")
+    return Path(base)
+
+
+def merged_model(model_dir: Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """The adapter applied to its (unquantised) base and folded into the weights."""
+    from peft import PeftModel
+
+    from training_core.model import Phi3VForCausalLM
+
+    base = Phi3VForCausalLM.from_pretrained(str(adapter_base(model_dir)), dtype=dtype, attn_implementation="eager")
+    return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+
+
+def export(cell_dir: Path, out: Path, merge: bool = False) -> str:
+    """Write a cell's kept model to `out`; returns what was written, in words."""
+    from training_core.model.processing import Phi3VProcessor
+
+    spec, model_dir = kept_model(cell_dir)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"--out {out}: not empty; choose a new directory (nothing was overwritten)")
+    if not is_adapter(spec):
+        if merge:
+            raise ExportError(f"{cell_dir}: a {spec.strategy} cell keeps a full model; --merge applies to lora/qlora")
+        shutil.copytree(model_dir, out, dirs_exist_ok=True)
+        return f"the {spec.strategy} model (official layout) to {out}"
+    if merge:
+        model = merged_model(model_dir)
+        save_model_dir(model, Phi3VProcessor.from_pretrained(model_dir), out)
+        return f"the {spec.strategy} adapter merged into its base (official layout) to {out}"
+    shutil.copytree(model_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BASE_DIR))
+    return f"the {spec.strategy} adapter (peft layout; base: {adapter_base(model_dir)}) to {out}"
