@@ -227,7 +227,7 @@ def _check_writable(directory: Path) -> None:
 
 
 def _report(args) -> int:
-    from harness.report import default_out, group_dirs, render
+    from harness.report import REPORTS, default_out, group_dirs, render, write_index
 
     groups = group_dirs(args.results_dir)
     if args.out and len(groups) > 1:
@@ -235,6 +235,8 @@ def _report(args) -> int:
     for group in groups:
         out = render(group, args.out or default_out(group), plots=not args.no_plots)
         print(f"wrote {out}")
+    # the index of every report beside them: reports/index.md (with --out: in that file's folder)
+    print(f"wrote {write_index(args.out.parent if args.out else REPORTS)}")
     return 0
 
 

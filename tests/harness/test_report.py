@@ -76,11 +76,11 @@ def test_speed_table_statuses_and_reasons(group, tmp_path):
     # cell 3: H100 against the A100 row; cell 6: the tiny preset: not comparable
     assert table["3"][-1] == "not comparable" and table["6"][-1] == "not comparable"
     assert table["4"][-1] == "oom" and table["4"][14] == "n/a (4-bit)"
-    assert "cell 3 (lora, eager, bf16) vs `a100/lora/1node/eager` (Phi-3-vision, 8xA100): not comparable: " \
+    assert "- cell 3 vs `a100/lora/1node/eager` (Phi-3-vision, 8xA100): not comparable: " \
            "GPU: NVIDIA H100 80GB HBM3 vs documented A100" in text
-    assert "cell 6 (lora, flash_attention_2, bf16) vs `a100/lora/1node/flash` (Phi-3-vision, 8xA100): not " \
+    assert "- cell 6 vs `a100/lora/1node/flash` (Phi-3-vision, 8xA100): not " \
            "comparable: model: tiny preset vs documented Phi-3-vision" in text
-    assert "cell 5 (full, flash_attention_2, bf16) vs `a100/full/2node/flash` (Phi-3-vision, 16xA100): not " \
+    assert "- cell 5 vs `a100/full/2node/flash` (Phi-3-vision, 16xA100): not " \
            "comparable: the cell did not finish (timeout)" in text
     failures = _table(text, "Cells that did not finish")
     assert [(f[0], f[2]) for f in failures] == [("4", "oom"), ("5", "timeout")]
@@ -143,8 +143,9 @@ def test_report_of_a_real_cpu_smoke_run(tmp_path):
     assert all(r[-1] == "not comparable" for r in table)
     for row in rows:
         assert f"`{row['run_id']}`" in text
+    # four cells, two reason sets (fp32 also differs in precision): two comparability lines
     assert text.count("not comparable: model: tiny preset vs documented Phi-3-vision; GPU: cpu vs documented A100; "
-                      "GPU count: 1 vs documented 8; global batch: 2 vs documented 64") == 4
+                      "GPU count: 1 vs documented 8; global batch: 2 vs documented 64") == 2
     assert json.loads(json.dumps(rows))  # rows are plain JSON
     # --keep-model: each cell kept its adapter, and the report says where
     kept = _table(text, "Kept models")
@@ -180,3 +181,145 @@ def test_data_wait_column_flags_input_bound_cells_above_five_percent(tmp_path):
     assert (table["0"][16], table["1"][16], table["2"][16]) == ("4.0%", "6.1% input-bound", "-")
     assert "Input-bound cells: cell 1 (full, 6.1% waiting, 4 loader worker(s))." in text
     assert "above 5% a cell is input-bound" in text
+
+
+def _summary(text: str) -> list[str]:
+    section = text.split("## Summary\n")[1].split("\n## ")[0]
+    return [line[2:] for line in section.splitlines() if line.startswith("- ")]
+
+
+def test_the_summary_comes_first_and_states_the_rows_numbers(group, tmp_path):
+    text = render(group, tmp_path / "r.md").read_text()
+    assert text.index("## Summary") < text.index("## Speed") and text.index("## Summary") < 600
+    lines = _summary(text)
+    assert lines[0] == "5 of 7 cell(s) finished ok (5 ok, 1 oom, 1 timeout)."
+    assert ("Fastest: cell 2 (frozen_vision, flash, bf16) at 40 images/s, 7.69x the slowest, cell 0 (full, eager, "
+            "bf16) (5.2 images/s).") in lines
+    assert "Leanest: cell 6 (lora, flash, bf16) at 10.00 GiB peak memory; the most: cell 0 (full, eager, bf16) at 40.00." in lines
+    # cells 0-2 are comparable (3 ran on H100, 4 and 5 did not finish, 6 is the tiny preset): only 0 within ±10%
+    assert ("Against the guide: 3 of 7 speed cell(s) are comparable; 1 within ±10% of their documented images/s "
+            "(cell 0), 2 outside: cell 1 -19.1%, cell 2 +26.0%.") in lines
+    # the documented frozen-vision flash row implies ~86% MFU: above the 80% threshold
+    (implausible,) = [line for line in lines if line.startswith("Implausible documented rows")]
+    assert "`a100/frozen_vision/1node/flash` 8" in implausible and "a100/full" not in implausible
+    # the sentences follow the rows: a faster cell 1 becomes the fastest and moves inside the tolerance
+    changed = copy.deepcopy(ROWS)
+    changed[1]["metrics"]["images_per_s"] = 8.6
+    changed[2]["metrics"]["images_per_s"] = 3.0
+    store = RowStore(tmp_path / "changed" / "a100_speed" / "8xA100")
+    for row in changed:
+        store.append(row)
+    lines = _summary(render(store.directory, tmp_path / "changed.md").read_text())
+    assert any(line.startswith("Fastest: cell 6 (lora, flash, bf16) at 12 images/s, 4.00x the slowest, cell 2")
+               for line in lines)
+    assert any("2 within ±10% of their documented images/s (cells 0-1), 1 outside: cell 2 -90.5%" in line
+               for line in lines)
+
+
+def _cpu_rows(n: int, diverged: int | None = None) -> list[dict]:
+    rows = []
+    for cell in range(n):
+        row = _row(cell, ["full", "frozen_vision", "lora", "qlora"][cell % 4], "sdpa", 20.0 + cell,
+                   f"a100/{['full', 'frozen_vision', 'lora', 'qlora'][cell % 4]}/1node/eager", gpu=None, world=1,
+                   model="tiny", mem_gb=0.5 + cell / 100)
+        row["matrix"] = "cpu_smoke"
+        row["spec"].update(global_batch=2, precision="fp32" if cell < n // 2 else "bf16")
+        row["metrics"]["data_wait_share"] = 0.2 + cell / 100
+        if cell == diverged:
+            row.update(status="diverged", reason="non-finite loss (nan) at optimizer step 3: the training diverged")
+            row["metrics"] = {}
+        rows.append(row)
+    return rows
+
+
+def test_a_cpu_smoke_like_run_groups_comparability_and_plots_shape_not_scale(tmp_path):
+    store = RowStore(tmp_path / "cpu_smoke" / "cpu")
+    for row in _cpu_rows(16, diverged=5):
+        store.append(row)
+    text = render(store.directory, tmp_path / "cpu.md").read_text()
+    lines = _summary(text)
+    assert lines[0] == "15 of 16 cell(s) finished ok (15 ok, 1 diverged)."
+    assert any(line.startswith("Against the guide: none of the 16 speed cell(s) is comparable") for line in lines)
+    assert "Input-bound (over 5% of the step time waiting for data): cells 0-4, 6-15, 20-35% waiting" in text
+    assert "Diverged: cell 5 (frozen_vision, sdpa, fp32): non-finite loss (nan) at optimizer step 3" in text
+    # 16 cells, two reason sets (fp32 cells also differ in precision, the diverged one did not finish)
+    section = text.split("## Comparability\n")[1].split("\n## ")[0]
+    groups = [line for line in section.splitlines() if line.startswith("- ")]
+    assert len(groups) == 3, groups
+    assert groups[0].startswith("- cells 0-4, 6-7 (cells 0, 4 vs `a100/full/1node/eager`; cell 1 vs "
+                                "`a100/frozen_vision/1node/eager`; cells 2, 6 vs `a100/lora/1node/eager`; cells 3, 7 "
+                                "vs `a100/qlora/1node/eager`): not comparable: model: tiny preset")
+    assert "precision: fp32 vs documented bf16" in groups[0]
+    assert any(g.startswith("- cells 8-15 (") and "precision" not in g for g in groups)
+    assert any(g.startswith("- cell 5 vs `a100/frozen_vision/1node/eager` (Phi-3-vision, 8xA100): not comparable: "
+                            "the cell did not finish")
+               for g in groups)
+    # not comparable: relative plots only, no absolute measured-vs-documented bars
+    assets = tmp_path / "cpu.assets"
+    assert sorted(p.name for p in assets.iterdir()) == ["relative_memory.png", "relative_throughput.png"]
+    assert "![cpu.assets/relative_throughput.png](cpu.assets/relative_throughput.png)" in text
+    assert all(p.stat().st_size < 40_000 for p in assets.iterdir())  # small files
+    again = render(store.directory, tmp_path / "again" / "cpu.md")
+    assert again.read_text().replace("again/", "") == text
+    assert (tmp_path / "again" / "cpu.assets" / "relative_memory.png").read_bytes() == \
+        (assets / "relative_memory.png").read_bytes()  # byte-reproducible
+
+
+def test_one_reason_set_is_one_comparability_line(tmp_path):
+    store = RowStore(tmp_path / "cpu_smoke" / "cpu")
+    for row in _cpu_rows(16):
+        row["spec"]["precision"] = "bf16"
+        row["spec"]["strategy"] = "lora"
+        row["spec"]["reference"] = "a100/lora/1node/eager"
+        store.append(row)
+    text = render(store.directory, tmp_path / "cpu.md").read_text()
+    section = text.split("## Comparability\n")[1].split("\n## ")[0]
+    (line,) = [line for line in section.splitlines() if line.startswith("- ")]
+    assert line.startswith("- cells 0-15 vs `a100/lora/1node/eager` (Phi-3-vision, 8xA100): not comparable: model: tiny preset vs "
+                           "documented Phi-3-vision; GPU: cpu vs documented A100; GPU count: 1 vs documented 8; "
+                           "global batch: 2 vs documented 64")
+
+
+def test_repeats_show_their_coefficient_of_variation_and_noisy_ones_are_flagged(tmp_path):
+    store = RowStore(tmp_path / "a100_speed" / "8xA100")
+    for seed, images in enumerate([5.0, 5.1, 4.9]):  # CV 2%: fine
+        row = _row(seed, "full", "eager", images, "a100/full/1node/eager", mem_gb=40.0)
+        row["spec"]["seed"], row["run_id"] = seed, f"a{seed}"
+        store.append(row)
+    for seed, images in enumerate([8.0, 10.0, 6.0]):  # CV 25%: the ±10% status means nothing
+        row = _row(3 + seed, "full", "flash_attention_2", images, "a100/full/1node/flash", mem_gb=35.0)
+        row["spec"]["seed"], row["run_id"] = seed, f"b{seed}"
+        store.append(row)
+    text = render(store.directory, tmp_path / "r.md").read_text()
+    table = _table(text, "Variability")
+    assert table[0][:6] == ["0-2", "docvqa full eager bf16", "images_per_s", "3", "5 ± 0.1", "2.0%"]
+    assert table[0][6] == ""
+    assert table[1][:6] == ["3-5", "docvqa full flash_attention_2 bf16", "images_per_s", "3", "8 ± 2", "25.0%"]
+    assert table[1][6] == "too noisy for the ±10% status"
+    assert "Too noisy for the ±10% status (coefficient of variation over 5%): cells 3-5 images_per_s CV 25.0%." \
+        in _summary(text)
+
+
+def test_the_index_lists_every_report_newest_first(tmp_path, capsys):
+    from harness.cli import main
+
+    for matrix, group, finished in (("cpu_smoke", "cpu", "2026-11-01T10:00:00+00:00"),
+                                    ("a100_speed", "8xA100", "2026-11-20T08:30:00+00:00")):
+        store = RowStore(tmp_path / "runs" / matrix / group)
+        for row in (_cpu_rows(4) if matrix == "cpu_smoke" else ROWS):
+            store.append({**row, "finished_at": finished})
+    import harness.report as report
+
+    original = report.REPORTS
+    report.REPORTS = tmp_path / "reports"
+    try:
+        assert main(["report", str(tmp_path / "runs"), "--no-plots"]) == 0
+    finally:
+        report.REPORTS = original
+    index = (tmp_path / "reports" / "index.md").read_text()
+    rows = [line for line in index.splitlines() if line.startswith("| [")]
+    assert rows == [
+        "| [a100_speed/8xA100.md](a100_speed/8xA100.md) | 2026-11-20 08:30 | a100_speed | 8xA100 | 8x NVIDIA "
+        "A100-SXM4-80GB | 5 ok, 1 oom, 1 timeout |",
+        "| [cpu_smoke/cpu.md](cpu_smoke/cpu.md) | 2026-11-01 10:00 | cpu_smoke | cpu | 1x cpu | 4 ok |",
+    ]
