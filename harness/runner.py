@@ -349,6 +349,8 @@ class Runner:
                                "again once it has finished")
         else:
             path.write_text(script)
+            # a resubmitted cell (--force, --retry-failed): the earlier job's result must not be collected as this one's
+            (cell_dir / "result.json").unlink(missing_ok=True)
             out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
             if out.returncode:
                 raise RuntimeError(f"sbatch failed for {path}: {out.stderr.strip()}")

@@ -219,6 +219,12 @@ def test_slurm_submission_and_collection_of_finished_and_failed_jobs(tmp_path):
     assert by_seed[1]["status"] == "timeout" and "SLURM job 1001 reached its time limit" in by_seed[1]["reason"]
     assert by_seed[3]["status"] == "error" and "no NVIDIA GPU" in by_seed[3]["reason"]
     assert "submitted earlier as job 1002" in second.stdout and second.stdout.count("submitted ") == 1
+    # --retry-failed resubmits the two failed cells (new jobs), leaves the running job alone, and the earlier
+    # failure's result.json is not collected as the new job's result
+    retry = harness("run", str(path), "--results", str(results), "--launcher", "slurm", "--retry-failed", env=env)
+    assert retry.stdout.count("job.sbatch as job ") == 2 and "submitted earlier as job 1002" in retry.stdout, retry.stdout
+    assert [(cells[s] / "slurm_job_id").read_text().strip() for s in (1, 2, 3)] == ["1004", "1002", "1005"]
+    assert not (cells[3] / "result.json").exists() and len(rows(results, group="8xA100")) == 2
 
 
 def test_hardware_mismatch_is_refused_unless_allowed(tmp_path):
