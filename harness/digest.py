@@ -180,9 +180,24 @@ def _against_the_guide(comparisons: list[Comparison]) -> str:
     return text + "."
 
 
+def _accuracy_against_the_guide(results) -> str:
+    if not results:
+        return ""
+    judged = [r for r in results if r.verdict in ("within tolerance", "better", "worse")]
+    if not judged:
+        return (f"Accuracy against the guide: none of the {len(results)} result(s) is comparable with a documented "
+                "row (see Comparability), so no ±10% verdict is given.")
+    parts = [f"{_cells_word(r.cells)} {r.metric} {r.after:.2f} vs {r.documented:.2f} documented ({r.verdict})"
+             for r in judged]
+    inside = sum(r.verdict == "within tolerance" for r in judged)
+    return (f"Accuracy against the guide: {len(judged)} of {len(results)} result(s) comparable, {inside} within "
+            f"±{TOLERANCE:.0%}: " + "; ".join(parts) + ".")
+
+
 def summary(rows: list[dict], comparisons: list[Comparison], doc_mfu: dict[str, float],
-            repeats: list[RepeatStats]) -> list[str]:
-    """The report's opening sentences. `doc_mfu`: implied MFU of each documented row the run refers to."""
+            repeats: list[RepeatStats], accuracy=()) -> list[str]:
+    """The report's opening sentences. `doc_mfu`: implied MFU of each documented row the run refers to;
+    `accuracy`: the accuracy lines (report.AccuracyResult), x100 like the guide."""
     counts = Counter(r["status"] for r in rows)
     ok = counts.get("ok", 0)
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: (kv[0] != "ok", kv[0])))
@@ -190,8 +205,9 @@ def summary(rows: list[dict], comparisons: list[Comparison], doc_mfu: dict[str, 
         f" ({parts})." if ok != len(rows) else ".")]
     speed_rows = [r for r in rows if r["spec"].get("mode") == "throughput"]
     lines += _fastest_and_leanest(speed_rows)
-    if guide := _against_the_guide(comparisons):
-        lines.append(guide)
+    for sentence in (_against_the_guide(comparisons), _accuracy_against_the_guide(list(accuracy))):
+        if sentence:
+            lines.append(sentence)
     bound = [r for r in speed_rows if r["status"] == "ok" and (r["metrics"].get("data_wait_share") or 0) > INPUT_BOUND_SHARE]
     if bound:
         shares = [r["metrics"]["data_wait_share"] * 100 for r in bound]

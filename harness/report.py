@@ -129,7 +129,18 @@ def _spread(values: list[float]) -> str:
     return f"{statistics.mean(values) * 100:.2f} ± {statistics.stdev(values) * 100:.2f} (n={len(values)})"
 
 
-def accuracy_table(rows: list[dict], refs: dict[str, RefRow]) -> tuple[list[list[str]], list[Comparison]]:
+@dataclass(frozen=True)
+class AccuracyResult:
+    """One accuracy line (a cell and its repeats) as the summary needs it: x100 like the guide."""
+    cells: list[int]
+    metric: str
+    after: float | None
+    documented: float | None
+    verdict: str
+
+
+def accuracy_table(rows: list[dict], refs: dict[str, RefRow],
+                   results: list[AccuracyResult] | None = None) -> tuple[list[list[str]], list[Comparison]]:
     out, comparisons = [], []
     for group in repeat_groups(rows):
         row = group[0]
@@ -150,6 +161,10 @@ def accuracy_table(rows: list[dict], refs: dict[str, RefRow]) -> tuple[list[list
         if "auroc" in m:
             extra.append(f"AUROC {m['auroc']:.3f}")
         cells = ", ".join(str(r.get("cell", "")) for r in group)
+        if results is not None:
+            results.append(AccuracyResult([r.get("cell", 0) for r in group], metric,
+                                           after * 100 if after is not None else None, doc.value if doc else None,
+                                           verdict))
         out.append([
             cells, s["task"], s["strategy"], s["precision"], f"{s['lr']:g}", f"{s['epochs']:g}",
             metric, _spread(befores) if befores else "-", _spread(afters) if afters else "-",
@@ -183,7 +198,8 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     speed_rows = [r for r in rows if r["spec"].get("mode") == "throughput"]
     accuracy_rows = [r for r in rows if r["spec"].get("mode") == "accuracy"]
     lines, baseline = speed_lines(speed_rows, refs)
-    acc_table, acc_comparisons = accuracy_table(accuracy_rows, refs)
+    acc_results: list[AccuracyResult] = []
+    acc_table, acc_comparisons = accuracy_table(accuracy_rows, refs, acc_results)
     comparisons = [line.comparison for line in lines] + acc_comparisons
     repeats = variability(repeat_groups(rows))
     doc_mfu = {line.ref.key: line.doc_mfu for line in lines if line.ref is not None and line.doc_mfu is not None}
@@ -204,7 +220,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         environment=environment(rows), rows=rows, images=[f"{assets}/{name}" for name in images],
         measured_gpu=measured_gpu, model_family=model_family,
         kept=[r for r in rows if (r.get("artifacts") or {}).get("model")],
-        summary=summary(rows, comparisons, doc_mfu, repeats), comparability=grouped_comparability(comparisons),
+        summary=summary(rows, comparisons, doc_mfu, repeats, acc_results), comparability=grouped_comparability(comparisons),
         variability=repeats, noisy_cv=NOISY_CV, cell_ranges=cell_ranges,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -123,6 +123,8 @@ def test_accuracy_rows(tmp_path):
     assert table["1"][11] == "not comparable"
     assert "random weights: accuracy needs the pretrained checkpoint" in text
     assert "synthetic twin data vs the real dataset" in text
+    assert ("Accuracy against the guide: 1 of 2 result(s) comparable, 1 within ±10%: cell 0 anls 83.00 vs 82.46 "
+            "documented (within tolerance).") in _summary(text)
 
 
 def test_report_of_a_real_cpu_smoke_run(tmp_path):
