@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from .compare_ref import TOLERANCE, Comparison, diff_percent
-from .measures import INPUT_BOUND_SHARE, peak_memory_gb
+from .measures import INPUT_BOUND_SHARE, input_bound, peak_memory_gb
 
 # A documented row is flagged when the utilisation it implies (its images/s x the analytic FLOPs per image over
 # the GPUs' dense peak) is above 80%: dense matrix multiplications alone, the best case of any kernel, run at
@@ -208,7 +208,7 @@ def summary(rows: list[dict], comparisons: list[Comparison], doc_mfu: dict[str, 
     for sentence in (_against_the_guide(comparisons), _accuracy_against_the_guide(list(accuracy))):
         if sentence:
             lines.append(sentence)
-    bound = [r for r in speed_rows if r["status"] == "ok" and (r["metrics"].get("data_wait_share") or 0) > INPUT_BOUND_SHARE]
+    bound = [r for r in speed_rows if r["status"] == "ok" and input_bound(r["metrics"])]
     if bound:
         shares = [r["metrics"]["data_wait_share"] * 100 for r in bound]
         lines.append(f"Input-bound (over {INPUT_BOUND_SHARE:.0%} of the step time waiting for data): "

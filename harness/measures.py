@@ -15,4 +15,4 @@ def peak_memory_gb(metrics: dict) -> float | None:
 
 
 def input_bound(metrics: dict) -> bool:
-    return metrics.get("data_wait_share", 0.0) > INPUT_BOUND_SHARE
+    return (metrics.get("data_wait_share") or 0.0) > INPUT_BOUND_SHARE  # None: not measured (strict JSON null)
