@@ -22,7 +22,24 @@ import os
 import sys
 from pathlib import Path
 
-from training_core.data.records import DataError
+# Nothing else at module level: each command imports what it needs when it runs, so `--help` and the light commands
+# never load torch or transformers (tests/test_cli_imports.py holds this).
+
+# The user-error types a command may raise (module, class): `error: ...` and exit 2 instead of a traceback.
+USER_ERRORS = (("training_core.data.records", "DataError"), ("harness.matrix", "GridError"),
+               ("harness.report", "ReportError"), ("harness.store", "StoreError"), ("training_core.spec", "SpecError"))
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The user-error types among the loaded modules: an exception of one of them can only come from a module that
+    is loaded, so none needs importing here."""
+    return tuple(getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules)
+
+
+def _data_error(problems: list[str]) -> Exception:
+    from training_core.data.records import DataError
+
+    return DataError(problems)
 
 
 def _add_data(sub) -> None:
@@ -73,7 +90,7 @@ def _convert(args) -> int:
 
     if args.task == "ucf101":
         if args.src is None:
-            raise DataError(["convert ucf101 needs --src (the UCF101_subset directory or UCF101_subset.tar.gz)"])
+            raise _data_error(["convert ucf101 needs --src (the UCF101_subset directory or UCF101_subset.tar.gz)"])
         counts = convert_ucf101(args.src, args.out, overwrite=args.overwrite)
     else:
         counts = convert_hf(args.task, args.out, data_dir=args.data_dir, limit=args.limit,
@@ -129,7 +146,8 @@ def _positive(kind):
 
 
 def _add_grid_commands(sub) -> None:
-    from harness.matrix import MAX_CELLS
+    from harness.limits import MAX_CELLS
+
     plan = sub.add_parser("plan", help="expand a grid and print its cells and launch commands")
     plan.add_argument("matrix", help="a grid file (matrices/NAME.yaml) or a shipped grid's NAME")
     plan.add_argument("--json", action="store_true", help="print the runnable cells as a JSON list of RunSpecs")
@@ -222,8 +240,8 @@ def _check_writable(directory: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise DataError([f"--results {directory}: cannot write there ({exc.strerror or exc}); choose a writable "
-                         "directory"]) from None
+        raise _data_error([f"--results {directory}: cannot write there ({exc.strerror or exc}); choose a writable "
+                            "directory"]) from None
 
 
 def _report(args) -> int:
@@ -231,7 +249,7 @@ def _report(args) -> int:
 
     groups = group_dirs(args.results_dir)
     if args.out and len(groups) > 1:
-        raise DataError([f"--out names one file but {args.results_dir} holds {len(groups)} groups; drop --out"])
+        raise _data_error([f"--out names one file but {args.results_dir} holds {len(groups)} groups; drop --out"])
     for group in groups:
         out = render(group, args.out or default_out(group), plots=not args.no_plots)
         print(f"wrote {out}")
@@ -286,15 +304,15 @@ def _baseline(args) -> int:
     try:
         rows = load_passes(args.group)
     except CompareError as exc:
-        raise DataError([str(exc)]) from None
+        raise _data_error([str(exc)]) from None
     bad = [r["run_id"] for r in rows if r["status"] != "ok"]
     if bad:
-        raise DataError([f"{', '.join(map(str, args.group))}: cells {bad} did not finish ok; a baseline must be a "
-                         "clean run"])
+        raise _data_error([f"{', '.join(map(str, args.group))}: cells {bad} did not finish ok; a baseline must be a "
+                            "clean run"])
     keys = {baseline_key([row]) for row in rows}
     if len(keys) > 1:
-        raise DataError([f"{', '.join(map(str, args.group))}: the groups are runs of different grids, models or "
-                         f"hardware ({', '.join(sorted(keys))}); store one baseline at a time"])
+        raise _data_error([f"{', '.join(map(str, args.group))}: the groups are runs of different grids, models or "
+                            f"hardware ({', '.join(sorted(keys))}); store one baseline at a time"])
     target = args.root / baseline_key(rows)
     target.mkdir(parents=True, exist_ok=True)
     (target / "rows.jsonl").write_text("".join(dumps(row) + "\n" for row in rows))
@@ -318,7 +336,7 @@ def _filters(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise DataError([f"--filter {item!r}: expected KEY=VALUE, e.g. --filter strategy=lora"])
+            raise _data_error([f"--filter {item!r}: expected KEY=VALUE, e.g. --filter strategy=lora"])
         out[key] = value
     return out
 
@@ -446,15 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.matrix import GridError
-    from harness.report import ReportError
-    from harness.store import StoreError
-    from training_core.spec import SpecError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DataError, GridError, ReportError, SpecError, StoreError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training_core.model import build_config
-from training_core.trackers.flops import peak_flops, trainable_for, training_flops
+from training_core.model.presets import preset_dict
+from training_core.trackers.flops import model_shape, peak_flops, trainable_for, training_flops
 
 from .reference import RefRow
 
@@ -130,6 +130,6 @@ def documented_mfu(ref: RefRow) -> float | None:
     if strategy == "qlora" or peak is None or images_per_s is None:
         return None
     preset = "phi-3.5-vision" if ref.model == "Phi-3.5-vision" else "phi-3-vision-128k"
-    flops = training_flops(build_config(preset), [round(DOC_SEQUENCE)], DOC_CROPS, DOC_IMAGE_TOKENS,
+    flops = training_flops(model_shape(preset_dict(preset)), [round(DOC_SEQUENCE)], DOC_CROPS, DOC_IMAGE_TOKENS,
                            trainable_for(strategy, strategy == "frozen_vision"))
     return flops * images_per_s.value / (ref.gpus * peak)

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from training_core.spec import RunSpec, SpecError
 
 from .hardware import AUTO, Machine, detect
+from .limits import MAX_CELLS
 
 # GPU generations by the grid's `gpu` name: (compute capability, has bf16, has flash attention)
 GPU_GENERATIONS: dict[str, tuple[tuple[int, int], bool, bool]] = {
@@ -52,9 +53,6 @@ GPU_GENERATIONS: dict[str, tuple[tuple[int, int], bool, bool]] = {
     "H100": ((9, 0), True, True),
     "H200": ((9, 0), True, True),
 }
-
-
-MAX_CELLS = 10_000  # a grid that expands to more is refused before it is expanded (--max-cells raises it)
 
 
 class GridError(ValueError):

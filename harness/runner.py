@@ -8,9 +8,12 @@ import contextlib
 import ctypes
 import json
 import os
+import platform
 import resource
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +21,6 @@ from pathlib import Path
 
 from rich.console import Console
 
-from training_core.env import capture
 from training_core.result import Outcome, build_row
 from training_core.spec import RunSpec
 
@@ -87,6 +89,27 @@ def check_selection(grid: Grid, filters: dict[str, str], to_run: bool = True) ->
                         + "; ".join(f"{k}: {', '.join(v)}" for k, v in seen.items()))
 
 
+def cell_env() -> dict[str, str]:
+    """The environment a cell process starts with: this checkout first on PYTHONPATH."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def capture_env(world_size: int) -> dict:
+    """The environment rows record (`training_core.env.capture`), taken in a child process like a cell's, so the
+    runner never imports torch. If that process fails, the row still gets what is known without torch, and why the
+    rest is missing."""
+    cmd = [sys.executable, "-m", "training_core.env", "--world-size", str(world_size)]
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, env=cell_env(), capture_output=True, text=True, timeout=300, check=False)
+        if out.returncode == 0:
+            return json.loads(out.stdout)
+        problem = f"exit {out.returncode}: {(out.stderr.strip().splitlines() or [''])[-1]}"
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    return {"world_size": world_size, "hostname": socket.gethostname(), "python": platform.python_version(),
+            "capture_error": f"{shell(cmd)} failed ({problem})"}
+
+
 def _child_setup(memory_gb: float | None) -> Callable[[], None]:
     def setup() -> None:
         if memory_gb:
@@ -110,6 +133,13 @@ class Runner:
         self.interrupted_by = signal.SIGINT
         self.kept_failures: list[tuple[Cell, str]] = []  # failed in an earlier run, not rerun now
         self.retried: set[str] = set()  # run_ids of failed cells rerun now (--retry-failed): their old results go
+        self._env: dict | None = None  # captured once per run (a child process), see env()
+
+    def env(self, world_size: int) -> dict:
+        """The environment of this run for a row of `world_size` ranks (rows the runner writes itself)."""
+        if self._env is None:
+            self._env = capture_env(self.options.nodes.nnodes)
+        return {**self._env, "world_size": world_size}
 
     # ---------------------------------------------------------------- selection
     def cells(self) -> tuple[list[Cell], list[tuple[Cell, str]]]:
@@ -149,7 +179,7 @@ class Runner:
         for cell, why in skipped:
             self.console.print(f"[dim]skip cell {cell.index}: {why}[/dim]")
         if self.main_node and not self.options.dry_run:
-            self.store.write_env(capture(self.options.nodes.nnodes))
+            self.store.write_env(self.env(self.options.nodes.nnodes))
         previous = {sig: signal.signal(sig, self._on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         rows, started = [], time.monotonic()
         try:
@@ -245,7 +275,7 @@ class Runner:
         log_path = cell_dir / self._log_name()
         cmd = torchrun_command(cell.spec, spec_path, cell_dir, self.options.nodes, keep_model=self.options.keep_model)
         timeout = self.options.timeout_s or cell.limits.timeout_s
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        env = cell_env()
         if cell.spec.cpu_threads is not None:  # also for libraries that size their pools at import
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cell.spec.cpu_threads)
         started = time.time()
@@ -313,7 +343,7 @@ class Runner:
     def _failure_row(self, cell: Cell, status: tuple[str, str], log_path: Path, started: float) -> dict:
         outcome = Outcome(status=status[0], reason=status[1])
         row = build_row(run_id=cell.spec.run_id, spec=cell.spec.model_dump(mode="json"), outcome=outcome,
-                        env=capture(cell.spec.world_size), process_start=started)
+                        env=self.env(cell.spec.world_size), process_start=started)
         return self._finish_row(cell, row, log_path)
 
     def _finish_row(self, cell: Cell, row: dict, log_path: Path) -> dict:

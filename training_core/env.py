@@ -74,3 +74,19 @@ def _backend() -> str | None:
     import torch.distributed as dist
 
     return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training_core.env --world-size N`: the environment as JSON on stdout. The runner asks for it this
+    way, in a process of its own, so the runner itself never imports torch."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m training_core.env", description=main.__doc__)
+    parser.add_argument("--world-size", type=int, default=1)
+    print(json.dumps(capture(parser.parse_args(argv).world_size), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -36,9 +36,10 @@ from .strategies import get_strategy
 from .strategies.base import build_base, count_parameters, model_config
 from .strategies.lora import qlora_quantization
 from .tasks import get_task
-from .trackers import EnergyTracker, MemoryTracker, ThroughputTracker
-from .trackers.flops import mfu, peak_flops, trainable_for, training_flops
-from .trackers.memory import model_state_bytes
+from .trackers.energy import EnergyTracker
+from .trackers.flops import mfu, model_shape, peak_flops, trainable_for, training_flops
+from .trackers.memory import MemoryTracker, model_state_bytes
+from .trackers.throughput import ThroughputTracker
 
 
 class StopRequested(Exception):
@@ -84,6 +85,7 @@ class Cell:
         spec, device = self.spec, self.device
         seed_everything(spec.seed)
         self.config = model_config(spec)
+        self.shape = model_shape(self.config.to_dict())  # the FLOPs model's sizes
         self.processor = inputs.build_processor(spec, self.config)
         self.train_records, self.eval_records = inputs.records(spec, self.out)
         quantization = qlora_quantization(spec, self.config) if self.strategy.quantized else None
@@ -137,7 +139,7 @@ class Cell:
         for b in micro:
             crops = b["pixel_values"].shape[0] * b["pixel_values"].shape[1] if "pixel_values" in b else 0
             image_tokens = int((b["input_ids"] < 0).sum())
-            flops += training_flops(self.config, b["lengths"], crops, image_tokens, trainable)
+            flops += training_flops(self.shape, b["lengths"], crops, image_tokens, trainable)
         return images, tokens, samples, flops
 
     def train(self) -> None:

@@ -5,16 +5,8 @@ import pytest
 import torch
 
 from training_core.devices import Device
-from training_core.model import build_config
-from training_core.trackers import MemoryTracker, ThroughputTracker
-from training_core.trackers.flops import (
-    decoder_forward_flops,
-    mfu,
-    peak_flops,
-    trainable_for,
-    training_flops,
-    vision_forward_flops,
-)
+from training_core.trackers.memory import MemoryTracker
+from training_core.trackers.throughput import ThroughputTracker
 
 CPU = Device("cpu", 0, "cpu", None, None)
 
@@ -76,42 +68,6 @@ def test_memory_tracker_sees_a_known_allocation_and_leaves_cuda_keys_absent():
     assert peak - baseline >= 280 * 2**20
     keys = set(memory.metrics())
     assert keys == {"peak_rss_bytes"}  # no CUDA or NVML on a CPU: absent, not zero
-
-
-def test_flops_of_the_full_model_by_hand():
-    cfg = build_config("phi-3.5-vision")
-    weights, attention = decoder_forward_flops(cfg, 1000)
-    per_layer = 9216 * 3072 + 3072 * 3072 + 3072 * 16384 + 8192 * 3072
-    assert weights == 2 * 1000 * (32 * per_layer + 3072 * 32064)
-    assert attention == 32 * 4 * 1000 * 1000 * 3072
-    v_weights, v_attention, projector = vision_forward_flops(cfg, crops=17, image_tokens=2509)
-    assert v_weights == 17 * (2 * 576 * 3 * 14 * 14 * 1024 + 23 * 2 * 577 * (4 * 1024**2 + 2 * 1024 * 4096))
-    assert v_attention == 17 * 23 * 4 * 577 * 577 * 1024
-    assert projector == 2509 * 2 * (4096 * 3072 + 3072 * 3072)
-
-
-def test_training_flops_by_strategy():
-    cfg = build_config("phi-3.5-vision")
-    w, a = decoder_forward_flops(cfg, 2000)
-    vw, va, p = vision_forward_flops(cfg, 17, 1921)
-    full = training_flops(cfg, [2000], 17, 1921, trainable_for("full", False))
-    frozen = training_flops(cfg, [2000], 17, 1921, trainable_for("frozen_vision", True))
-    lora = training_flops(cfg, [2000], 17, 1921, trainable_for("lora", False))
-    assert full == pytest.approx(3 * (w + a) + 3 * (vw + va + p))
-    assert frozen == pytest.approx(3 * (w + a) + (vw + va + p))
-    assert lora == pytest.approx(2 * w + 3 * a + 2 * (vw + p) + 3 * va)
-    assert full > frozen and full > lora
-
-
-def test_peak_flops_table_and_mfu():
-    assert peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
-    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989.4e12
-    assert peak_flops("NVIDIA H100 PCIe", "fp16") == 756.5e12
-    assert peak_flops("Tesla V100-SXM2-32GB", "bf16") is None  # no bf16 on Volta
-    assert peak_flops("Tesla V100-SXM2-32GB", "fp16") == 125e12
-    assert peak_flops("AMD EPYC", "bf16") is None
-    assert mfu(312e12 * 8, 2.0, 8, 312e12) == pytest.approx(0.5)
-    assert mfu(1e12, 1.0, 1, None) is None
 
 
 def test_linear_schedule_is_transformers_formula():

@@ -26,8 +26,8 @@ from harness.store import RowStore
 from tests.core.cells import run_cell
 from training_core.devices import current_device
 from training_core.model import build_config, build_model
-from training_core.trackers import MemoryTracker
 from training_core.trackers.flops import peak_flops
+from training_core.trackers.memory import MemoryTracker
 
 pytestmark = pytest.mark.gpu
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
-from training_core.model.image_processing import hd_geometry
-from training_core.model.processing import IMAGE_TAG, parse_image_tags
+from training_core.model.geometry import hd_geometry
+from training_core.model.image_tags import IMAGE_TAG, parse_image_tags
 
 from .records import DataError, Record, Turn
 

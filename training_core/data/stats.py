@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from training_core.model.image_processing import num_image_tokens
-from training_core.model.processing import IMAGE_TAG
+from training_core.model.geometry import num_image_tokens
+from training_core.model.image_tags import IMAGE_TAG
 from training_core.tasks.spec import TaskSpec
 
 from .encode import answer_text

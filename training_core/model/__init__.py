@@ -3,46 +3,49 @@
 Contract names used by the rest of the project: `PRESETS`, `build_config(preset, **overrides)`,
 `build_model(config, *, weights=None, device="cpu", dtype=None, attn_implementation="sdpa")`,
 `num_image_tokens(width, height, num_crops)`.
+
+Names are loaded on first use (PEP 562), so importing one light module of this package (`presets`, `geometry`,
+`image_tags`, `tiny_vocab`) never brings in torch or transformers: the CLI's `plan`, `report` and data checks rely
+on that. The model classes register themselves with transformers' Auto classes when `modeling` is imported.
 """
 
-from .build import ATTENTION_IMPLEMENTATIONS, build_config, build_model, build_processor, save_tiny_model_dir
-from .config import Phi3VConfig
-from .image_processing import Phi3VImageProcessor, hd_geometry, hd_transform, num_image_tokens
-from .modeling import Phi3VForCausalLM, Phi3VModel
-from .presets import PRESETS, UNCONFIRMED
-from .processing import Phi3VProcessor, parse_image_tags
-from .tokenizer import build_tiny_tokenizer
+from __future__ import annotations
+
+import importlib
+
+# name -> the submodule that defines it
+_EXPORTS = {
+    "ATTENTION_IMPLEMENTATIONS": "build",
+    "build_config": "build",
+    "build_model": "build",
+    "build_processor": "build",
+    "save_tiny_model_dir": "build",
+    "Phi3VConfig": "config",
+    "hd_geometry": "geometry",
+    "num_image_tokens": "geometry",
+    "Phi3VImageProcessor": "image_processing",
+    "hd_transform": "image_processing",
+    "parse_image_tags": "image_tags",
+    "Phi3VForCausalLM": "modeling",
+    "Phi3VModel": "modeling",
+    "PRESETS": "presets",
+    "UNCONFIRMED": "presets",
+    "Phi3VProcessor": "processing",
+    "build_tiny_tokenizer": "tokenizer",
+}
+
+__all__ = sorted(_EXPORTS)
 
 
-def _register_auto_classes() -> None:
-    """Let transformers' Auto classes resolve model_type "phi3_v" to this native implementation, never remote code."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        AutoConfig.register("phi3_v", Phi3VConfig)
-        AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM)
-    except ValueError:  # already registered (module reloaded)
-        pass
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
-_register_auto_classes()
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
-__all__ = [
-    "ATTENTION_IMPLEMENTATIONS",
-    "PRESETS",
-    "UNCONFIRMED",
-    "Phi3VConfig",
-    "Phi3VForCausalLM",
-    "Phi3VImageProcessor",
-    "Phi3VModel",
-    "Phi3VProcessor",
-    "build_config",
-    "build_model",
-    "build_processor",
-    "build_tiny_tokenizer",
-    "hd_geometry",
-    "hd_transform",
-    "num_image_tokens",
-    "parse_image_tags",
-    "save_tiny_model_dir",
-]

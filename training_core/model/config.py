@@ -21,25 +21,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPVisionConfig
 from transformers.models.phi3.configuration_phi3 import Phi3Config
 
-CLIP_L14_336_NAME = "openai/clip-vit-large-patch14-336"
-
-# The CLIP architecture the official remote code builds in code for `openai/clip-vit-large-patch14-336`
-# (fact sheet 2.5). Weights come from the Phi checkpoint, never from OpenAI's.
-CLIP_VIT_L14_336: dict[str, Any] = {
-    "hidden_size": 1024,
-    "image_size": 336,
-    "patch_size": 14,
-    "intermediate_size": 4096,
-    "num_attention_heads": 16,
-    "num_hidden_layers": 24,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-    "attention_dropout": 0.0,
-    "initializer_factor": 1.0,
-    "initializer_range": 0.02,
-    "projection_dim": 768,
-    "num_channels": 3,
-}
+from .presets import CLIP_L14_336_NAME, CLIP_VIT_L14_336
 
 DEFAULT_IMG_PROCESSOR: dict[str, Any] = {
     "name": "clip_vision_model",

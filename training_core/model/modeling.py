@@ -164,3 +164,18 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
             cache = None
             kwargs["next_sequence_length"] = None
         return super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)
+
+
+def _register_auto_classes() -> None:
+    """Let transformers' Auto classes resolve model_type "phi3_v" to this native implementation, never remote code.
+    Done where the classes are defined, so whatever holds the model class has the registration too."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        AutoConfig.register("phi3_v", Phi3VConfig)
+        AutoModelForCausalLM.register(Phi3VConfig, Phi3VForCausalLM)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+_register_auto_classes()

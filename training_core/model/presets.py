@@ -15,7 +15,27 @@ import copy
 from typing import Any
 
 from .rope_factors import PHI3_VISION_128K_LONG, PHI3_VISION_128K_SHORT, PHI35_VISION_LONG, PHI35_VISION_SHORT
-from .tokenizer import TINY_SPECIAL_IDS, TINY_VOCAB_SIZE
+from .tiny_vocab import TINY_SPECIAL_IDS, TINY_VOCAB_SIZE
+
+CLIP_L14_336_NAME = "openai/clip-vit-large-patch14-336"
+
+# The CLIP architecture the official remote code builds in code for `openai/clip-vit-large-patch14-336`
+# (fact sheet 2.5). Weights come from the Phi checkpoint, never from OpenAI's.
+CLIP_VIT_L14_336: dict[str, Any] = {
+    "hidden_size": 1024,
+    "image_size": 336,
+    "patch_size": 14,
+    "intermediate_size": 4096,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 24,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+    "attention_dropout": 0.0,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "projection_dim": 768,
+    "num_channels": 3,
+}
 
 _PHI3_V_COMMON: dict[str, Any] = {
     "architectures": ["Phi3VForCausalLM"],

@@ -10,7 +10,6 @@ image features in order.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -18,24 +17,9 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from .image_processing import CLIP_MEAN, CLIP_STD, Phi3VImageProcessor
+from .image_tags import IMAGE_TAG, parse_image_tags
 
-IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 PREPROCESSOR_FILE = "preprocessor_config.json"
-
-
-def parse_image_tags(text: str, num_images: int) -> list[int]:
-    """The tag numbers in order; raises ValueError naming the problem when they do not match the images."""
-    found = [int(n) for n in IMAGE_TAG.findall(text)]
-    if len(found) != len(set(found)):
-        dup = sorted({n for n in found if found.count(n) > 1})
-        raise ValueError(f"image tag(s) {[f'<|image_{n}|>' for n in dup]} appear more than once; use each tag once")
-    if found != sorted(found):
-        raise ValueError(f"image tags appear out of order {found}; write <|image_1|> before <|image_2|> and so on")
-    if found != list(range(1, len(found) + 1)):
-        raise ValueError(f"image tags must be numbered 1..n without gaps, got {found}")
-    if len(found) != num_images:
-        raise ValueError(f"the prompt has {len(found)} image tag(s) but {num_images} image(s) were given")
-    return found
 
 
 class Phi3VProcessor:

@@ -13,6 +13,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from .tiny_vocab import CHAT_SPECIALS, HEAD, TINY_SPECIAL_IDS
+
 # The Phi-3 chat template (fact sheet 2.2): no BOS in the template, the tokenizer adds it.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -22,21 +24,14 @@ CHAT_TEMPLATE = (
 )
 
 _BYTE_CHARS = [bytes_to_unicode()[b] for b in range(256)]
-_HEAD = ["<unk>", "<s>", "</s>"]
-_CHAT_SPECIALS = ["<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>", "<|system|>"]
-
-TINY_SPECIAL_IDS = {tok: i for i, tok in enumerate(_HEAD)}
-TINY_SPECIAL_IDS.update({tok: len(_HEAD) + 256 + i for i, tok in enumerate(_CHAT_SPECIALS)})
-# Embedding rows: the tokens above, padded to a multiple of 16 like the real model's 32064.
-TINY_VOCAB_SIZE = 272
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {tok: i for i, tok in enumerate(_HEAD + _BYTE_CHARS)}
+    vocab = {tok: i for i, tok in enumerate(HEAD + _BYTE_CHARS)}
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     core.decoder = decoders.ByteLevel()
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _HEAD + _CHAT_SPECIALS])
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in HEAD + CHAT_SPECIALS])
     core.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", TINY_SPECIAL_IDS["<s>"])]
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from training_core.data.records import ImageRef, Record, Turn
-from training_core.model.processing import IMAGE_TAG
+from training_core.model.image_tags import IMAGE_TAG
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Analytic training FLOPs of Phi-3(.5)-vision and model FLOPs utilisation (MFU). Pure functions: the report
-imports them too (to put an implied MFU beside documented numbers).
+imports them too (to put an implied MFU beside documented numbers), and reads the model's sizes as plain numbers
+(`ModelShape`), so importing this module needs neither torch nor transformers.
 
 Counted per example, from the config and the real token and crop counts:
 - decoder: 2 x (qkv + o + gate_up + down) weights x tokens per layer, plus the LM head (2 x d x V per token);
@@ -15,7 +16,11 @@ recomputation (gradient checkpointing) is not counted: this is *model* FLOPs uti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from training_core.model.presets import CLIP_L14_336_NAME, CLIP_VIT_L14_336
 
 # Dense (no structured sparsity) peak FLOP/s per GPU from NVIDIA's data sheets, by precision of the matmuls.
 # fp32 means true fp32 (PyTorch's default: TF32 off for matmuls).
@@ -49,6 +54,50 @@ def peak_flops(gpu_name: str, precision: str) -> float | None:
 
 
 @dataclass(frozen=True)
+class VisionShape:
+    hidden_size: int
+    intermediate_size: int
+    patch_size: int
+    image_size: int
+    num_hidden_layers: int
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes the FLOPs model reads: plain numbers, from a preset or a checkpoint's config (`model_shape`)."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    vocab_size: int
+    layer_idx: int  # the CLIP layer whose features the projector reads (-2: the penultimate)
+    vision: VisionShape
+
+
+def model_shape(values: Mapping[str, Any]) -> ModelShape:
+    """From a config's values: a preset (`presets.preset_dict`) or a loaded config (`Phi3VConfig.to_dict()`), read
+    as `Phi3VConfig` reads them (the CLIP tower named by `img_processor`, or its explicit `vision_config`)."""
+    img = values.get("img_processor") or {}
+    vision = img.get("vision_config")
+    if vision is None:
+        if img.get("model_name", CLIP_L14_336_NAME) != CLIP_L14_336_NAME:
+            raise ValueError(f"img_processor.model_name={img.get('model_name')!r}: only {CLIP_L14_336_NAME!r} is "
+                             "known by name; describe any other tower with an explicit img_processor.vision_config")
+        vision = CLIP_VIT_L14_336
+    heads = int(values["num_attention_heads"])
+    return ModelShape(
+        hidden_size=int(values["hidden_size"]), num_hidden_layers=int(values["num_hidden_layers"]),
+        num_attention_heads=heads, num_key_value_heads=int(values.get("num_key_value_heads") or heads),
+        intermediate_size=int(values["intermediate_size"]), vocab_size=int(values["vocab_size"]),
+        layer_idx=int(img.get("layer_idx", -2)),
+        vision=VisionShape(**{k: int(vision[k]) for k in ("hidden_size", "intermediate_size", "patch_size",
+                                                          "image_size", "num_hidden_layers")}),
+    )
+
+
+@dataclass(frozen=True)
 class Trainable:
     """Which parts need which backward work (see module doc)."""
 
@@ -72,7 +121,7 @@ def _mult(weights: bool, grads: bool) -> int:
     return 3 if weights else 2 if grads else 1
 
 
-def decoder_forward_flops(cfg, seq_len: int) -> tuple[float, float]:
+def decoder_forward_flops(cfg: ModelShape, seq_len: int) -> tuple[float, float]:
     """(weight-matmul FLOPs, attention-core FLOPs) of one sequence through the decoder and the LM head."""
     d, layers = cfg.hidden_size, cfg.num_hidden_layers
     head_dim = d // cfg.num_attention_heads
@@ -83,9 +132,9 @@ def decoder_forward_flops(cfg, seq_len: int) -> tuple[float, float]:
     return float(weights), float(attention)
 
 
-def vision_forward_flops(cfg, crops: int, image_tokens: int) -> tuple[float, float, float]:
+def vision_forward_flops(cfg: ModelShape, crops: int, image_tokens: int) -> tuple[float, float, float]:
     """(CLIP weight-matmul FLOPs, CLIP attention FLOPs, projector FLOPs) for `crops` crop slots."""
-    v = cfg.vision_config()
+    v = cfg.vision
     d, ff, patch = v.hidden_size, v.intermediate_size, v.patch_size
     patches = (v.image_size // patch) ** 2
     tokens = patches + 1
@@ -97,7 +146,7 @@ def vision_forward_flops(cfg, crops: int, image_tokens: int) -> tuple[float, flo
     return float(weights), float(attention), float(projector)
 
 
-def training_flops(cfg, seq_lens: list[int], crops: int, image_tokens: int, trainable: Trainable) -> float:
+def training_flops(cfg: ModelShape, seq_lens: list[int], crops: int, image_tokens: int, trainable: Trainable) -> float:
     """Model FLOPs of one training pass (forward + backward) over a batch of sequences."""
     total = 0.0
     for length in seq_lens:

@@ -1,0 +1,75 @@
+"""The analytic FLOPs model: known answers by hand, and the light model shape it reads (no torch, no transformers)
+equal to what the loaded config says."""
+
+import pytest
+
+from training_core.model.presets import PRESETS, preset_dict
+from training_core.trackers.flops import (
+    decoder_forward_flops,
+    mfu,
+    model_shape,
+    peak_flops,
+    trainable_for,
+    training_flops,
+    vision_forward_flops,
+)
+
+
+def test_flops_of_the_full_model_by_hand():
+    cfg = model_shape(preset_dict("phi-3.5-vision"))
+    weights, attention = decoder_forward_flops(cfg, 1000)
+    per_layer = 9216 * 3072 + 3072 * 3072 + 3072 * 16384 + 8192 * 3072
+    assert weights == 2 * 1000 * (32 * per_layer + 3072 * 32064)
+    assert attention == 32 * 4 * 1000 * 1000 * 3072
+    v_weights, v_attention, projector = vision_forward_flops(cfg, crops=17, image_tokens=2509)
+    assert v_weights == 17 * (2 * 576 * 3 * 14 * 14 * 1024 + 23 * 2 * 577 * (4 * 1024**2 + 2 * 1024 * 4096))
+    assert v_attention == 17 * 23 * 4 * 577 * 577 * 1024
+    assert projector == 2509 * 2 * (4096 * 3072 + 3072 * 3072)
+
+
+def test_training_flops_by_strategy():
+    cfg = model_shape(preset_dict("phi-3.5-vision"))
+    w, a = decoder_forward_flops(cfg, 2000)
+    vw, va, p = vision_forward_flops(cfg, 17, 1921)
+    full = training_flops(cfg, [2000], 17, 1921, trainable_for("full", False))
+    frozen = training_flops(cfg, [2000], 17, 1921, trainable_for("frozen_vision", True))
+    lora = training_flops(cfg, [2000], 17, 1921, trainable_for("lora", False))
+    assert full == pytest.approx(3 * (w + a) + 3 * (vw + va + p))
+    assert frozen == pytest.approx(3 * (w + a) + (vw + va + p))
+    assert lora == pytest.approx(2 * w + 3 * a + 2 * (vw + p) + 3 * va)
+    assert full > frozen and full > lora
+
+
+def test_peak_flops_table_and_mfu():
+    assert peak_flops("NVIDIA A100-SXM4-80GB", "bf16") == 312e12
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == 989.4e12
+    assert peak_flops("NVIDIA H100 PCIe", "fp16") == 756.5e12
+    assert peak_flops("Tesla V100-SXM2-32GB", "bf16") is None  # no bf16 on Volta
+    assert peak_flops("Tesla V100-SXM2-32GB", "fp16") == 125e12
+    assert peak_flops("AMD EPYC", "bf16") is None
+    assert mfu(312e12 * 8, 2.0, 8, 312e12) == pytest.approx(0.5)
+    assert mfu(1e12, 1.0, 1, None) is None
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_the_light_shape_of_a_preset_is_what_its_loaded_config_says(preset):
+    from training_core.model import build_config
+
+    config = build_config(preset)
+    vision = config.vision_config()
+    light, loaded = model_shape(preset_dict(preset)), model_shape(config.to_dict())
+    assert light == loaded
+    assert (light.hidden_size, light.num_hidden_layers, light.num_attention_heads, light.num_key_value_heads,
+            light.intermediate_size, light.vocab_size, light.layer_idx) == \
+        (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads,
+         config.intermediate_size, config.vocab_size, config.layer_idx)
+    assert (light.vision.hidden_size, light.vision.intermediate_size, light.vision.patch_size,
+            light.vision.image_size, light.vision.num_hidden_layers) == \
+        (vision.hidden_size, vision.intermediate_size, vision.patch_size, vision.image_size, vision.num_hidden_layers)
+
+
+def test_a_tower_known_neither_by_name_nor_by_its_sizes_is_refused():
+    values = preset_dict("phi-3.5-vision")
+    values["img_processor"] = {**values["img_processor"], "model_name": "some/other-clip"}
+    with pytest.raises(ValueError, match="only 'openai/clip-vit-large-patch14-336' is known by name"):
+        model_shape(values)
