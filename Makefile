@@ -5,18 +5,20 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-cpu
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu test test-gpu doctor lint bench-micro clean bench-cpu bench-a100 bench-v100 bench-h100 \
+.PHONY: help setup setup-gpu test test-fast test-gpu doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
 	bench-gpu-smoke gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
 	test-gate reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
 	@echo "make setup-gpu  install the GPU extra (flash-attn) into $(VENV) on a CUDA machine"
-	@echo "make test       run the test suite (runs setup first; the GPU tier is skipped without CUDA)"
+	@echo "make test       the whole CPU suite over both cores (runs setup first; the GPU tier is skipped without CUDA)"
+	@echo "make test-fast  the unit tier (no cells, torchrun or grids; under 2 minutes): run it before every commit"
 	@echo "make test-gpu   the GPU tier only (pytest -m gpu): attention backends, memory, MFU, QLoRA, DeepSpeed/NCCL"
 	@echo "make doctor     what this machine can run (GPUs, kernels, packages, cells of the shipped grids)"
 	@echo "make lint       ruff over the project"
 	@echo "make bench-micro  data-pipeline micro-benchmarks (pytest-benchmark, one core)"
+	@echo "make bench-cli  how long --help, plan, report and compare take (runs the cpu_smoke grid first if needed)"
 	@echo "make bench-cpu  the CPU smoke grid (tiny preset, every strategy): the main job on any machine"
 	@echo "make regress    the regression gate: regress_cpu in 3 interleaved passes against results/baselines"
 	@echo "                (regress-baseline refreshes it; test-gate proves it passes under load and fails on a 2x slowdown)"
@@ -41,8 +43,16 @@ setup-gpu: $(STAMP)
 	$(PY) -m pip install --quiet ninja packaging
 	$(PY) -m pip install --no-build-isolation -e '.[gpu]'
 
+# Tests run in parallel over the machine's cores (pytest-xdist; TEST_WORKERS=0 runs them in one process). `slow`
+# tests (cells, torchrun, runner end to end) are the ones `test-fast` leaves out; the GPU and gate tiers have their own
+# targets. --durations names the slowest tests after every run.
+TEST_WORKERS ?= auto
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(XDIST) --durations=10 $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q $(XDIST) -m "not slow and not gpu and not gate" --durations=10 $(PYTEST_ARGS)
 
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
@@ -51,7 +61,15 @@ doctor: setup
 	$(PY) -m harness doctor
 
 bench-micro: setup
-	$(PY) -m pytest benchmarks -q -p no:cacheprovider --benchmark-only --benchmark-columns=mean,stddev,rounds -s
+	$(PY) -m pytest benchmarks/test_data_pipeline.py -q -p no:cacheprovider --benchmark-only --benchmark-columns=mean,stddev,rounds -s
+
+# The CLI's response times (benchmarks/test_cli.py): each command in a fresh interpreter, 5 timed runs after a warm-up.
+# `report` reads the cpu_smoke rows, so the grid runs first when they are not there yet (a few minutes, once).
+SMOKE_ROWS := results/runs/cpu_smoke/cpu/rows.jsonl
+$(SMOKE_ROWS): | $(STAMP)
+	$(HARNESS) run cpu_smoke
+bench-cli: setup $(SMOKE_ROWS)
+	$(PY) -m pytest benchmarks/test_cli.py -q -p no:cacheprovider --benchmark-only --benchmark-columns=mean,min,max,stddev,rounds -s
 
 RUN_ARGS ?=
 HARNESS := $(PY) -m harness

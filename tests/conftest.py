@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 import torch
 from PIL import Image
+
+pytest_plugins = ["pytester"]  # tests of the suite's own rules (tests/test_cli.py)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -50,6 +53,38 @@ def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
 @pytest.fixture
 def make_image():
     return gradient_image
+
+
+# What a process started by a test must not be unless the test is marked `slow` (the unit tier, make test-fast, runs
+# no cell process, no torchrun and no grid).
+CELL_COMMANDS = ("training_core.run", "torch.distributed.run", "torchrun")
+
+
+def starts_cells(args) -> bool:
+    """Whether a command line starts a cell (`training_core.run`), torchrun, or a grid run (`harness run` without
+    `--dry-run`)."""
+    words = [os.fspath(w) for w in (args if isinstance(args, list | tuple) else [args])]
+    if any(w in CELL_COMMANDS or os.path.basename(w) == "torchrun" for w in words):
+        return True
+    return any(words[i:i + 2] == ["harness", "run"] for i in range(len(words))) and "--dry-run" not in words
+
+
+@pytest.fixture(autouse=True)
+def _the_unit_tier_starts_no_cells(request, monkeypatch):
+    """A test that starts a cell, torchrun or a grid run belongs to the end-to-end tier: it fails here, saying so,
+    unless it is marked `slow` (so `make test-fast` cannot quietly grow slow again); the GPU and gate tiers are
+    end-to-end by nature."""
+    if any(request.node.get_closest_marker(tier) for tier in ("slow", "gpu", "gate")):
+        return
+    real = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        if starts_cells(args):
+            pytest.fail(f"{request.node.nodeid} starts {args!r}: mark it @pytest.mark.slow (the end-to-end tier)",
+                        pytrace=False)
+        real(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 def pytest_collection_modifyitems(config, items):

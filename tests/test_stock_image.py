@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from harness.store import RowStore
 from tests.blocking import OPTIONAL, ROOT, env_without
 
@@ -42,6 +44,7 @@ def _python(env, *args, timeout=600) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+@pytest.mark.slow
 def test_every_module_imports_without_the_optional_packages(tmp_path):
     out = _python(env_without(tmp_path, OPTIONAL), "-c", IMPORT_ALL.format(needs=NEEDS))
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
@@ -49,6 +52,7 @@ def test_every_module_imports_without_the_optional_packages(tmp_path):
     assert plan.returncode == 0 and len(json.loads(plan.stdout)) == 10, plan.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_cells_needing_a_missing_package_end_unsupported_and_the_others_run(tmp_path):
     grid = tmp_path / "stock.yaml"
     grid.write_text("""name: stock

@@ -20,6 +20,7 @@ TRAINABLE = {"full": TOTAL, "frozen_vision": TOTAL - VISION - EMBED, "lora": LOR
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("strategy", ["full", "frozen_vision", "lora", "qlora"])
+@pytest.mark.slow
 def test_every_strategy_and_precision_under_torchrun(tmp_path, strategy, precision):
     result = run_cell(tmp_path, nproc=2, strategy=strategy, precision=precision)
     assert result["status"] == "ok", result["reason"] + result["_stderr"][-3000:]
@@ -36,6 +37,7 @@ def test_every_strategy_and_precision_under_torchrun(tmp_path, strategy, precisi
     assert 0 < m["time_to_first_step_s"] < result["wall_s"]
 
 
+@pytest.mark.slow
 def test_fp16_on_cpu_is_unsupported_not_silently_fp32(tmp_path):
     result = run_cell(tmp_path, strategy="lora", precision="fp16", cpu_threads=2)
     assert result["status"] == "unsupported" and "fp16 mixed precision needs a CUDA GPU" in result["reason"]
@@ -43,6 +45,7 @@ def test_fp16_on_cpu_is_unsupported_not_silently_fp32(tmp_path):
     assert result["env"]["cpu_count"] == 2  # the spec's cpu_threads over the launcher's OMP_NUM_THREADS=1
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses_and_resume_equals_uninterrupted(tmp_path):
     fields = dict(strategy="lora", precision="fp32", warmup_steps=0, measured_steps=6, checkpoint_every=3)
     a = run_cell(tmp_path / "a", **fields)
@@ -85,6 +88,7 @@ class _Payload:
         return os.system, (f"touch {self.marker}",)
 
 
+@pytest.mark.slow
 def test_a_planted_deepspeed_checkpoint_file_is_refused_before_deepspeed_reads_it(tmp_path):
     from training_core.checkpoint import CheckpointError, check_deepspeed_files
 
@@ -98,6 +102,7 @@ def test_a_planted_deepspeed_checkpoint_file_is_refused_before_deepspeed_reads_i
     assert not (tmp_path / "PWNED").exists()
 
 
+@pytest.mark.slow
 def test_deepspeed_resume_equals_uninterrupted(tmp_path):
     fields = dict(strategy="full", precision="fp32", warmup_steps=0, measured_steps=4, checkpoint_every=2)
     a = run_cell(tmp_path / "a", nproc=2, **fields)
@@ -109,6 +114,7 @@ def test_deepspeed_resume_equals_uninterrupted(tmp_path):
     assert resumed["series"]["loss"] == a["series"]["loss"]
 
 
+@pytest.mark.slow
 def test_accuracy_mode_evaluates_before_and_after(tmp_path):
     result = run_cell(tmp_path, task="hateful_memes", strategy="lora", precision="fp32", mode="accuracy",
                       synthetic_train=8, synthetic_eval=4, epochs=1, global_batch=2, max_new_tokens=4, num_crops=4)
@@ -120,6 +126,7 @@ def test_accuracy_mode_evaluates_before_and_after(tmp_path):
     assert len(predictions) == 4 and {"id", "prediction", "answers"} <= set(predictions[0])
 
 
+@pytest.mark.slow
 def test_bad_spec_and_wrong_world_size_are_error_rows(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"strategy": "lora", "lr": -1}))
     bad = run_spec_file(tmp_path / "bad.json", tmp_path / "bad")
@@ -138,6 +145,7 @@ def test_out_of_memory_is_classified():
     assert classify_exception(ValueError("bad"))[0] == "error"
 
 
+@pytest.mark.slow
 def test_a_diverging_cell_ends_diverged_and_every_file_is_strict_json(tmp_path):
     result = run_cell(tmp_path, strategy="lora", precision="fp32", lr=1e30, lr_warmup_steps=0)
     assert result["status"] == "diverged" and result["_returncode"] != 0, result["_stderr"][-2000:]

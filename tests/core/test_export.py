@@ -104,6 +104,7 @@ class _no_missing_key_warning:
         assert not missing, missing[0][:300]
 
 
+@pytest.mark.slow
 def test_export_writes_the_adapter_and_the_merged_model(tmp_path, make_image):
     from peft import PeftModel
 
@@ -125,6 +126,7 @@ def test_export_writes_the_adapter_and_the_merged_model(tmp_path, make_image):
     assert torch.allclose(merged, applied, atol=1e-5, rtol=0), (merged - applied).abs().max()
 
 
+@pytest.mark.slow
 def test_a_full_cell_keeps_an_official_model_directory(tmp_path, make_image):
     # DeepSpeed needs a process group: the cell runs as the runner runs it (the round trip of the weights themselves
     # is tests/model/test_official_format.py)

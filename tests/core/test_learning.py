@@ -1,6 +1,8 @@
 """Learning through the image path, on the tiny preset and the Hateful Memes twin: from chance to >= 0.9 accuracy,
 while the same run with every image blanked stays near chance (the answer follows only from the image)."""
 
+import pytest
+
 from .cells import run_cell
 
 FIELDS = dict(task="hateful_memes", strategy="full", precision="fp32", mode="accuracy", num_crops=4, global_batch=8,
@@ -8,6 +10,7 @@ FIELDS = dict(task="hateful_memes", strategy="full", precision="fp32", mode="acc
               max_new_tokens=8, gradient_checkpointing=False, warmup_steps=0, measured_steps=1)
 
 
+@pytest.mark.slow
 def test_images_are_what_the_model_learns_from(tmp_path):
     seen = run_cell(tmp_path / "images", **FIELDS)
     blank = run_cell(tmp_path / "blank", image_ablation="blank", **FIELDS)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import types
 
+import pytest
 import torch
 
 from harness import doctor
@@ -19,6 +20,7 @@ def _doctor(*args, env=None) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_doctor_prints_its_tables_and_exits_0_on_this_machine():
     out = _doctor()
     assert out.returncode == 0, out.stderr[-3000:]
@@ -29,6 +31,7 @@ def test_doctor_prints_its_tables_and_exits_0_on_this_machine():
         assert "no CUDA device" in out.stdout
 
 
+@pytest.mark.slow
 def test_a_missing_package_makes_its_strategies_unsupported_with_the_install_hint(tmp_path):
     out = _doctor("--json", env=env_without(tmp_path, ("deepspeed",)))
     assert out.returncode == 0, out.stderr[-3000:]

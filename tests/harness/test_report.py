@@ -127,6 +127,7 @@ def test_accuracy_rows(tmp_path):
             "documented (within tolerance).") in _summary(text)
 
 
+@pytest.mark.slow
 def test_report_of_a_real_cpu_smoke_run(tmp_path):
     env_cmd = [sys.executable, "-m", "harness"]
     results = tmp_path / "runs"

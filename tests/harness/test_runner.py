@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,6 +41,12 @@ def rows(results: Path, matrix: str = "g", group: str = "cpu") -> list[dict]:
     return RowStore(results / matrix / group).rows()
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def wait_for(condition, timeout=120.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -49,6 +56,7 @@ def wait_for(condition, timeout=120.0):
     raise AssertionError("condition not reached in time")
 
 
+@pytest.mark.slow
 def test_a_small_grid_writes_one_row_per_cell_with_the_environment(tmp_path):
     path = grid(tmp_path, "axes: {attention: [eager, sdpa]}\n")
     out = harness("run", str(path), "--results", str(tmp_path / "r"))
@@ -69,6 +77,7 @@ def test_a_small_grid_writes_one_row_per_cell_with_the_environment(tmp_path):
     assert again.returncode == 0 and again.stdout.count("done (ok)") == 2 and len(rows(tmp_path / "r")) == 2
 
 
+@pytest.mark.slow
 def test_sigkill_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
     path = grid(tmp_path, "axes: {attention: [eager, sdpa], precision: [fp32, bf16]}\n")
     results = tmp_path / "r"
@@ -90,6 +99,7 @@ def test_sigkill_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
     assert [r["run_id"] for r in final[: len(first)]] == [r["run_id"] for r in first]  # earlier rows untouched
 
 
+@pytest.mark.slow
 def test_crash_timeout_and_oom_cells_become_rows_and_the_grid_goes_on(tmp_path):
     (tmp_path / "empty").mkdir()  # exists (so the preflight lets it through) but holds no dataset: fails in the cell
     path = grid(tmp_path, f"""include:
@@ -114,6 +124,7 @@ def test_crash_timeout_and_oom_cells_become_rows_and_the_grid_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize(("sig", "code", "how"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")])
+@pytest.mark.slow
 def test_ctrl_c_or_sigterm_records_the_running_cell_as_interrupted(tmp_path, sig, code, how):
     path = grid(tmp_path, "include:\n  - {measured_steps: 2000}\n")
     results = tmp_path / "r"
@@ -131,10 +142,11 @@ def test_ctrl_c_or_sigterm_records_the_running_cell_as_interrupted(tmp_path, sig
     assert RowStore(results / "g" / "cpu").final_rows() == {}
 
 
+@pytest.mark.slow
 def test_two_nodes_on_one_machine(tmp_path):
     path = grid(tmp_path, "include:\n  - {nodes: 2, gpus_per_node: 2, global_batch: 4}\n")
     results = tmp_path / "r"
-    port = "29731"
+    port = str(free_port())  # not a fixed one: tests run in parallel (make test)
     common = ("run", str(path), "--results", str(results), "--nnodes", "2", "--master-addr", "127.0.0.1",
               "--master-port", port)
     node1 = harness_bg(*common, "--node-rank", "1")
@@ -151,6 +163,7 @@ def test_two_nodes_on_one_machine(tmp_path):
     assert (cell_dir / "log.node0.txt").exists() and (cell_dir / "log.node1.txt").exists()
 
 
+@pytest.mark.slow
 def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
     path = grid(tmp_path, "include:\n  - {nodes: 2, gpus_per_node: 8, global_batch: 64, gpu: A100}\n")
     out = harness("run", str(path), "--results", str(tmp_path / "r"), "--launcher", "slurm", "--dry-run",
@@ -178,6 +191,7 @@ def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
     assert refused.returncode == 2 and "every cell is submitted with its own node count" in refused.stderr
 
 
+@pytest.mark.slow
 def test_slurm_a100_grid_from_a_cpu_machine_writes_ten_scripts_in_the_8xa100_group(tmp_path):
     out = harness("run", "a100_speed", "--results", str(tmp_path / "r"), "--launcher", "slurm", "--dry-run")
     assert out.returncode == 0, out.stdout + out.stderr  # no --allow-hardware-mismatch: checked in the jobs
@@ -188,6 +202,7 @@ def test_slurm_a100_grid_from_a_cpu_machine_writes_ten_scripts_in_the_8xa100_gro
     assert [p.name for p in (tmp_path / "r" / "a100_speed").iterdir()] == ["8xA100"]
 
 
+@pytest.mark.slow
 def test_slurm_submission_and_collection_of_finished_and_failed_jobs(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -227,6 +242,7 @@ def test_slurm_submission_and_collection_of_finished_and_failed_jobs(tmp_path):
     assert not (cells[3] / "result.json").exists() and len(rows(results, group="8xA100")) == 2
 
 
+@pytest.mark.slow
 def test_hardware_mismatch_is_refused_unless_allowed(tmp_path):
     path = grid(tmp_path, "include:\n  - {gpu: A100}\n")
     text = path.read_text().replace("hardware: {gpu: cpu, gpus_per_node: 1}", "hardware: {gpu: A100, gpus_per_node: 1}")
@@ -256,6 +272,7 @@ def test_torn_last_line_is_ignored_with_a_warning_and_set_aside(tmp_path, capsys
         store.rows()
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_and_dataset_are_named_before_anything_runs(tmp_path):
     env_backup = os.environ.pop("MODEL", None)
     try:
@@ -271,6 +288,7 @@ def test_missing_checkpoint_and_dataset_are_named_before_anything_runs(tmp_path)
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_repeats_and_profiles_plan(tmp_path):
     out = harness("plan", "nlvr2_accuracy", "--profile", "tiny", "--repeats", "3", "--json")
     specs = json.loads(out.stdout)
@@ -281,6 +299,7 @@ def test_repeats_and_profiles_plan(tmp_path):
     assert "profile patch: cells with {'strategy': 'full'} get lr=0.0003" in text
 
 
+@pytest.mark.slow
 def test_a_missing_data_path_is_refused_up_front(tmp_path):
     path = grid(tmp_path, "include:\n  - {data: /nonexistent/dataset}\n")
     out = harness("run", str(path), "--results", str(tmp_path / "r"))
@@ -305,6 +324,7 @@ def test_runs_that_would_run_nothing_are_errors(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_failed_cells_are_named_on_a_rerun_and_retried_on_request(tmp_path):
     (tmp_path / "empty").mkdir()
     path = grid(tmp_path, f"include:\n  - {{data: {tmp_path / 'empty'}}}\n  - {{}}\n")
@@ -335,6 +355,7 @@ def test_report_and_results_problems_are_error_lines(tmp_path, capsys):
     assert f"--results {tmp_path / 'a-file' / 'r'}: cannot write there" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_one_runner_per_results_group_and_wait(tmp_path):
     path = grid(tmp_path, "include:\n  - {measured_steps: 40}\n")
     results = ["--results", str(tmp_path / "r")]
