@@ -25,9 +25,10 @@ class Device:
             torch.cuda.synchronize(self.index)
 
 
-def current_device() -> Device:
-    """CUDA device `LOCAL_RANK` when CUDA is available, else the CPU."""
-    if torch.cuda.is_available():
+def current_device(gpu: str = "auto") -> Device:
+    """The device a cell of `gpu` (its spec's `gpu`) runs on: the CPU for `cpu` cells, whatever else the machine has;
+    otherwise CUDA device `LOCAL_RANK` when CUDA is available, else the CPU (where such a cell is `unsupported`)."""
+    if gpu.lower() != "cpu" and torch.cuda.is_available():
         index = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(index)
         props = torch.cuda.get_device_properties(index)

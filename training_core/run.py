@@ -256,7 +256,7 @@ def main(argv=None) -> int:
                                                             process_start=process_start))
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    device = current_device()
+    device = current_device(spec.gpu)  # a cpu cell runs on the CPU even where CUDA is
     if spec.cpu_threads is not None:
         torch.set_num_threads(spec.cpu_threads)
     distributed.init(device.type, always=get_strategy(spec.strategy).engine == "deepspeed")

@@ -2,6 +2,8 @@
 on gloo, `full` and `frozen_vision` through DeepSpeed ZeRO-2)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from training_core.result import classify_exception
 from training_core.spec import RunSpec
 
-from .cells import run_cell, run_spec_file
+from .cells import env_with_fake_cuda, run_cell, run_spec_file
 from .test_strategies import EMBED, LANGUAGE_TARGETS, TOTAL, VISION, VISION_TARGETS, lora_size
 
 ROW_KEYS = {"run_id", "matrix", "status", "reason", "spec", "metrics", "series", "env", "started_at", "finished_at",
@@ -158,3 +160,19 @@ def test_a_diverging_cell_ends_diverged_and_every_file_is_strict_json(tmp_path):
 
     for path in tmp_path.rglob("*.json"):
         json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.slow
+def test_a_cpu_cell_runs_on_the_cpu_where_a_gpu_is_reported(tmp_path):
+    """torch tells the cell's device choice that CUDA is available (no GPU is there: any use of it would fail): a
+    `gpu: cpu` cell still trains on the CPU and records CPU metrics, not GPU ones."""
+    env, asked = env_with_fake_cuda(tmp_path / "site")
+    result = run_cell(tmp_path / "cell", strategy="lora", precision="fp32", env=env)
+    assert result["status"] == "ok", result["reason"] + result["_stderr"][-3000:]
+    m = result["metrics"]
+    assert m["images_per_cpu_s"] > 0 and "peak_mem_allocated_bytes" not in m and m["pin_memory"] is False
+    assert not asked.exists()  # the spec decided: the device choice did not even ask
+    # the same environment does report a GPU to a cell that asks (then fails to use it: none is there)
+    probe = subprocess.run([sys.executable, "-c", "from training_core.devices import current_device; "
+                            "current_device('auto')"], env=env, capture_output=True, text=True, timeout=300)
+    assert probe.returncode != 0 and asked.read_text().split() == ["training_core.devices"]

@@ -33,7 +33,7 @@ def train_in_process(out: Path, **fields) -> Cell:
     out.mkdir(parents=True, exist_ok=True)
     spec.save(out / "spec.json")
     args = argparse.Namespace(resume=False, stop_after=None, save_model=True)
-    cell = Cell(spec, current_device(), out, Outcome(), args, time.time())
+    cell = Cell(spec, current_device(spec.gpu), out, Outcome(), args, time.time())
     cell.run()
     return cell
 

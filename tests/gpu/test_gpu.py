@@ -118,7 +118,7 @@ defaults: {model: tiny, task: docvqa, strategy: lora, precision: bf16, attention
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
 def test_qlora_trains_on_cuda(tmp_path):
-    result = run_cell(tmp_path, strategy="qlora", precision="bf16", warmup_steps=1, measured_steps=2)
+    result = run_cell(tmp_path, strategy="qlora", precision="bf16", warmup_steps=1, measured_steps=2, gpu="auto")
     assert result["status"] == "ok", result["reason"]
     m = result["metrics"]
     assert all(torch.isfinite(torch.tensor(result["series"]["loss"])))
@@ -127,7 +127,7 @@ def test_qlora_trains_on_cuda(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
 def test_deepspeed_zero2_step_on_one_gpu_with_nccl(tmp_path):
-    result = run_cell(tmp_path, strategy="full", precision="bf16", warmup_steps=1, measured_steps=2)
+    result = run_cell(tmp_path, strategy="full", precision="bf16", warmup_steps=1, measured_steps=2, gpu="auto")
     assert result["status"] == "ok", result["reason"] + result["_stderr"][-3000:]
     assert result["env"]["distributed_backend"] == "nccl" and result["env"]["world_size"] == 1
     assert result["metrics"]["trainable_params"] == result["metrics"]["total_params"]
