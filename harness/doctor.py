@@ -19,6 +19,7 @@ import torch
 from training_core.capabilities import PACKAGES, import_problem, install_hint, unsupported_reason, version
 from training_core.devices import Device, current_device
 from training_core.model.compat import transformers_problem
+from training_core.nvml import handle_for
 
 MATRICES = Path(__file__).resolve().parent.parent / "matrices"
 
@@ -221,8 +222,7 @@ def nvml(device: Device) -> Check:
         return Check("NVML", "absent", "no CUDA device (memory and energy come from torch and RSS on a CPU)")
 
     def probe() -> Check:
-        pynvml = _nvml()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index)
+        pynvml, handle = handle_for(device.index)  # NVML's own numbering: CUDA_VISIBLE_DEVICES mapped
         memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
         try:
             energy = f"energy counter {pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000:.0f} J"

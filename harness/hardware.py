@@ -7,12 +7,13 @@ Also the in-job check of a SLURM cell: `python -m harness.hardware check --gpu A
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from training_core.nvml import visible_names
 
 AUTO = "auto"  # a grid's `gpu: auto`: the GPUs of the machine it runs on
 
@@ -40,29 +41,9 @@ class Machine:
         return f"{self.gpu_count}x{self.gpu}" if self.gpu_names else "cpu"
 
 
-def _visible(count: int) -> list[int]:
-    """The NVML indices CUDA_VISIBLE_DEVICES leaves visible (NVML itself ignores the variable)."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if value is None:
-        return list(range(count))
-    entries = [e.strip() for e in value.split(",") if e.strip()]
-    if all(e.isdigit() for e in entries):
-        return [int(e) for e in entries if int(e) < count]
-    return list(range(min(len(entries), count)))  # UUIDs or MIG names: as many as are listed
-
-
 def detect() -> Machine:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        names = []
-        for i in _visible(pynvml.nvmlDeviceGetCount()):
-            name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
-            names.append(name.decode() if isinstance(name, bytes) else name)
-        return Machine(tuple(names))
-    except Exception:  # no driver / no NVML: no GPUs
-        return Machine(())
+    """The GPUs this process would use (CUDA_VISIBLE_DEVICES honoured), by NVML name."""
+    return Machine(tuple(visible_names()))
 
 
 def mismatch(machine: Machine, gpu: str, gpus_per_node: int) -> str | None:

@@ -69,6 +69,10 @@ def max_all(value: float, device: torch.device | None = None) -> float:
     return _reduce(value, dist.ReduceOp.MAX if dist.is_initialized() else None, device)
 
 
+def min_all(value: float, device: torch.device | None = None) -> float:
+    return _reduce(value, dist.ReduceOp.MIN if dist.is_initialized() else None, device)
+
+
 def gather_objects(obj) -> list:
     """Every rank's object, in rank order (on every rank)."""
     if not dist.is_initialized():

@@ -92,7 +92,8 @@ class Cell:
         keep_random = None
         if self.args.save_model and is_adapter(spec) and spec.weights == "random" and distributed.is_main():
             keep_random = self.out / MODEL_DIR / BASE_DIR  # nothing else could rebuild this base later
-        model = build_base(spec, device.torch, weights_dtype(spec), quantization, keep_random=keep_random)
+        model = build_base(spec, device.torch, weights_dtype(spec), quantization, keep_random=keep_random,
+                           scratch=self.out)
         model = self.strategy.prepare(model, spec)
         if spec.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -147,6 +148,7 @@ class Cell:
         reduce_on = distributed.reduce_device(self.device.type)
         sum_all = lambda v: distributed.sum_all(v, reduce_on)  # noqa: E731
         max_all = lambda v: distributed.max_all(v, reduce_on)  # noqa: E731
+        min_all = lambda v: distributed.min_all(v, reduce_on)  # noqa: E731
         window_flops = []
         outcome.metrics["time_to_first_step_s"] = round(time.time() - self.process_start, 3)
         tracker = ThroughputTracker(spec.warmup_steps, sync=self.device.synchronize,
@@ -174,10 +176,10 @@ class Cell:
                     outcome.series["data_wait_s"].append(data_wait)
                     self._after_step(step + 1)
         outcome.metrics.update(tracker.metrics(distributed.world_size(), sum_all, max_all))
-        outcome.metrics.update(memory.metrics(max_all))
+        outcome.metrics.update(memory.metrics(max_all, min_all))
         images_total = sum_all(sum(s.images for s in tracker.measured))
         samples_total = sum_all(sum(s.samples for s in tracker.measured))
-        outcome.metrics.update(energy.metrics(images_total, sum_all))
+        outcome.metrics.update(energy.metrics(images_total, sum_all, min_all))
         self._flops_metrics(sum_all(sum(window_flops)), samples_total)
         outcome.metrics["loss_first"] = outcome.series["loss"][0] if outcome.series["loss"] else None
         outcome.metrics["loss_last"] = outcome.series["loss"][-1] if outcome.series["loss"] else None

@@ -32,6 +32,13 @@ def test_every_strategy_and_precision_under_torchrun(tmp_path, strategy, precisi
     m = result["metrics"]
     assert (m["warmup_steps"], m["measured_steps"]) == (2, 3) and len(result["series"]["loss"]) == 5
     assert m["trainable_params"] == TRAINABLE[strategy]
+    if strategy in ("full", "frozen_vision"):  # DeepSpeed ZeRO-2 on 2 ranks, each tensor counted once:
+        weight_bytes = 4 if precision == "fp32" else 2  # every weight on every rank; fp32 master + Adam's two
+        # moments partitioned over the ranks; AdamW's scalar step, one per parameter group (decay, no decay)
+        assert m["model_state_bytes"] == TOTAL * weight_bytes + (4 + 8) * TRAINABLE[strategy] // 2 + 4 * 2
+    if strategy == "qlora":  # random weights written once (local rank 0), loaded 4-bit by both ranks, then removed
+        assert result["_stderr"].count("wrote the random base for 4-bit loading") == 1
+        assert not (tmp_path / "random-base").exists()
     assert m["images_per_s"] > 0 and m["tokens_per_s"] > m["images_per_s"] and m["peak_rss_bytes"] > 0
     assert m["images_per_s"] == pytest.approx(2 * 2 * 3 / m["measured_wall_s"])  # global batch 4, 1 image each
     assert "mfu" not in m and "peak_mem_allocated_bytes" not in m  # CPU: unknown peak, no CUDA allocator

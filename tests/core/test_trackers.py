@@ -1,3 +1,4 @@
+import threading
 import time
 
 import numpy as np
@@ -95,3 +96,78 @@ def test_model_state_bytes_counts_parameters_and_adam_state():
     optimizer.step()
     # fp32 params + exp_avg + exp_avg_sq, plus AdamW's scalar `step` tensor per parameter
     assert model_state_bytes(model, optimizer) == 44 * 4 * 3 + 2 * 4
+
+
+def test_a_reset_during_a_sample_is_not_undone():
+    """The sampler's read and its update of the peak are one step: a reset (the measured window starting) that comes
+    while a sample is reading must not let that sample write the warm-up peak back."""
+    from training_core.trackers.memory import _Sampler
+
+    reading, release = threading.Event(), threading.Event()
+    values = iter([1000, None, 10])  # warm-up peak at construction; the slow sample; the reset
+
+    def read():
+        value = next(values)
+        if value is None:  # the sampler's read: it sees the current value, 10, but only once released
+            reading.set()
+            release.wait(10)
+            return 10
+        return value
+
+    sampler = _Sampler(read, interval=3600)
+    assert sampler.peak == 1000
+    sampling = threading.Thread(target=sampler.sample)
+    sampling.start()
+    assert reading.wait(10)
+    resetting = threading.Thread(target=sampler.reset)
+    resetting.start()
+    resetting.join(0.5)  # a reset that does not wait for the sample finishes here
+    release.set()
+    sampling.join(10), resetting.join(10)
+    assert sampler.peak == 10  # the measured window starts from now, not from the warm-up peak
+
+
+def _rank_with_or_without_nvml(rank: int, init_file: str, out_dir: str) -> None:
+    """One of two gloo ranks on a 'GPU' (torch.cuda's allocator queries mocked): rank 0 can read NVML, rank 1
+    cannot. Both measure, then write what they report."""
+    import json
+    import sys
+
+    import torch.distributed as dist
+
+    from tests.fake_nvml import eight_gpus, fake_pynvml
+    from training_core import distributed
+    from training_core.trackers.energy import EnergyTracker
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.cuda.max_memory_allocated = torch.cuda.max_memory_reserved = lambda index=None: 100 * (rank + 1)
+    torch.cuda.reset_peak_memory_stats = lambda index=None: None
+    sys.modules["pynvml"] = fake_pynvml(eight_gpus()) if rank == 0 else None  # rank 1: NVML fails to import
+    device = Device("cuda", 0, "NVIDIA A100-SXM4-80GB", (8, 0), 80 * 2**30)
+    with MemoryTracker(device) as memory, EnergyTracker(device) as energy:
+        memory.start_window()
+        energy.start_window()
+    reported = {**memory.metrics(distributed.max_all, distributed.min_all),
+                **energy.metrics(10, distributed.sum_all, distributed.min_all)}
+    with open(f"{out_dir}/rank{rank}.json", "w") as handle:
+        json.dump(reported, handle)
+    dist.destroy_process_group()
+
+
+def test_ranks_whose_nvml_differs_agree_instead_of_waiting_on_each_other(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(_rank_with_or_without_nvml, args=(str(tmp_path / "init"), str(tmp_path)),
+                                 nprocs=2, join=False, start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the ranks hung in a collective (a key measured on one rank only)")
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert reports[0] == reports[1]  # the same keys and values on every rank
+    assert reports[0]["peak_mem_allocated_bytes"] == 200 and reports[0]["peak_rss_bytes"] > 0
+    assert "peak_mem_device_bytes" not in reports[0] and "energy_j" not in reports[0]  # not every rank had NVML

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from training_core import distributed
 from training_core.model import Phi3VForCausalLM, build_config, build_model
 from training_core.model.presets import PRESETS
 from training_core.spec import RunSpec
@@ -41,9 +45,10 @@ def model_config(spec: RunSpec):
 
 
 def build_base(spec: RunSpec, device: torch.device, dtype: torch.dtype, quantization=None,
-               keep_random: Path | None = None) -> Phi3VForCausalLM:
+               keep_random: Path | None = None, scratch: Path | None = None) -> Phi3VForCausalLM:
     """The base model on `device`: random (built on the meta device) or pretrained; 4-bit when `quantization`.
-    `keep_random`: also write random weights there (unquantised, official layout), the base of a kept adapter."""
+    `keep_random`: also write random weights there (unquantised, official layout), the base of a kept adapter.
+    `scratch`: where a random 4-bit base is written before loading (the cell's directory; default a temporary one)."""
     if quantization is None:
         if spec.weights == "pretrained":
             return build_model(None, weights=spec.model, device=device, dtype=dtype, attn_implementation=spec.attention)
@@ -55,11 +60,46 @@ def build_base(spec: RunSpec, device: torch.device, dtype: torch.dtype, quantiza
     # bitsandbytes quantises at load time (from_pretrained of a directory): random weights are saved first
     if spec.weights == "pretrained":
         return _load_quantized(spec.model, spec, device, dtype, quantization)
-    with tempfile.TemporaryDirectory(prefix="phi3v-random-") as tmp:
-        save_local(build_model(model_config(spec), device="cpu", dtype=dtype, attn_implementation="eager"), Path(tmp))
+    if scratch is None:
+        with tempfile.TemporaryDirectory(prefix="phi3v-random-") as tmp:
+            return _random_quantized(spec, device, dtype, quantization, keep_random, Path(tmp))
+    return _random_quantized(spec, device, dtype, quantization, keep_random, scratch)
+
+
+RANDOM_BASE = "random-base"  # in the cell's directory, while the ranks load it
+
+
+def _random_quantized(spec, device, dtype, quantization, keep_random: Path | None, scratch: Path) -> Phi3VForCausalLM:
+    """Random weights written once per node (its local rank 0; the real model is 16.6 GB in fp32), loaded 4-bit by
+    every rank of the node, then removed. Every rank reaches both barriers whatever happens on another, so a failed
+    write is an error on every rank, not a hang."""
+    node = int(os.environ.get("GROUP_RANK", "0"))
+    directory = scratch / (RANDOM_BASE if spec.nodes == 1 else f"{RANDOM_BASE}-node{node}")
+    writer = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if writer:
+        started = time.perf_counter()
+        try:
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir(parents=True)
+            save_local(build_model(model_config(spec), device="cpu", dtype=dtype, attn_implementation="eager"),
+                       directory)
+            (directory / "complete").touch()
+            print(f"[rank {distributed.rank()}] wrote the random base for 4-bit loading to {directory} "
+                  f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
+        except Exception as exc:
+            print(f"[rank {distributed.rank()}] could not write the random base to {directory}: {exc!r}",
+                  file=sys.stderr)
+    distributed.barrier()
+    try:
+        if not (directory / "complete").exists():
+            raise RuntimeError(f"the random 4-bit base was not written to {directory} (see local rank 0's log)")
         if keep_random is not None:
-            shutil.copytree(tmp, keep_random, dirs_exist_ok=True)
-        return _load_quantized(tmp, spec, device, dtype, quantization)
+            shutil.copytree(directory, keep_random, dirs_exist_ok=True, ignore=shutil.ignore_patterns("complete"))
+        return _load_quantized(directory, spec, device, dtype, quantization)
+    finally:
+        distributed.barrier()  # every rank of the node has loaded it
+        if writer:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def save_local(model: Phi3VForCausalLM, directory: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from training_core.devices import Device
+from training_core.nvml import handle_for
 
 
 class EnergyTracker:
@@ -14,10 +15,7 @@ class EnergyTracker:
         self.start_mj = self.end_mj = None
         if device.type == "cuda":
             try:
-                import pynvml
-
-                pynvml.nvmlInit()
-                handle = pynvml.nvmlDeviceGetHandleByIndex(device.index)
+                pynvml, handle = handle_for(device.index)  # NVML's own numbering: CUDA_VISIBLE_DEVICES mapped
                 pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
                 self._read = lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
             except Exception:
@@ -34,8 +32,11 @@ class EnergyTracker:
         if self._read is not None:
             self.start_mj = self._read()
 
-    def metrics(self, images_total: float | None, sum_all: Callable = float) -> dict:
-        if self._read is None or self.start_mj is None or self.end_mj is None or not images_total:
+    def metrics(self, images_total: float | None, sum_all: Callable = float, min_all: Callable = float) -> dict:
+        """Energy summed over ranks, reported only when every rank read its counter (agreed first, so every rank
+        takes part in the same collectives: ranks whose NVML differs never wait on each other)."""
+        measured = self._read is not None and self.start_mj is not None and self.end_mj is not None
+        if not min_all(1.0 if measured else 0.0) or not images_total:
             return {}
         joules = sum_all((self.end_mj - self.start_mj) / 1000.0)
         return {"energy_j": joules, "energy_j_per_image": joules / images_total}

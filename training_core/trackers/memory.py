@@ -11,12 +11,17 @@ import psutil
 import torch
 
 from training_core.devices import Device
+from training_core.nvml import handle_for
 
 
 class _Sampler(threading.Thread):
+    """Polls `read` and keeps the peak. Sampling and a reset hold one lock: a sample taken across a reset would
+    otherwise write the old (warm-up) peak back into the measured window."""
+
     def __init__(self, read: Callable[[], int], interval: float):
         super().__init__(daemon=True)
         self.read, self.interval = read, interval
+        self._lock = threading.Lock()
         self.peak = read()
         self._halt = threading.Event()
 
@@ -25,10 +30,12 @@ class _Sampler(threading.Thread):
             self.sample()
 
     def sample(self) -> None:
-        self.peak = max(self.peak, self.read())
+        with self._lock:
+            self.peak = max(self.peak, self.read())
 
     def reset(self) -> None:
-        self.peak = self.read()
+        with self._lock:
+            self.peak = self.read()
 
     def stop(self) -> None:
         self._halt.set()
@@ -40,14 +47,14 @@ def _nvml_reader(device: Device) -> Callable[[], int] | None:
     if device.type != "cuda":
         return None
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index)
+        pynvml, handle = handle_for(device.index)  # NVML's own numbering: CUDA_VISIBLE_DEVICES mapped
         pynvml.nvmlDeviceGetMemoryInfo(handle)
     except Exception:  # NVML missing or not permitted: the key stays absent
         return None
     return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+
+SAMPLED = ("peak_rss_bytes", "peak_mem_device_bytes")  # the sampled keys, in the order ranks reduce them
 
 
 class MemoryTracker:
@@ -74,34 +81,48 @@ class MemoryTracker:
         for sampler in self._samplers.values():
             sampler.reset()
 
-    def metrics(self, max_all: Callable = float) -> dict:
+    def metrics(self, max_all: Callable = float, min_all: Callable = float) -> dict:
+        """Peaks over ranks. Every rank takes part in the same collectives in the same order: whether a sampled key
+        is reported is agreed first (a key some rank cannot measure is absent for all), so ranks whose NVML differs
+        never wait on each other."""
         out = {}
         if self.device.type == "cuda":
             out["peak_mem_allocated_bytes"] = int(max_all(torch.cuda.max_memory_allocated(self.device.index)))
             out["peak_mem_reserved_bytes"] = int(max_all(torch.cuda.max_memory_reserved(self.device.index)))
-        for key, sampler in self._samplers.items():
+        for key in SAMPLED:
+            sampler = self._samplers.get(key)
+            if not min_all(1.0 if sampler is not None else 0.0):
+                continue
             sampler.sample()
             out[key] = int(max_all(sampler.peak))
         return out
 
 
-def _optimizer_tensors(optimizer, seen: set[int]) -> int:
-    """Bytes of an optimiser's state tensors, looking through wrappers (DeepSpeed's ZeRO optimiser keeps the torch
-    optimiser in `.optimizer` and the fp32 master partitions in `single_partition_of_fp32_groups`)."""
-    total = 0
+def _optimizer_tensors(optimizer, seen: set[int]):
+    """An optimiser's state tensors, looking through wrappers (DeepSpeed's ZeRO optimiser keeps the torch optimiser
+    in `.optimizer`, whose `state` its own `state` also shows, and the fp32 master partitions in
+    `single_partition_of_fp32_groups`). The same tensor may come more than once; `_bytes` counts it once."""
     if optimizer is None or id(optimizer) in seen:
-        return 0
+        return
     seen.add(id(optimizer))
     for state in getattr(optimizer, "state", {}).values():
         if isinstance(state, dict):
-            total += sum(t.numel() * t.element_size() for t in state.values() if isinstance(t, torch.Tensor))
-    for tensor in getattr(optimizer, "single_partition_of_fp32_groups", []) or []:
-        total += tensor.numel() * tensor.element_size()
-    return total + _optimizer_tensors(getattr(optimizer, "optimizer", None), seen)
+            yield from (t for t in state.values() if isinstance(t, torch.Tensor))
+    yield from getattr(optimizer, "single_partition_of_fp32_groups", []) or []
+    yield from _optimizer_tensors(getattr(optimizer, "optimizer", None), seen)
+
+
+def _bytes(tensors) -> int:
+    """Bytes of the distinct memory the tensors hold: a tensor reached twice (the same storage, offset, size and
+    type) counts once."""
+    regions = {}
+    for t in tensors:
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
+        regions[key] = t.numel() * t.element_size()
+    return sum(regions.values())
 
 
 def model_state_bytes(module: torch.nn.Module, optimizer) -> int:
-    """Parameters (as stored: 4-bit weights count their bytes) plus optimiser state, on this rank: a deterministic
-    memory measure whose order across strategies holds on any machine."""
-    params = sum(p.numel() * p.element_size() for p in module.parameters())
-    return params + _optimizer_tensors(optimizer, set())
+    """Parameters (as stored: 4-bit weights count their bytes) plus optimiser state, on this rank, each tensor once:
+    a deterministic memory measure whose order across strategies holds on any machine."""
+    return _bytes([*module.parameters(), *_optimizer_tensors(optimizer, set())])
