@@ -188,7 +188,7 @@ def _add_grid_commands(sub) -> None:
     run.set_defaults(func=_run)
 
     doctor = sub.add_parser("doctor", help="what this machine can run (GPUs, kernels, packages, cells) and what "
-                                           "to install")
+                                           "to install; exit 1 when a check failed (absent parts are not failures)")
     doctor.add_argument("--json", action="store_true", help="the checks as JSON")
     doctor.set_defaults(func=_doctor)
 
@@ -229,6 +229,10 @@ def _doctor(args) -> int:
         print(json.dumps(as_json(report), indent=2))
     else:
         print_report(report, Console(highlight=False, width=None if sys.stdout.isatty() else 180))
+    failed = [c.name for c in report["checks"] if c.status == "fail"]
+    if failed:  # a probe that ran and went wrong (a kernel raised or computed wrong numbers); absent parts are not
+        print(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -440,7 +444,8 @@ def _run(args) -> int:
                          check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed,
                          wait=args.wait, keep_model=args.keep_model)
     # rows are grouped by the hardware that ran them: this machine's, or under SLURM the grid's (e.g. 8xA100)
-    runner = Runner(grid, options, hw.label if slurm else machine.label, console)
+    label = hw.label if slurm else hardware.group_label(machine, hw.gpu, hw.gpus_per_node)
+    runner = Runner(grid, options, label, console)
     rows = runner.run()
     if runner.main_node and not args.dry_run and args.launcher == "local":
         print_summary(console, runner.store, grid)

@@ -36,14 +36,18 @@ class Machine:
     def gpu(self) -> str:
         return short_name(self.gpu_names[0]) if self.gpu_names else "cpu"
 
-    @property
-    def label(self) -> str:
-        return f"{self.gpu_count}x{self.gpu}" if self.gpu_names else "cpu"
-
 
 def detect() -> Machine:
     """The GPUs this process would use (CUDA_VISIBLE_DEVICES honoured), by NVML name."""
     return Machine(tuple(visible_names()))
+
+
+def group_label(machine: Machine, gpu: str, gpus_per_node: int) -> str:
+    """The results group of a grid run on this machine: the GPUs its cells use per node ('2xA100' for 2-GPU cells on
+    an 8-GPU box), not every GPU the machine has; 'cpu' for CPU grids and machines without GPUs."""
+    if gpu.lower() == "cpu" or not machine.gpu_count:
+        return "cpu"
+    return f"{min(gpus_per_node, machine.gpu_count)}x{machine.gpu}"
 
 
 def mismatch(machine: Machine, gpu: str, gpus_per_node: int) -> str | None:

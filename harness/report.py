@@ -82,11 +82,11 @@ def _data_wait_text(metrics: dict) -> str:
     return text + " input-bound" if input_bound(metrics) else text
 
 
-def _mfu_text(spec: dict, metrics: dict) -> str:
+def _mfu_text(spec: dict, metrics: dict, unmeasured: dict) -> str:
     if spec["strategy"] == "qlora":
         return "n/a (4-bit)"
     if "mfu" not in metrics:
-        return "n/a (no peak FLOPs)"
+        return f"n/a ({unmeasured['mfu']})" if "mfu" in unmeasured else "n/a (no peak FLOPs)"
     return _fmt(metrics["mfu"] * 100, 1, "%")
 
 
@@ -99,7 +99,7 @@ def speed_table(lines: list[SpeedLine]) -> list[list[str]]:
         images, mem = m.get("images_per_s"), peak_memory_gb(m)
         verdict = (status(images, doc["images_per_s"].value, True) if c.comparable and "images_per_s" in doc
                    else ("not comparable" if row["status"] == "ok" else row["status"]))
-        mfu = _mfu_text(s, m)
+        mfu = _mfu_text(s, m, row.get("unmeasured") or {})
         out.append([
             str(row.get("cell", "")), s["strategy"], str(s["nodes"]), str(s["nodes"] * s["gpus_per_node"]),
             "yes" if s["attention"] == "flash_attention_2" else s["attention"], s["precision"],

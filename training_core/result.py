@@ -31,6 +31,7 @@ class Outcome:
     status: str = "ok"
     reason: str | None = None
     artifacts: dict = field(default_factory=dict)  # files kept for later use, e.g. {"model": "<cell>/model"}
+    unmeasured: dict = field(default_factory=dict)  # metric -> why this cell could not measure it, e.g. "mfu"
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str]:
@@ -64,6 +65,7 @@ def build_row(*, run_id, spec: dict, outcome: Outcome, env: dict, process_start:
         "wall_s": round(time.time() - process_start, 3),
         "log": log,
         **({"artifacts": outcome.artifacts} if outcome.artifacts else {}),
+        **({"unmeasured": outcome.unmeasured} if outcome.unmeasured else {}),
     }
 
 

@@ -37,7 +37,7 @@ from .strategies.base import build_base, count_parameters, model_config
 from .strategies.lora import qlora_quantization
 from .tasks import get_task
 from .trackers.energy import EnergyTracker
-from .trackers.flops import mfu, model_shape, peak_flops, trainable_for, training_flops
+from .trackers.flops import mfu, model_shape, no_peak_reason, peak_flops, trainable_for, training_flops
 from .trackers.memory import MemoryTracker, model_state_bytes
 from .trackers.throughput import ThroughputTracker
 
@@ -202,10 +202,14 @@ class Cell:
         metrics["flops_per_sample"] = flops_total / max(samples_total, 1)
         if self.spec.strategy == "qlora":
             return  # 4-bit dequantisation work makes an MFU figure meaningless
-        value = mfu(flops_total, wall, distributed.world_size(), peak_flops(self.device.name, self.spec.precision)
-                    if self.device.type == "cuda" else None)
-        if value is not None:
-            metrics["mfu"] = value
+        if self.device.type != "cuda":
+            return  # peak FLOP/s are GPU data-sheet figures
+        reason = no_peak_reason(self.device.name, self.spec.precision)
+        if reason is not None:
+            self.outcome.unmeasured["mfu"] = reason  # said in the row and the report, not silently missing
+            return
+        metrics["mfu"] = mfu(flops_total, wall, distributed.world_size(),
+                             peak_flops(self.device.name, self.spec.precision))
 
     def run(self) -> None:
         self.build()

@@ -5,9 +5,12 @@ import pytest
 
 from training_core.model.presets import PRESETS, preset_dict
 from training_core.trackers.flops import (
+    PEAKS,
     decoder_forward_flops,
     mfu,
     model_shape,
+    no_peak_reason,
+    peak_entry,
     peak_flops,
     trainable_for,
     training_flops,
@@ -73,3 +76,57 @@ def test_a_tower_known_neither_by_name_nor_by_its_sizes_is_refused():
     values["img_processor"] = {**values["img_processor"], "model_name": "some/other-clip"}
     with pytest.raises(ValueError, match="only 'openai/clip-vit-large-patch14-336' is known by name"):
         model_shape(values)
+
+
+@pytest.mark.parametrize(("name", "precision", "tflops"), [
+    ("NVIDIA H200", "bf16", 989.4),
+    ("NVIDIA H200 NVL", "bf16", 835.5),  # not the SXM part's figure
+    ("NVIDIA H100 NVL", "bf16", 835.5),
+    ("NVIDIA H800", "bf16", 989.4),
+    ("NVIDIA H800 PCIe", "fp16", 756.5),
+    ("NVIDIA A800-SXM4-80GB", "bf16", 312.0),
+    ("Tesla V100-PCIE-32GB", "fp16", 112.0),  # not the SXM2 part's 125
+    ("Tesla V100S-PCIE-32GB", "fp16", 130.0),
+    ("Tesla V100-SXM2-32GB", "fp32", 15.7),
+])
+def test_each_gpu_gets_its_own_data_sheet_figure(name, precision, tflops):
+    assert peak_flops(name, precision) == pytest.approx(tflops * 1e12)
+    assert no_peak_reason(name, precision) is None
+
+
+def test_no_peak_says_why():
+    assert peak_flops("NVIDIA A100-SXM4-80GB MIG 1g.10gb", "bf16") is None  # a slice, not the whole GPU
+    assert "is a MIG slice" in no_peak_reason("NVIDIA A100-SXM4-80GB MIG 1g.10gb", "bf16")
+    assert no_peak_reason("Tesla V100-SXM2-32GB", "bf16") == "V100 SXM2 has no bf16 peak in its data sheet"
+    assert "no peak FLOP/s known for NVIDIA H20: add its data-sheet figures to PEAKS" in \
+        no_peak_reason("NVIDIA H20", "bf16")
+
+
+def test_every_peak_names_its_source_and_the_specific_names_come_first():
+    for entry in PEAKS:
+        assert "data sheet" in entry.source and entry.flops and all(v > 1e12 for v in entry.flops.values())
+        assert peak_entry(" ".join(entry.match)) is entry  # not shadowed by a broader entry above it
+
+
+@pytest.mark.parametrize(("gpu", "precision", "expected"), [
+    ("NVIDIA H20", "bf16", None),
+    ("NVIDIA A100-SXM4-80GB MIG 3g.40gb", "bf16", None),
+    ("NVIDIA H800", "bf16", 1e15 / 10 / 989.4e12),
+])
+def test_a_gpu_cell_without_a_known_peak_says_so_in_its_row(gpu, precision, expected):
+    import types
+
+    from training_core.devices import Device
+    from training_core.result import Outcome, build_row
+    from training_core.run import Cell
+    from training_core.spec import RunSpec
+
+    outcome = Outcome(metrics={"measured_wall_s": 10.0, "measured_steps": 4})
+    cell = types.SimpleNamespace(outcome=outcome, spec=RunSpec(strategy="lora", precision=precision, gpu="auto"),
+                                 device=Device("cuda", 0, gpu, (9, 0), 80 * 2**30))
+    Cell._flops_metrics(cell, flops_total=1e15, samples_total=8)
+    row = build_row(run_id="x", spec={}, outcome=outcome, env={}, process_start=0.0)
+    if expected is None:
+        assert "mfu" not in row["metrics"] and row["unmeasured"]["mfu"] == no_peak_reason(gpu, precision)
+    else:
+        assert row["metrics"]["mfu"] == pytest.approx(expected) and "unmeasured" not in row

@@ -82,3 +82,15 @@ def test_gpu_listing_through_mocked_nvml_and_cuda_queries(monkeypatch):
     assert doctor._local_gpu(h200) == "H200"
     v100 = Device("cuda", 0, "Tesla V100-SXM2-32GB", (7, 0), 32 * 2**30)
     assert doctor.bf16(v100).status == "absent"
+
+
+def test_doctor_exits_1_when_a_check_failed_and_0_when_parts_are_only_absent(monkeypatch, capsys):
+    from harness.cli import main
+
+    checks = [doctor.Check("bf16", "absent", "no CUDA device"), doctor.Check("flash-attn", "ok", "2.8")]
+    report = {"device": {}, "checks": checks, "combinations": []}
+    monkeypatch.setattr(doctor, "run_checks", lambda: report)
+    assert main(["doctor", "--json"]) == 0
+    checks.append(doctor.Check("bitsandbytes", "fail", "nf4 matmul differs from the dequantised one"))
+    assert main(["doctor", "--json"]) == 1
+    assert "doctor: 1 check(s) failed: bitsandbytes" in capsys.readouterr().err

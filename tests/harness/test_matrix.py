@@ -243,3 +243,17 @@ def test_a_long_throughput_cell_does_not_synthesise_a_twin_per_step():
     assert needed_train_examples(RunSpec(measured_steps=10**12)) == MAX_TWIN_TRAIN
     assert needed_train_examples(RunSpec(global_batch=64, warmup_steps=2, measured_steps=5)) == 448  # unchanged
     assert needed_train_examples(RunSpec(global_batch=2048, measured_steps=10)) == 2048  # one batch at least
+
+
+def test_a_results_group_counts_the_gpus_its_cells_use_not_the_machines():
+    from harness.hardware import Machine, group_label
+
+    box = Machine(("NVIDIA A100-SXM4-80GB",) * 8)
+    assert group_label(box, "A100", 2) == "2xA100"  # 2-GPU cells on an 8-GPU box
+    assert group_label(box, "A100", 8) == "8xA100"
+    assert group_label(box, "cpu", 1) == "cpu"  # a CPU grid runs on the CPU (training_core.devices)
+    assert group_label(Machine(("NVIDIA H200",)), "auto", 8) == "1xH200"  # never more than the machine has
+    assert group_label(Machine(()), "A100", 8) == "cpu"
+    two = load_grid(MATRICES / "gpu_smoke.yaml", machine=Machine(("NVIDIA H200",) * 2))
+    assert group_label(Machine(("NVIDIA H200",) * 2), two.file.hardware.gpu, two.file.hardware.gpus_per_node) == \
+        "2xH200"

@@ -326,3 +326,12 @@ def test_the_index_lists_every_report_newest_first(tmp_path, capsys):
         "A100-SXM4-80GB | 5 ok, 1 oom, 1 timeout |",
         "| [cpu_smoke/cpu.md](cpu_smoke/cpu.md) | 2026-11-01 10:00 | cpu_smoke | cpu | 1x cpu | 4 ok |",
     ]
+
+
+def test_a_missing_mfu_shows_the_cells_own_reason(tmp_path):
+    row = _row(0, "lora", "eager", 6.0, "a100/lora/1node/eager", gpu={"name": "NVIDIA H20", "memory_bytes": 96 * 2**30})
+    row["unmeasured"] = {"mfu": "no peak FLOP/s known for NVIDIA H20: add its data-sheet figures to PEAKS"}
+    store = RowStore(tmp_path / "a100_speed" / "8xH20")
+    store.append(row)
+    (line,) = _table(render(store.directory, tmp_path / "r.md", plots=False).read_text(), "Speed")
+    assert "n/a (no peak FLOP/s known for NVIDIA H20: add its data-sheet figures to PEAKS)" in line

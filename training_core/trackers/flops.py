@@ -22,35 +22,74 @@ from typing import Any
 
 from training_core.model.presets import CLIP_L14_336_NAME, CLIP_VIT_L14_336
 
-# Dense (no structured sparsity) peak FLOP/s per GPU from NVIDIA's data sheets, by precision of the matmuls.
-# fp32 means true fp32 (PyTorch's default: TF32 off for matmuls).
-PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},  # A100 40/80 GB SXM & PCIe data sheet
-    "H100 SXM": {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},  # H100 data sheet (SXM5)
-    "H100 PCIe": {"bf16": 756.5e12, "fp16": 756.5e12, "fp32": 51.2e12},
-    "H100 NVL": {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60.0e12},
-    "H200": {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},  # H200 data sheet (SXM)
-    "V100": {"fp16": 125e12, "fp32": 15.7e12},  # V100 SXM2 data sheet; no bf16
-    "L40S": {"bf16": 362.05e12, "fp16": 362.05e12, "fp32": 91.6e12},
-}
+
+@dataclass(frozen=True)
+class Peak:
+    """One GPU's dense (no structured sparsity) peak FLOP/s by precision of the matmuls, from its data sheet. fp32
+    means true fp32 (PyTorch's default: TF32 off for matmuls)."""
+
+    key: str
+    match: tuple[str, ...]  # every one of these appears in the upper-cased device name
+    flops: dict[str, float]
+    source: str
+
+
+# First match wins: the more specific names come first. Figures given with sparsity in a data sheet are halved.
+PEAKS: tuple[Peak, ...] = (
+    Peak("H200 NVL", ("H200", "NVL"), {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60.0e12},
+         "NVIDIA H200 NVL data sheet: BF16/FP16 1,671 TFLOPS with sparsity, FP32 60 TFLOPS"),
+    Peak("H200 SXM", ("H200",), {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
+         "NVIDIA H200 SXM data sheet: BF16/FP16 1,979 TFLOPS with sparsity, FP32 67 TFLOPS"),
+    Peak("H100 NVL", ("H100", "NVL"), {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60.0e12},
+         "NVIDIA H100 NVL data sheet: BF16/FP16 1,671 TFLOPS with sparsity, FP32 60 TFLOPS"),
+    Peak("H100 PCIe", ("H100", "PCIE"), {"bf16": 756.5e12, "fp16": 756.5e12, "fp32": 51.2e12},
+         "NVIDIA H100 PCIe data sheet: BF16/FP16 1,513 TFLOPS with sparsity, FP32 51 TFLOPS"),
+    Peak("H100 SXM", ("H100",), {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
+         "NVIDIA H100 SXM5 data sheet: BF16/FP16 1,979 TFLOPS with sparsity, FP32 67 TFLOPS"),
+    Peak("H800 PCIe", ("H800", "PCIE"), {"bf16": 756.5e12, "fp16": 756.5e12, "fp32": 51.2e12},
+         "NVIDIA H800 PCIe data sheet: BF16/FP16 1,513 TFLOPS with sparsity, FP32 51 TFLOPS"),
+    Peak("H800 SXM", ("H800",), {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
+         "NVIDIA H800 SXM5 data sheet: BF16/FP16 1,979 TFLOPS with sparsity, FP32 67 TFLOPS"),
+    Peak("A800", ("A800",), {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+         "NVIDIA A800 40/80 GB data sheet: BF16/FP16 312 TFLOPS, FP32 19.5 TFLOPS (the A100's figures)"),
+    Peak("A100", ("A100",), {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+         "NVIDIA A100 40/80 GB SXM and PCIe data sheet: BF16/FP16 312 TFLOPS, FP32 19.5 TFLOPS"),
+    Peak("V100S PCIe", ("V100S",), {"fp16": 130e12, "fp32": 16.4e12},
+         "NVIDIA V100S PCIe data sheet: tensor FP16 130 TFLOPS, FP32 16.4 TFLOPS; no bf16"),
+    Peak("V100 PCIe", ("V100", "PCIE"), {"fp16": 112e12, "fp32": 14.0e12},
+         "NVIDIA V100 PCIe data sheet: tensor FP16 112 TFLOPS, FP32 14 TFLOPS; no bf16"),
+    Peak("V100 SXM2", ("V100",), {"fp16": 125e12, "fp32": 15.7e12},
+         "NVIDIA V100 SXM2 data sheet: tensor FP16 125 TFLOPS, FP32 15.7 TFLOPS; no bf16"),
+    Peak("L40S", ("L40S",), {"bf16": 362.05e12, "fp16": 362.05e12, "fp32": 91.6e12},
+         "NVIDIA L40S data sheet: BF16/FP16 362.05 TFLOPS (733 with sparsity), FP32 91.6 TFLOPS"),
+)
+
+
+def peak_entry(gpu_name: str) -> Peak | None:
+    """The table's entry for a device name; None for unknown devices and for MIG slices (a slice has a fraction of
+    the SMs: the whole GPU's peak would make its MFU several times too low)."""
+    name = gpu_name.upper()
+    if "MIG" in name:
+        return None
+    return next((p for p in PEAKS if all(part in name for part in p.match)), None)
 
 
 def peak_flops(gpu_name: str, precision: str) -> float | None:
     """Peak dense FLOP/s of one GPU for a precision, from its (marketing) name; None when unknown (CPU)."""
-    name = gpu_name.upper()
-    if "H100" in name:
-        key = "H100 PCIe" if "PCIE" in name else "H100 NVL" if "NVL" in name else "H100 SXM"
-    elif "H200" in name:
-        key = "H200"
-    elif "A100" in name:
-        key = "A100"
-    elif "V100" in name:
-        key = "V100"
-    elif "L40S" in name:
-        key = "L40S"
-    else:
+    entry = peak_entry(gpu_name)
+    return entry.flops.get(precision) if entry else None
+
+
+def no_peak_reason(gpu_name: str, precision: str) -> str | None:
+    """Why there is no peak (so no MFU) for this device and precision; None when there is one."""
+    entry = peak_entry(gpu_name)
+    if entry is not None and precision in entry.flops:
         return None
-    return PEAK_FLOPS[key].get(precision)
+    if "MIG" in gpu_name.upper():
+        return f"{gpu_name} is a MIG slice: its share of the GPU's peak FLOP/s is not known"
+    if entry is not None:
+        return f"{entry.key} has no {precision} peak in its data sheet"
+    return f"no peak FLOP/s known for {gpu_name}: add its data-sheet figures to PEAKS in training_core/trackers/flops.py"
 
 
 @dataclass(frozen=True)
