@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-cpu
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu test test-fast test-gpu doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
+.PHONY: help setup setup-gpu test test-fast test-gpu test-slurm doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
 	bench-gpu-smoke gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
 	test-gate reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
@@ -15,6 +15,7 @@ help:
 	@echo "make test       the whole CPU suite over both cores (runs setup first; the GPU tier is skipped without CUDA)"
 	@echo "make test-fast  the unit tier (no cells, torchrun or grids; under 2 minutes): run it before every commit"
 	@echo "make test-gpu   the GPU tier only (pytest -m gpu): attention backends, memory, MFU, QLoRA, DeepSpeed/NCCL"
+	@echo "make test-slurm the SLURM tier (pytest -m slurm) on a real 2-node cluster it starts and stops (tests/slurm/cluster.sh)"
 	@echo "make doctor     what this machine can run (GPUs, kernels, packages, cells of the shipped grids)"
 	@echo "make lint       ruff over the project"
 	@echo "make bench-micro  data-pipeline micro-benchmarks (pytest-benchmark, one core)"
@@ -56,6 +57,15 @@ test-fast: setup
 
 test-gpu: setup
 	$(PY) -m pytest -q -m gpu $(PYTEST_ARGS)
+
+# The SLURM tier: a real cluster on this machine (slurm-wlm 22.05 from Debian, munge, slurmdbd + MariaDB, nodes n1 and
+# n2 with their own hostnames, loopback only), started for the tests and stopped after them (SLURM_KEEP=1 keeps it).
+SLURM_TEST_DIR ?= $(CURDIR)/build/slurm
+test-slurm: setup
+	SLURM_TEST_DIR=$(SLURM_TEST_DIR) tests/slurm/cluster.sh start
+	SLURM_TEST_DIR=$(SLURM_TEST_DIR) SLURM_CONF=$(SLURM_TEST_DIR)/slurm.conf $(PY) -m pytest -q -rs -m slurm tests/slurm \
+		$(PYTEST_ARGS); status=$$?; [ -n "$$SLURM_KEEP" ] || SLURM_TEST_DIR=$(SLURM_TEST_DIR) tests/slurm/cluster.sh stop; \
+		exit $$status
 
 doctor: setup
 	$(PY) -m harness doctor

@@ -181,9 +181,13 @@ def _add_grid_commands(sub) -> None:
     run.add_argument("--nnodes", type=int, default=1, help="nodes of a multi-node run (start the same command on each)")
     run.add_argument("--node-rank", type=int, default=0)
     run.add_argument("--master-addr", help="the first node's address (multi-node)")
-    run.add_argument("--master-port", type=int, default=29500)
+    run.add_argument("--master-port", type=int,
+                     help="rendezvous port (local multi-node default 29500; SLURM default: one per job, from its id)")
     run.add_argument("--launcher", choices=("local", "slurm"), default="local")
     run.add_argument("--sbatch-arg", action="append", default=[], help="extra #SBATCH directive, e.g. --partition=gpu")
+    run.add_argument("--slurm-shared", action="store_true",
+                     help="SLURM: let a cell's job share its nodes with other jobs (default: its nodes to itself, so "
+                          "that nothing else runs beside a measurement)")
     run.add_argument("--dry-run", action="store_true", help="print commands / write sbatch scripts, run nothing")
     run.set_defaults(func=_run)
 
@@ -439,7 +443,8 @@ def _run(args) -> int:
         _check_writable(args.results)  # last: a refused run leaves no results directory behind
     options = RunOptions(results=args.results, group=args.group, force=args.force, filters=filters,
                          timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
-                                                             args.master_port),
+                                                             args.master_port or 29500),
+                         master_port=args.master_port if slurm else None, slurm_shared=args.slurm_shared,
                          launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg,
                          check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed,
                          wait=args.wait, keep_model=args.keep_model)
@@ -449,13 +454,19 @@ def _run(args) -> int:
     rows = runner.run()
     if runner.main_node and not args.dry_run and args.launcher == "local":
         print_summary(console, runner.store, grid)
+    for cell, job, state, why in runner.waiting:  # SLURM: jobs that have not ended, with the scheduler's reason
+        console.print(f"  cell {cell.index}: job {job} {state.lower()}" + (f" ({why})" if why else "")
+                      + "; run this command again once it has ended to record its row")
+    for problem in runner.slurm_problems:
+        print(f"error: {problem}", file=sys.stderr)
     if runner.kept_failures:
         cells = ", ".join(f"{c.index} ({status})" for c, status in runner.kept_failures)
         console.print(f"[red]{len(runner.kept_failures)} cell(s) failed in an earlier run and were not rerun: "
                       f"{cells}; --retry-failed reruns only those, --force reruns every cell[/red]")
     if runner._interrupted:
         return 128 + int(runner.interrupted_by)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports
-    failed = any(r["status"] not in ("ok", "unsupported") for r in rows) or runner.kept_failures
+    failed = any(r["status"] not in ("ok", "unsupported") for r in rows) or runner.kept_failures \
+        or runner.slurm_problems
     return 1 if failed else 0
 
 

@@ -50,6 +50,8 @@ class RunOptions:
     retry_failed: bool = False  # rerun cells whose final row is a failure (RETRYABLE), not the others
     wait: bool = False  # another runner holds the group: wait for it instead of refusing
     keep_model: bool = False  # each cell keeps its trained model / adapter in cells/<run_id>/model
+    master_port: int | None = None  # SLURM: the rendezvous port of every job (default: from each job's id)
+    slurm_shared: bool = False  # SLURM: let jobs share their nodes with other jobs (default: exclusive)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
@@ -134,6 +136,8 @@ class Runner:
         self.kept_failures: list[tuple[Cell, str]] = []  # failed in an earlier run, not rerun now
         self.retried: set[str] = set()  # run_ids of failed cells rerun now (--retry-failed): their old results go
         self._env: dict | None = None  # captured once per run (a child process), see env()
+        self.waiting: list[tuple[Cell, str, str, str]] = []  # SLURM jobs not ended yet: (cell, job, state, reason)
+        self.slurm_problems: list[str] = []  # SLURM jobs whose end could not be learnt (sacct failed)
 
     def env(self, world_size: int) -> dict:
         """The environment of this run for a row of `world_size` ranks (rows the runner writes itself)."""
@@ -355,38 +359,65 @@ class Runner:
 
     # ---------------------------------------------------------------- slurm
     def _slurm(self, cell: Cell, cell_dir: Path, spec_path: Path) -> dict | None:
+        """Submit the cell's job, or collect it once SLURM says it ended: the row is the job's result.json checked
+        against SLURM's own account of the job (a job SLURM ended FAILED, CANCELLED, NODE_FAIL or TIMEOUT is never
+        an `ok` row), with the job id, state, exit code and whether it had its nodes to itself."""
         job_file = cell_dir / "slurm_job_id"
-        recorded = self._finished_result(cell_dir, cell.spec.run_id)
-        if recorded is not None:
-            return self._finish_row(cell, recorded, _slurm_log(cell_dir))
-        script = sbatch_script(cell.spec, spec_path.resolve(), cell_dir.resolve(),
-                               job_name=f"phi3v-{self.grid.name}-{cell.spec.run_id}",
-                               timeout_s=self.options.timeout_s or cell.limits.timeout_s, workdir=ROOT,
-                               extra=self.options.sbatch_args, check_hardware=self.options.check_hardware,
-                               keep_model=self.options.keep_model)
         path = cell_dir / "job.sbatch"
         if self.options.dry_run:
-            path.write_text(script)
+            path.write_text(self._sbatch_script(cell, cell_dir, spec_path))
             self.console.print(f"    wrote {path} ({cell.spec.nodes} node(s); dry run: not submitted)")
-        elif job_file.exists() and not self._afresh(cell.spec.run_id):
-            job = job_file.read_text().strip()
-            ended = slurm_outcome(job)
-            if ended is not None and (recorded := self._finished_result(cell_dir, cell.spec.run_id)) is not None:
-                return self._finish_row(cell, recorded, _slurm_log(cell_dir))  # it finished just now
-            if ended is not None:  # the job ended without writing a result (killed by SLURM, node failure, ...)
-                return self._failure_row(cell, ended, _slurm_log(cell_dir), job_file.stat().st_mtime)
-            self.console.print(f"    submitted earlier as job {job}; its row is recorded by running this command "
-                               "again once it has finished")
-        else:
-            path.write_text(script)
-            # a resubmitted cell (--force, --retry-failed): the earlier job's result must not be collected as this one's
-            (cell_dir / "result.json").unlink(missing_ok=True)
-            out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False)
-            if out.returncode:
-                raise RuntimeError(f"sbatch failed for {path}: {out.stderr.strip()}")
-            job_file.write_text(out.stdout.strip() + "\n")
-            self.console.print(f"    submitted {path} as job {out.stdout.strip()}")
+            return None
+        if job_file.exists() and not self._afresh(cell.spec.run_id):
+            return self._collect(cell, cell_dir, job_file.read_text().strip())
+        path.write_text(self._sbatch_script(cell, cell_dir, spec_path))
+        # a resubmitted cell (--force, --retry-failed): the earlier job's result must not be collected as this one's
+        (cell_dir / "result.json").unlink(missing_ok=True)
+        job_file.unlink(missing_ok=True)
+        try:
+            out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=False,
+                                 timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            out = subprocess.CompletedProcess(["sbatch"], 1, "", f"{type(exc).__name__}: {exc}")
+        if out.returncode:  # this cell's error row; the other cells are still submitted
+            message = (out.stderr.strip() or out.stdout.strip() or f"exit {out.returncode}").replace("\n", "; ")
+            return self._failure_row(cell, ("error", f"sbatch refused {path}: {message}"), path, time.time())
+        job = out.stdout.strip().split(";")[0]
+        job_file.write_text(job + "\n")
+        self.console.print(f"    submitted {path} as job {job}")
         return None
+
+    def _sbatch_script(self, cell: Cell, cell_dir: Path, spec_path: Path) -> str:
+        return sbatch_script(cell.spec, spec_path.resolve(), cell_dir.resolve(),
+                             job_name=f"phi3v-{self.grid.name}-{cell.spec.run_id}",
+                             timeout_s=self.options.timeout_s or cell.limits.timeout_s, workdir=ROOT,
+                             extra=self.options.sbatch_args, check_hardware=self.options.check_hardware,
+                             keep_model=self.options.keep_model, port=self.options.master_port,
+                             exclusive=not self.options.slurm_shared, memory_gb=cell.limits.memory_gb)
+
+    def _collect(self, cell: Cell, cell_dir: Path, job: str) -> dict | None:
+        account = slurm_account(job)
+        log = _slurm_log(cell_dir)
+        if account.error:
+            self.slurm_problems.append(f"cell {cell.index} (job {job}): {account.error}")
+            return None
+        if account.state in SLURM_WAITING:
+            self.waiting.append((cell, job, account.state, slurm_reason(job)))
+            return None
+        recorded = self._finished_result(cell_dir, cell.spec.run_id)
+        status, what = SLURM_ENDED_BADLY.get(account.state, ("error", f"ended {account.state}"))
+        if recorded is None or account.state in SLURM_ENDED_BADLY:  # SLURM's account wins over result.json's
+            told = f"although its result.json says {recorded.get('status')}" if recorded is not None \
+                else "without writing a result (see the job's log)"
+            reason = f"SLURM job {job} {what} ({account.state}, exit {account.exit_code or '?'}) {told}"
+            row = self._failure_row(cell, (status, reason), log, (cell_dir / "slurm_job_id").stat().st_mtime)
+        else:
+            row = self._finish_row(cell, recorded, log)
+        script = cell_dir / "job.sbatch"
+        row["slurm"] = {"job": job, "state": account.state, "exit_code": account.exit_code,
+                        "exclusive": "#SBATCH --exclusive" in script.read_text().splitlines() if script.exists()
+                        else None}
+        return row
 
 
 def _slurm_log(cell_dir: Path) -> Path:
@@ -400,28 +431,52 @@ def _slurm_log(cell_dir: Path) -> Path:
 
 SLURM_WAITING = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING",
                  "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "STOPPED"}
+# SLURM's end states that make a row a failure whatever the job's result.json says: (status, why)
+SLURM_ENDED_BADLY = {
+    "FAILED": ("error", "failed"),
+    "NODE_FAIL": ("error", "lost a node"),
+    "BOOT_FAIL": ("error", "could not boot a node"),
+    "DEADLINE": ("timeout", "reached its deadline"),
+    "TIMEOUT": ("timeout", "reached its time limit"),
+    "OUT_OF_MEMORY": ("oom", "ran out of host memory"),
+    "CANCELLED": ("interrupted", "was cancelled (scancel or the scheduler; a rerun runs it again)"),
+    "PREEMPTED": ("interrupted", "was preempted"),
+}
 
 
-def slurm_outcome(job: str) -> tuple[str, str] | None:
-    """(status, reason) of a job that ended without writing its result, from `sacct`; None while it is waiting or
-    running, or when sacct cannot say (then the runner keeps waiting and says so)."""
+@dataclass(frozen=True)
+class SlurmAccount:
+    state: str | None = None
+    exit_code: str | None = None
+    error: str | None = None  # sacct could not say: what failed
+
+
+def slurm_account(job: str) -> SlurmAccount:
+    """The job's state and exit code from `sacct` (accounting: slurmdbd). When sacct cannot answer, `error` says
+    what failed and how to enable accounting; a job sacct does not list yet (records appear a few seconds after
+    submission and after the end) is PENDING."""
     try:
-        out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State"], capture_output=True, text=True,
-                             timeout=60, check=False)
+        out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State,ExitCode"], capture_output=True,
+                             text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return SlurmAccount(error=f"sacct could not be run ({type(exc).__name__}: {exc})")
+    if out.returncode:
+        detail = out.stderr.strip().replace("\n", "; ") or f"exit {out.returncode}"
+        return SlurmAccount(error=f"sacct failed ({detail}); the runner needs SLURM accounting to see how a job "
+                                  "ended: AccountingStorageType=accounting_storage/slurmdbd with a running slurmdbd")
+    fields = (out.stdout.strip().splitlines() or ["PENDING"])[0].split("|")
+    state = fields[0].split()[0] if fields[0] else "PENDING"  # 'CANCELLED by 0' -> CANCELLED
+    return SlurmAccount(state=state, exit_code=fields[1] if len(fields) > 1 else None)
+
+
+def slurm_reason(job: str) -> str:
+    """Why a job is not running yet, from `squeue` (e.g. Resources, Priority, PartitionNodeLimit); '' if unknown."""
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True, timeout=60,
+                             check=False)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    states = out.stdout.split()
-    if out.returncode or not states:
-        return None
-    state = states[0]
-    if state in SLURM_WAITING:
-        return None
-    reason = f"SLURM job {job} ended as {state} without writing a result (see the job's log)"
-    if state == "TIMEOUT":
-        return "timeout", f"SLURM job {job} reached its time limit (TIMEOUT) without writing a result"
-    if state == "OUT_OF_MEMORY":
-        return "oom", f"SLURM job {job} ran out of host memory (OUT_OF_MEMORY)"
-    return "error", reason
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def headline(row: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import socket
 import subprocess
@@ -64,6 +65,7 @@ def capture(world_size: int) -> dict:
         "gpu_count": len(gpus),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": torch.get_num_threads(),
+        "cpus_allowed": len(os.sched_getaffinity(0)),  # the CPUs this process may run on (affinity, cgroups)
         "hostname": socket.gethostname(),
         "world_size": world_size,
         "distributed_backend": _backend(),

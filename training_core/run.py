@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import random
+import socket
 import sys
 import time
 import traceback
@@ -266,6 +267,7 @@ def main(argv=None) -> int:
     if spec.cpu_threads is not None:
         torch.set_num_threads(spec.cpu_threads)
     distributed.init(device.type, always=get_strategy(spec.strategy).engine == "deepspeed")
+    _record_host(args.out)
     reason = unsupported_reason(spec, device)
     if reason:
         outcome.status, outcome.reason = "unsupported", reason
@@ -281,8 +283,10 @@ def main(argv=None) -> int:
         except Exception as exc:  # a failure is a result: keep what was measured
             outcome.status, outcome.reason = classify_exception(exc)
             traceback.print_exc()
-    row = build_row(run_id=spec.run_id, spec=spec.model_dump(mode="json"), outcome=outcome,
-                    env=capture(distributed.world_size()), process_start=process_start)
+    env = capture(distributed.world_size())
+    env["hosts"] = _hosts(args.out)
+    row = build_row(run_id=spec.run_id, spec=spec.model_dump(mode="json"), outcome=outcome, env=env,
+                    process_start=process_start)
     if distributed.is_main():
         write_json_atomic(args.out / RESULT_FILE, row)
     elif outcome.status != "ok":
@@ -291,6 +295,26 @@ def main(argv=None) -> int:
           file=sys.stderr)
     distributed.shutdown()
     return 0 if outcome.status in ("ok", "unsupported") else 1
+
+
+HOSTS_DIR = "ranks"  # every rank's host, written at start: no collective needed to list them at the end
+
+
+def _record_host(out: Path) -> None:
+    write_json_atomic(out / HOSTS_DIR / f"rank{distributed.rank()}.json",
+                      {"rank": distributed.rank(), "hostname": socket.gethostname(),
+                       "cpus_allowed": len(os.sched_getaffinity(0))})
+
+
+def _hosts(out: Path) -> list[dict]:
+    """The hosts of this run's ranks (those whose record this node can see: a shared file system shows all)."""
+    records = []
+    for path in sorted((out / HOSTS_DIR).glob("rank*.json")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(records, key=lambda r: r.get("rank", 0))
 
 
 def _raw_spec(path: Path):

@@ -174,14 +174,17 @@ def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
     cell_dir = script.parent
     assert text.startswith("#!/bin/bash\n")
     for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
-                 "#SBATCH --time=01:00:00", "#SBATCH --partition=gpu", f"#SBATCH --output={cell_dir}/slurm-%j.log",
-                 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)'):
+                 "#SBATCH --exclusive", "#SBATCH --time=01:00:00", "#SBATCH --partition=gpu",
+                 f"#SBATCH --output={cell_dir}/slurm-%j.log",
+                 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+                 "rdzv_port=$(( 20000 + SLURM_JOB_ID % 20000 ))"):  # a port per job
         assert line in text.splitlines(), line
     check, srun = [line for line in text.splitlines() if line.startswith("srun ")]
-    assert check.startswith("srun --ntasks-per-node=1 ") and "-m harness.hardware check --gpu=A100 " \
+    node_step = "srun --ntasks-per-node=1 --cpus-per-task=$SLURM_CPUS_ON_NODE "  # the node's CPUs, not one
+    assert check.startswith(node_step) and "-m harness.hardware check --gpu=A100 " \
         "--gpus-per-node=8" in check  # every node checks its GPUs inside the job
-    assert "-m torch.distributed.run --nnodes=$SLURM_NNODES --nproc_per_node=8" in srun
-    assert '--rdzv_backend=c10d --rdzv_endpoint="$head_node:29500"' in srun
+    assert srun.startswith(node_step) and "-m torch.distributed.run --nnodes=$SLURM_NNODES --nproc_per_node=8" in srun
+    assert '--rdzv_backend=c10d --rdzv_endpoint="$head_node:$rdzv_port"' in srun
     assert f"-m training_core.run --spec {cell_dir}/spec.json --out {cell_dir} --save-model" in srun  # --keep-model
     assert json.loads((cell_dir / "spec.json").read_text())["nodes"] == 2
     assert not (cell_dir / "slurm_job_id").exists() and rows(tmp_path / "r") == []
@@ -210,7 +213,8 @@ def test_slurm_submission_and_collection_of_finished_and_failed_jobs(tmp_path):
                                     'echo $n > "$0.count"; echo "$n"\n')
     (bin_dir / "sacct").write_text('#!/bin/bash\ncase "$2" in 1001) echo TIMEOUT;; 1002) echo RUNNING;; '
                                    '*) echo COMPLETED;; esac\n')
-    for tool in ("sbatch", "sacct"):
+    (bin_dir / "squeue").write_text('#!/bin/bash\necho "RUNNING None"\n')
+    for tool in ("sbatch", "sacct", "squeue"):
         (bin_dir / tool).chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     path = grid(tmp_path, "hardware: {gpu: A100, gpus_per_node: 8}\n"
@@ -231,13 +235,13 @@ def test_slurm_submission_and_collection_of_finished_and_failed_jobs(tmp_path):
     second = harness("run", str(path), "--results", str(results), "--launcher", "slurm", env=env)
     by_seed = {r["spec"]["seed"]: r for r in rows(results, group="8xA100")}
     assert set(by_seed) == {1, 3}  # job 1002 is still running: no row yet
-    assert by_seed[1]["status"] == "timeout" and "SLURM job 1001 reached its time limit" in by_seed[1]["reason"]
+    assert by_seed[1]["status"] == "timeout" and "SLURM job 1001 reached its time limit (TIMEOUT" in by_seed[1]["reason"]
     assert by_seed[3]["status"] == "error" and "no NVIDIA GPU" in by_seed[3]["reason"]
-    assert "submitted earlier as job 1002" in second.stdout and second.stdout.count("submitted ") == 1
+    assert "job 1002 running (RUNNING None)" in second.stdout and second.stdout.count("submitted ") == 0
     # --retry-failed resubmits the two failed cells (new jobs), leaves the running job alone, and the earlier
     # failure's result.json is not collected as the new job's result
     retry = harness("run", str(path), "--results", str(results), "--launcher", "slurm", "--retry-failed", env=env)
-    assert retry.stdout.count("job.sbatch as job ") == 2 and "submitted earlier as job 1002" in retry.stdout, retry.stdout
+    assert retry.stdout.count("job.sbatch as job ") == 2 and "job 1002 running" in retry.stdout, retry.stdout
     assert [(cells[s] / "slurm_job_id").read_text().strip() for s in (1, 2, 3)] == ["1004", "1002", "1005"]
     assert not (cells[3] / "result.json").exists() and len(rows(results, group="8xA100")) == 2
 
