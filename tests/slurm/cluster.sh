@@ -25,7 +25,9 @@ node_addr() { echo "127.0.1.$(( $1 + 10 ))"; }  # n1 -> 127.0.1.11, n2 -> 127.0.
 
 install() {
   local missing=()
-  for p in "${PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  for p in "${PACKAGES[@]}"; do  # 'deinstall ok config-files' (removed, not purged) counts as missing
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
+  done
   [ ${#missing[@]} -eq 0 ] && return
   log "installing ${missing[*]}"
   apt-get update -qq
