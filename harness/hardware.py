@@ -66,8 +66,25 @@ def mismatch(machine: Machine, gpu: str, gpus_per_node: int) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ in a SLURM job
+def head_node_problem(name: str) -> str | None:
+    """Why this node cannot reach the job's first node by name (torchrun's rendezvous endpoint), or None."""
+    try:
+        socket.getaddrinfo(name, None)
+    except OSError as exc:
+        return (f"the job's head node name {name!r} does not resolve on compute node {socket.gethostname()} "
+                f"({exc.strerror or exc}); torchrun's rendezvous needs it: fix the nodes' DNS or /etc/hosts")
+    return None
+
+
 def check_in_job(args) -> int:
-    problem = mismatch(detect(), args.gpu, args.gpus_per_node)
+    """On each compute node before torchrun: the head node's name resolves here, and (with --gpu) the GPUs match."""
+    problem = head_node_problem(args.head_node) if args.head_node else None
+    if problem is None and args.gpu is not None:
+        mismatched = mismatch(detect(), args.gpu, args.gpus_per_node)
+        if mismatched is not None:
+            problem = (f"hardware mismatch on compute node {socket.gethostname()}: {mismatched}; submit to a "
+                       "partition with these GPUs (--sbatch-arg=--partition=...) and rerun with --force, or pass "
+                       "--allow-hardware-mismatch")
     if problem is None:
         return 0
     from training_core.env import capture
@@ -75,13 +92,10 @@ def check_in_job(args) -> int:
     from training_core.spec import RunSpec
 
     spec = RunSpec.load(args.spec)
-    reason = (f"hardware mismatch on compute node {socket.gethostname()}: {problem}; submit to a partition with "
-              f"these GPUs (--sbatch-arg=--partition=...) and rerun with --force, or pass "
-              f"--allow-hardware-mismatch")
     row = build_row(run_id=spec.run_id, spec=spec.model_dump(mode="json"), outcome=Outcome(status="error",
-                    reason=reason), env=capture(spec.world_size), process_start=time.time())
+                    reason=problem), env=capture(spec.world_size), process_start=time.time())
     write_json_atomic(Path(args.out) / RESULT_FILE, row)
-    print(f"error: {reason}", file=sys.stderr)
+    print(f"error: {problem}", file=sys.stderr)
     return 1
 
 
@@ -89,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.hardware")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="check this node against a cell's hardware (inside a SLURM job)")
-    check.add_argument("--gpu", required=True)
-    check.add_argument("--gpus-per-node", type=int, required=True)
+    check.add_argument("--gpu", help="the cell's GPU type (no GPU check without it)")
+    check.add_argument("--gpus-per-node", type=int, default=1)
+    check.add_argument("--head-node", help="the job's first node: its name must resolve here")
     check.add_argument("--spec", required=True, type=Path)
     check.add_argument("--out", required=True, type=Path, help="the cell directory (result.json on a mismatch)")
     args = parser.parse_args(argv)

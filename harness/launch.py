@@ -64,7 +64,8 @@ def sbatch_script(spec: RunSpec, spec_path: Path, out_dir: Path, *, job_name: st
     nodes to itself (`exclusive`, so nothing else runs beside a measurement; else the CPUs its ranks need),
     `memory_gb` as `--mem`, and every CPU of each node for that node's torchrun and its loader workers. With
     `check_hardware`, every node first checks its GPUs against the cell's (`python -m harness.hardware check`): a
-    mismatch ends the job with the reason in result.json. `port`: the rendezvous port (default: from the job id)."""
+    mismatch ends the job with the reason in result.json, as does a head node whose name does not resolve on a
+    node. `port`: the rendezvous port (default: from the job id)."""
     directives = [f"--job-name={job_name}", f"--nodes={spec.nodes}", "--ntasks-per-node=1"]
     if spec.gpu.lower() != "cpu":
         directives.append(f"--gpus-per-node={spec.gpus_per_node}")
@@ -89,10 +90,10 @@ def sbatch_script(spec: RunSpec, spec_path: Path, out_dir: Path, *, job_name: st
     if spec.cpu_threads is not None:  # as the local launcher sets them, for libraries that size pools at import
         lines.append(f"export OMP_NUM_THREADS={spec.cpu_threads} MKL_NUM_THREADS={spec.cpu_threads}")
     step = "srun --ntasks-per-node=1 --cpus-per-task=$SLURM_CPUS_ON_NODE "  # the node's CPUs, not one
-    if check_hardware:
-        check = [python, "-m", "harness.hardware", "check", shlex.quote(f"--gpu={spec.gpu}"),
-                 f"--gpus-per-node={spec.gpus_per_node}", "--spec", shlex.quote(str(spec_path)),
-                 "--out", shlex.quote(str(out_dir))]
-        lines.append(step + " ".join(check))
+    # every node first checks that the head node's name resolves there and, with `check_hardware`, its GPUs
+    gpus = [shlex.quote(f"--gpu={spec.gpu}"), f"--gpus-per-node={spec.gpus_per_node}"] if check_hardware else []
+    check = [python, "-m", "harness.hardware", "check", '--head-node="$head_node"', *gpus,
+             "--spec", shlex.quote(str(spec_path)), "--out", shlex.quote(str(out_dir))]
+    lines.append(step + " ".join(check))
     lines += [step + " ".join(torchrun), ""]
     return "\n".join(lines)

@@ -406,13 +406,14 @@ class Runner:
             return None
         recorded = self._finished_result(cell_dir, cell.spec.run_id)
         status, what = SLURM_ENDED_BADLY.get(account.state, ("error", f"ended {account.state}"))
-        if recorded is None or account.state in SLURM_ENDED_BADLY:  # SLURM's account wins over result.json's
-            told = f"although its result.json says {recorded.get('status')}" if recorded is not None \
+        ended = f"SLURM job {job} {what} ({account.state}, exit {account.exit_code or '?'})"
+        if recorded is not None and (recorded.get("status") != "ok" or account.state not in SLURM_ENDED_BADLY):
+            row = self._finish_row(cell, recorded, log)  # the cell's own account (a failure keeps its reason)
+        else:  # no result, or an `ok` one from a job SLURM says ended badly: SLURM's account wins
+            told = "although its result.json says ok" if recorded is not None \
                 else "without writing a result (see the job's log)"
-            reason = f"SLURM job {job} {what} ({account.state}, exit {account.exit_code or '?'}) {told}"
-            row = self._failure_row(cell, (status, reason), log, (cell_dir / "slurm_job_id").stat().st_mtime)
-        else:
-            row = self._finish_row(cell, recorded, log)
+            row = self._failure_row(cell, (status, f"{ended} {told}"), log,
+                                    (cell_dir / "slurm_job_id").stat().st_mtime)
         script = cell_dir / "job.sbatch"
         row["slurm"] = {"job": job, "state": account.state, "exit_code": account.exit_code,
                         "exclusive": "#SBATCH --exclusive" in script.read_text().splitlines() if script.exists()

@@ -90,3 +90,23 @@ def test_a_job_slurm_ended_badly_is_never_an_ok_row_whatever_its_result_says(tmp
     assert row["status"] == "error" and "SLURM job 4242 failed (FAILED, exit 1:0) although its result.json says ok" \
         in row["reason"]
     assert row["slurm"] == {"job": "4242", "state": "FAILED", "exit_code": "1:0", "exclusive": True}
+
+
+def test_a_head_node_name_that_does_not_resolve_on_a_node_is_the_cells_error_naming_it(tmp_path):
+    """The in-job check (python -m harness.hardware check) as every node runs it before torchrun."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    RunSpec(model="tiny").save(tmp_path / "spec.json")
+    check = [sys.executable, "-m", "harness.hardware", "check", "--spec", str(tmp_path / "spec.json"),
+             "--out", str(tmp_path)]
+    ok = subprocess.run([*check, "--head-node=localhost"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0 and not (tmp_path / "result.json").exists()
+    bad = subprocess.run([*check, "--head-node=n9.nowhere.invalid"], cwd=root, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 1
+    row = json.loads((tmp_path / "result.json").read_text())
+    assert row["status"] == "error" and "head node name 'n9.nowhere.invalid' does not resolve on compute node" \
+        in row["reason"] and "fix the nodes' DNS or /etc/hosts" in row["reason"]

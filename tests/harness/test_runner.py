@@ -181,8 +181,8 @@ def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
         assert line in text.splitlines(), line
     check, srun = [line for line in text.splitlines() if line.startswith("srun ")]
     node_step = "srun --ntasks-per-node=1 --cpus-per-task=$SLURM_CPUS_ON_NODE "  # the node's CPUs, not one
-    assert check.startswith(node_step) and "-m harness.hardware check --gpu=A100 " \
-        "--gpus-per-node=8" in check  # every node checks its GPUs inside the job
+    assert check.startswith(node_step) and '-m harness.hardware check --head-node="$head_node" --gpu=A100 ' \
+        "--gpus-per-node=8" in check  # every node checks the head node's name and its GPUs inside the job
     assert srun.startswith(node_step) and "-m torch.distributed.run --nnodes=$SLURM_NNODES --nproc_per_node=8" in srun
     assert '--rdzv_backend=c10d --rdzv_endpoint="$head_node:$rdzv_port"' in srun
     assert f"-m training_core.run --spec {cell_dir}/spec.json --out {cell_dir} --save-model" in srun  # --keep-model
