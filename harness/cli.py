@@ -183,7 +183,10 @@ def _add_grid_commands(sub) -> None:
     run.add_argument("--master-addr", help="the first node's address (multi-node)")
     run.add_argument("--master-port", type=int,
                      help="rendezvous port (local multi-node default 29500; SLURM default: one per job, from its id)")
-    run.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    from harness.launchers import NAMES as LAUNCHERS  # names only: no launcher is imported for the parser
+
+    run.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local",
+                     help="how each cell runs: local (torchrun here) or slurm (one sbatch job per cell)")
     run.add_argument("--sbatch-arg", action="append", default=[], help="extra #SBATCH directive, e.g. --partition=gpu")
     run.add_argument("--slurm-shared", action="store_true",
                      help="SLURM: let a cell's job share its nodes with other jobs (default: its nodes to itself, so "
@@ -401,30 +404,30 @@ def _plan(args) -> int:
 def _run(args) -> int:
     from rich.console import Console
 
-    from harness import hardware
+    from harness import hardware, launchers
     from harness.launch import Nodes
     from harness.matrix import load_grid
     from harness.runner import Runner, RunOptions, check_selection, matches
     from harness.summary import print_summary
-
-    slurm = args.launcher == "slurm"
+    launcher = launchers.get(args.launcher)
     filters = _filters(args.filter)
     machine = hardware.detect()
     grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats, machine=machine, max_cells=args.max_cells)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     hw = grid.file.hardware
-    if slurm and (args.nnodes > 1 or args.master_addr):
-        print("error: --nnodes/--node-rank/--master-addr are for the local launcher; under SLURM every cell is "
-              "submitted with its own node count from the grid", file=sys.stderr)
-        return 2
-    if slurm and grid.auto_hardware:
-        print(f"error: {grid.path}: hardware 'auto' means the GPUs of the machine that runs the grid; start it "
-              "with the local launcher on the GPU node (e.g. inside salloc/srun), not through --launcher slurm",
-              file=sys.stderr)
+    options = RunOptions(results=args.results, group=args.group, force=args.force, filters=filters,
+                         timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
+                                                             args.master_port or 29500),
+                         master_port=args.master_port, slurm_shared=args.slurm_shared,
+                         launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg,
+                         check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed,
+                         wait=args.wait, keep_model=args.keep_model)
+    refused = launcher.refuse(grid, options)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     check_selection(grid, filters)
-    # SLURM: the hardware is checked inside each job, on the compute node (not here, on the login node)
-    problem = None if slurm else hardware.mismatch(machine, hw.gpu, hw.gpus_per_node)
+    problem = hardware.mismatch(machine, hw.gpu, hw.gpus_per_node) if launcher.hardware_here else None
     if problem and not args.allow_hardware_mismatch:
         print(f"error: {grid.path}: {problem}; pass --allow-hardware-mismatch to run anyway (rows record the "
               "hardware actually used)", file=sys.stderr)
@@ -432,7 +435,7 @@ def _run(args) -> int:
     from harness.preflight import missing_inputs
 
     problems = missing_inputs([c for c in grid.runnable if matches(c, filters)]) \
-        if args.launcher == "local" and not args.dry_run else []
+        if launcher.inputs_here and not args.dry_run else []
     if problems:
         print("error: the grid's inputs are not here:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
         return 2
@@ -441,23 +444,15 @@ def _run(args) -> int:
         return 2
     if not args.dry_run:
         _check_writable(args.results)  # last: a refused run leaves no results directory behind
-    options = RunOptions(results=args.results, group=args.group, force=args.force, filters=filters,
-                         timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
-                                                             args.master_port or 29500),
-                         master_port=args.master_port if slurm else None, slurm_shared=args.slurm_shared,
-                         launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg,
-                         check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed,
-                         wait=args.wait, keep_model=args.keep_model)
-    # rows are grouped by the hardware that ran them: this machine's, or under SLURM the grid's (e.g. 8xA100)
-    label = hw.label if slurm else hardware.group_label(machine, hw.gpu, hw.gpus_per_node)
-    runner = Runner(grid, options, label, console)
+    # rows are grouped by the hardware that ran them (this machine's; under SLURM the grid's, e.g. 8xA100)
+    runner = Runner(grid, options, launcher.group_label(machine, hw), console)
     rows = runner.run()
-    if runner.main_node and not args.dry_run and args.launcher == "local":
+    if runner.main_node and not args.dry_run and (launcher.waits or rows):
         print_summary(console, runner.store, grid)
-    for cell, job, state, why in runner.waiting:  # SLURM: jobs that have not ended, with the scheduler's reason
+    for cell, job, state, why in runner.waiting:  # queued jobs that have not ended, with the scheduler's reason
         console.print(f"  cell {cell.index}: job {job} {state.lower()}" + (f" ({why})" if why else "")
                       + "; run this command again once it has ended to record its row")
-    for problem in runner.slurm_problems:
+    for problem in runner.problems:
         print(f"error: {problem}", file=sys.stderr)
     if runner.kept_failures:
         cells = ", ".join(f"{c.index} ({status})" for c, status in runner.kept_failures)
@@ -465,8 +460,7 @@ def _run(args) -> int:
                       f"{cells}; --retry-failed reruns only those, --force reruns every cell[/red]")
     if runner._interrupted:
         return 128 + int(runner.interrupted_by)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports
-    failed = any(r["status"] not in ("ok", "unsupported") for r in rows) or runner.kept_failures \
-        or runner.slurm_problems
+    failed = any(r["status"] not in ("ok", "unsupported") for r in rows) or runner.kept_failures or runner.problems
     return 1 if failed else 0
 
 

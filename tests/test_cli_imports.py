@@ -22,7 +22,8 @@ HEAVY = ("torch", "transformers", "peft", "deepspeed", "bitsandbytes", "accelera
          "safetensors", "datasets")
 # What belongs to one command: another command loading it is loading something before it is needed.
 REPORTING = ("harness.report", "harness.plots", "harness.digest", "harness.compare_ref", "matplotlib", "jinja2")
-GRIDS = ("harness.matrix", "harness.runner", "harness.launch")
+GRIDS = ("harness.matrix", "harness.runner", "harness.launch", "harness.launchers.base", "harness.launchers.local",
+         "harness.launchers.slurm")
 COMPARING = ("harness.compare",)
 DOCTOR = ("harness.doctor",)
 

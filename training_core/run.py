@@ -303,7 +303,8 @@ HOSTS_DIR = "ranks"  # every rank's host, written at start: no collective needed
 def _record_host(out: Path) -> None:
     write_json_atomic(out / HOSTS_DIR / f"rank{distributed.rank()}.json",
                       {"rank": distributed.rank(), "hostname": socket.gethostname(),
-                       "cpus_allowed": len(os.sched_getaffinity(0))})
+                       "cpus_allowed": len(os.sched_getaffinity(0)),  # the CPUs this rank may run on
+                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})  # as the launcher set it, if it did
 
 
 def _hosts(out: Path) -> list[dict]:

@@ -181,7 +181,7 @@ def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
         assert line in text.splitlines(), line
     check, srun = [line for line in text.splitlines() if line.startswith("srun ")]
     node_step = "srun --ntasks-per-node=1 --cpus-per-task=$SLURM_CPUS_ON_NODE "  # the node's CPUs, not one
-    assert check.startswith(node_step) and '-m harness.hardware check --head-node="$head_node" --gpu=A100 ' \
+    assert check.startswith(node_step) and '-m harness.launchers.slurm_node check --head-node="$head_node" --gpu=A100 ' \
         "--gpus-per-node=8" in check  # every node checks the head node's name and its GPUs inside the job
     assert srun.startswith(node_step) and "-m torch.distributed.run --nnodes=$SLURM_NNODES --nproc_per_node=8" in srun
     assert '--rdzv_backend=c10d --rdzv_endpoint="$head_node:$rdzv_port"' in srun
@@ -211,10 +211,13 @@ def test_slurm_submission_and_collection_of_finished_and_failed_jobs(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text('#!/bin/bash\nn=$(cat "$0.count" 2>/dev/null || echo 1000); n=$((n + 1))\n'
                                     'echo $n > "$0.count"; echo "$n"\n')
-    (bin_dir / "sacct").write_text('#!/bin/bash\ncase "$2" in 1001) echo TIMEOUT;; 1002) echo RUNNING;; '
-                                   '*) echo COMPLETED;; esac\n')
-    (bin_dir / "squeue").write_text('#!/bin/bash\necho "RUNNING None"\n')
-    for tool in ("sbatch", "sacct", "squeue"):
+    # the jobs pend until the test says they ran (bin/ran); scontrol cannot say what the partitions have
+    (bin_dir / "sacct").write_text('#!/bin/bash\n[ -e "$(dirname "$0")/ran" ] || { echo PENDING; exit 0; }\n'
+                                   'case "$2" in 1001) echo TIMEOUT;; 1002) echo RUNNING;; 1003) echo COMPLETED;; *) echo PENDING;; esac\n')
+    (bin_dir / "squeue").write_text('#!/bin/bash\n[ -e "$(dirname "$0")/ran" ] || { echo "PENDING Priority"; exit 0; }\n'
+                                    'echo "RUNNING None"\n')
+    (bin_dir / "scontrol").write_text("#!/bin/bash\nexit 1\n")
+    for tool in ("sbatch", "sacct", "squeue", "scontrol"):
         (bin_dir / tool).chmod(0o755)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     path = grid(tmp_path, "hardware: {gpu: A100, gpus_per_node: 8}\n"
@@ -225,10 +228,12 @@ def test_slurm_submission_and_collection_of_finished_and_failed_jobs(tmp_path):
     first = harness("run", str(path), "--results", str(results), "--launcher", "slurm", env=env)
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.count("submitted ") == 3 and rows(results, group="8xA100") == []
+    assert first.stdout.count("pending (PENDING Priority)") == 3  # each new job's state, with the scheduler's reason
+    (bin_dir / "ran").touch()
     cells = {json.loads((d / "spec.json").read_text())["seed"]: d for d in (results / "g" / "8xA100" / "cells").iterdir()}
     assert [(cells[s] / "slurm_job_id").read_text().strip() for s in (1, 2, 3)] == ["1001", "1002", "1003"]
     # job 1003 ran its in-job hardware check on a node without A100s (this machine): it writes the cell's row
-    check = subprocess.run([sys.executable, "-m", "harness.hardware", "check", "--gpu=A100", "--gpus-per-node=8",
+    check = subprocess.run([sys.executable, "-m", "harness.launchers.slurm_node", "check", "--gpu=A100", "--gpus-per-node=8",
                             "--spec", str(cells[3] / "spec.json"), "--out", str(cells[3])], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 1 and "hardware mismatch on compute node" in check.stderr

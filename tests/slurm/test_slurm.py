@@ -89,29 +89,161 @@ def test_one_and_two_node_cells_run_on_a_cluster_without_gpus_and_a_second_run_c
         assert row["slurm"]["exit_code"] == "0:0"
 
 
-def test_a_refused_sbatch_is_that_cells_error_row_the_others_are_submitted_and_pending_ones_say_why(env, tmp_path):
+def test_a_refused_sbatch_is_that_cells_error_row_the_others_are_submitted_and_threads_reach_the_job(env, tmp_path):
     """memory_gb reaches the job as --mem (here more than any node has: sbatch refuses that cell); a cell that needs
-    more nodes than the partition has pends, and the run says why (squeue's reason); the third cell runs."""
+    more nodes than the partition has is said so at submission and not submitted (it would pend for ever); the third
+    cell runs, with its cpu_threads in the job's environment."""
     path = grid(tmp_path, "include:\n  - {nodes: 1, global_batch: 2, memory_gb: 100000}\n"
-                          "  - {nodes: 3, global_batch: 3}\n  - {nodes: 1, global_batch: 2, seed: 1}\n", "refused")
+                          "  - {nodes: 3, global_batch: 3}\n  - {nodes: 1, global_batch: 2, seed: 1, cpu_threads: 2}\n",
+                "refused")
     results = tmp_path / "r"
     first = harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm")
     assert first.returncode == 1, first.stdout + first.stderr  # not a silent success
-    (row,) = RowStore(results / "refused" / "cpu").rows()
-    assert row["status"] == "error" and row["spec"]["nodes"] == 1 and "sbatch refused" in row["reason"]
-    assert "Memory specification can not be satisfied" in row["reason"]  # sbatch's own message
-    script = next(p for p in results.rglob("job.sbatch") if p.parent.name == row["run_id"]).read_text()
+    rows = {r["spec"]["nodes"]: r for r in RowStore(results / "refused" / "cpu").rows()}
+    assert set(rows) == {1, 3} and all(r["status"] == "error" for r in rows.values())
+    assert "sbatch refused" in rows[1]["reason"]
+    assert "Memory specification can not be satisfied" in rows[1]["reason"]  # sbatch's own message
+    script = next(p for p in results.rglob("job.sbatch") if p.parent.name == rows[1]["run_id"]).read_text()
     assert "#SBATCH --mem=102400000M" in script.splitlines()
-    submitted = jobs(results)
-    assert len(submitted) == 2  # the other two cells were submitted all the same
-    by_nodes = {json.loads((p.parent / "spec.json").read_text())["nodes"]: p.read_text().strip()
-                for p in results.rglob("slurm_job_id")}
-    wait_until_ended(env, [by_nodes[1]])
+    assert "not submitted: the cell needs 3 node(s) and partition 'debug' has 2" in rows[3]["reason"]
+    assert "pend for ever" in rows[3]["reason"] and "--sbatch-arg=--partition=" in rows[3]["reason"]
+    (job,) = jobs(results)  # the third cell was submitted all the same
+    wait_until_ended(env, [job])
     second = harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm")
-    subprocess.run(["scancel", by_nodes[3]], env=env, check=False)
-    assert f"job {by_nodes[3]} pending (PENDING PartitionNodeLimit)" in second.stdout, second.stdout
     statuses = sorted((r["spec"]["nodes"], r["status"]) for r in RowStore(results / "refused" / "cpu").rows())
-    assert statuses == [(1, "error"), (1, "ok")], second.stdout + second.stderr
+    assert statuses == [(1, "error"), (1, "ok"), (3, "error")], second.stdout + second.stderr
+    ok = next(r for r in RowStore(results / "refused" / "cpu").rows() if r["status"] == "ok")
+    assert [h["omp_num_threads"] for h in ok["env"]["hosts"]] == ["2"]  # cpu_threads: 2 reached the job
+
+
+def test_pending_jobs_are_listed_with_slurms_reason_and_the_time_limit_never_rounds_to_zero(env, tmp_path):
+    """A held job (--sbatch-arg=--hold) pends: the run lists it with squeue's reason, at submission and later, and
+    never records a row for it. `--timeout 0.5` asks for one second, which SLURM rounds up to a minute: never
+    00:00:00, which SLURM reads as no limit at all."""
+    path = grid(tmp_path, "include:\n  - {nodes: 1, global_batch: 2}\n", "held")
+    results = tmp_path / "r"
+    args = ("run", str(path), "--results", str(results), "--launcher", "slurm", "--timeout", "0.5",
+            "--sbatch-arg=--hold")
+    first = harness(env, *args)
+    (job,) = jobs(results)
+    try:
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert f"job {job} pending (PENDING JobHeldUser)" in first.stdout, first.stdout
+        shown = subprocess.run(["scontrol", "-o", "show", "job", job], env=env, capture_output=True, text=True,
+                               timeout=60).stdout
+        assert "TimeLimit=00:01:00" in shown.split(), shown
+        again = harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm")
+        assert f"job {job} pending (PENDING JobHeldUser)" in again.stdout, again.stdout
+        assert "run this command again once it has ended" in again.stdout
+        assert RowStore(results / "held" / "cpu").rows() == []
+    finally:
+        subprocess.run(["scancel", job], env=env, check=False)
+
+
+def test_a_job_slurm_ended_failed_is_an_error_row_although_its_result_says_ok(env, tmp_path):
+    """The race the port clash caused: rank 0 wrote an `ok` result.json, then the job failed. Here a real job exits
+    3 and the cell's result.json says ok: SLURM's account wins, and the row keeps its state and exit code."""
+    path = grid(tmp_path, "include:\n  - {nodes: 1, global_batch: 2}\n", "failed")
+    results = tmp_path / "r"
+    assert harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm",
+                   "--dry-run").returncode == 0
+    (cell,) = (results / "failed" / "cpu" / "cells").iterdir()
+    spec = json.loads((cell / "spec.json").read_text())
+    submitted = subprocess.run(["sbatch", "--parsable", f"--output={cell}/slurm-%j.log", "--wrap", "exit 3"],
+                               env=env, capture_output=True, text=True, timeout=60, check=True)
+    job = submitted.stdout.strip()
+    (cell / "slurm_job_id").write_text(job + "\n")
+    (cell / "result.json").write_text(json.dumps({"run_id": cell.name, "status": "ok", "reason": None, "spec": spec,
+                                                  "metrics": {"images_per_s": 1.0}, "env": {}}))
+    wait_until_ended(env, [job])
+    collected = harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm")
+    assert collected.returncode == 1, collected.stdout + collected.stderr
+    (row,) = RowStore(results / "failed" / "cpu").rows()
+    assert row["status"] == "error" and f"SLURM job {job} failed (FAILED, exit 3:0) although its result.json says " \
+        "ok" in row["reason"]
+    assert row["slurm"]["state"] == "FAILED" and row["slurm"]["exit_code"] == "3:0"
+
+
+def test_jobs_that_share_their_nodes_meet_in_their_own_rendezvous_and_master_port_is_honoured(env, tmp_path):
+    """Two 2-node jobs run at once on the same two nodes (--slurm-shared, 2 GB each): each job's rendezvous is on a
+    port of its own (from its id), so both finish ok, and each row says its nodes were shared. A third job uses the
+    port given by --master-port."""
+    cells = "include:\n  - {nodes: 2, global_batch: 4, memory_gb: 2, measured_steps: 12}\n" \
+            "  - {nodes: 2, global_batch: 4, memory_gb: 2, measured_steps: 12, seed: 1}\n"
+    path = grid(tmp_path, cells, "shared")
+    results = tmp_path / "r"
+    first = harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm", "--slurm-shared")
+    assert first.returncode == 0, first.stdout + first.stderr
+    submitted = jobs(results)
+    wait_until_ended(env, submitted)
+    times = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,Start,End,NodeList", "-j", ",".join(submitted)],
+                           env=env, capture_output=True, text=True, timeout=60).stdout.split()
+    (a, a_start, a_end, a_nodes), (b, b_start, b_end, b_nodes) = [line.split("|") for line in times]
+    assert a_start < b_end and b_start < a_end and a_nodes == b_nodes == "n[1-2]", times  # they ran at once
+    second = harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm", "--slurm-shared")
+    rows = RowStore(results / "shared" / "cpu").rows()
+    assert [r["status"] for r in rows] == ["ok", "ok"], second.stdout + second.stderr
+    assert all(r["slurm"]["exclusive"] is False and r["env"]["world_size"] == 2 for r in rows)
+    ports = {r["slurm"]["job"]: _rendezvous(Path(r["log"])) for r in rows}
+    assert ports == {j: f"n1:{20000 + int(j) % 20000}" for j in submitted}  # one store per job
+
+    path = grid(tmp_path, "include:\n  - {nodes: 2, global_batch: 4}\n", "port")
+    args = ("run", str(path), "--results", str(tmp_path / "p"), "--launcher", "slurm", "--master-port", "23456")
+    assert harness(env, *args).returncode == 0
+    wait_until_ended(env, jobs(tmp_path / "p"))
+    assert harness(env, *args).returncode == 0
+    (row,) = RowStore(tmp_path / "p" / "port" / "cpu").rows()
+    assert row["status"] == "ok" and _rendezvous(Path(row["log"])) == "n1:23456"
+
+
+def _rendezvous(log: Path) -> str:
+    """The rendezvous endpoint the job script announced in its log."""
+    (line,) = [ln for ln in log.read_text().splitlines() if ln.startswith("phi3v: job ")]
+    return line.rsplit(" ", 1)[1]
+
+
+def test_sacct_that_cannot_answer_is_an_error_that_says_how_to_enable_accounting(env, tmp_path):
+    """The same cluster seen through a slurm.conf without accounting: sacct fails, and the run says so (and how to
+    enable it) and exits non-zero, instead of calling a finished job 'submitted earlier' for ever."""
+    path = grid(tmp_path, "include:\n  - {nodes: 1, global_batch: 2}\n", "noacct")
+    results = tmp_path / "r"
+    assert harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm").returncode == 0
+    (job,) = jobs(results)
+    wait_until_ended(env, [job])
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(Path(env["SLURM_CONF"]).read_text().replace("accounting_storage/slurmdbd",
+                                                                 "accounting_storage/none"))
+    collected = harness({**env, "SLURM_CONF": str(conf)}, "run", str(path), "--results", str(results), "--launcher",
+                        "slurm")
+    assert collected.returncode == 1, collected.stdout + collected.stderr
+    assert f"error: cell 0 (job {job}): sacct failed (" in collected.stderr
+    assert "AccountingStorageType=accounting_storage/slurmdbd" in collected.stderr
+    assert "run this command again" not in collected.stdout and RowStore(results / "noacct" / "cpu").rows() == []
+    assert harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm").returncode == 0
+    (row,) = RowStore(results / "noacct" / "cpu").rows()  # with accounting back, the row is collected
+    assert row["status"] == "ok"
+
+
+def test_a_head_node_name_that_does_not_resolve_on_the_node_ends_the_job_saying_which(env, tmp_path):
+    """SLURM reaches the nodes by NodeAddr, so a cluster works although its node names are not in DNS; torchrun's
+    rendezvous needs the head node's name. With n1's line gone from /etc/hosts, the job ends before torchrun and
+    the row names the name and the node."""
+    hosts = Path("/etc/hosts")
+    saved = hosts.read_text()
+    path = grid(tmp_path, "include:\n  - {nodes: 1, global_batch: 2}\n", "dns")
+    results = tmp_path / "r"
+    try:
+        hosts.write_text("".join(line for line in saved.splitlines(keepends=True)
+                                 if not line.startswith("127.0.1.11 n1 ")))
+        first = harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm",
+                        "--sbatch-arg=--nodelist=n1")
+        assert first.returncode == 0, first.stdout + first.stderr
+        wait_until_ended(env, jobs(results))
+    finally:
+        hosts.write_text(saved)
+    harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm")
+    (row,) = RowStore(results / "dns" / "cpu").rows()
+    assert row["status"] == "error" and "head node name 'n1' does not resolve on compute node n1" in row["reason"]
 
 
 def test_a_cancelled_job_is_interrupted_like_ctrl_c_and_a_rerun_runs_it_again(env, tmp_path):

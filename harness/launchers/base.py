@@ -1,0 +1,152 @@
+"""The interface every launcher implements, and the row building they share.
+
+The runner drives a launcher the same way whatever it is:
+
+    job = launcher.resume(cell) or launcher.submit(cell)    # a job, or at once a row (e.g. a refused submission)
+    while launcher.waits and not launcher.poll(job).ended:  # local: the runner watches the cell to its end;
+        ...                                                 #   on Ctrl-C: launcher.cancel(job, why)
+    state = launcher.poll(job)                              # queued launchers (SLURM): a later run collects
+    row = launcher.collect(job) if state.ended else None
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from training_core.result import Outcome, build_row
+
+from ..store import FINAL
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..hardware import Machine
+    from ..matrix import Cell, Grid, Hardware
+    from ..runner import RunOptions
+
+LOG_TAIL_LINES = 30
+
+
+@dataclass
+class Context:
+    """What a launcher gets from the runner: the run's options, where to say things, and how rows are made."""
+    grid: Grid
+    options: RunOptions
+    console: Console
+    env: Callable[[int], dict]  # the run's environment for a row of N ranks
+    afresh: Callable[[str], bool]  # run this cell again, reusing no earlier result or job (--force, --retry-failed)
+
+    def finish_row(self, cell: Cell, row: dict, log: Path) -> dict:
+        """A row from the cell's own result (or a failure row): the grid's name, the cell's index and its log."""
+        row = {**row, "matrix": self.grid.name, "cell": cell.index, "log": str(log), "profile": self.grid.profile}
+        if row["status"] != "ok":
+            row["log_tail"] = log_tail(log)
+        return row
+
+    def failure_row(self, cell: Cell, status: tuple[str, str], log: Path, started: float) -> dict:
+        """A row for a cell that wrote no result of its own: (status, reason)."""
+        row = build_row(run_id=cell.spec.run_id, spec=cell.spec.model_dump(mode="json"),
+                        outcome=Outcome(status=status[0], reason=status[1]), env=self.env(cell.spec.world_size),
+                        process_start=started)
+        return self.finish_row(cell, row, log)
+
+    def finished_result(self, cell_dir: Path, run_id: str) -> dict | None:
+        """The cell's result.json when it holds a final result that this run may reuse."""
+        path = cell_dir / "result.json"
+        if self.afresh(run_id) or not path.exists():
+            return None
+        try:
+            result = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+        return result if isinstance(result, dict) and result.get("status") in FINAL else None
+
+
+@dataclass
+class Job:
+    """One cell's job as its launcher tracks it. `id`: the launcher's name for it (a PID, a SLURM job id)."""
+    cell: Cell
+    cell_dir: Path
+    spec_path: Path
+    id: str
+    log: Path
+    started: float = field(default_factory=time.time)
+    data: dict[str, Any] = field(default_factory=dict)  # the launcher's own bookkeeping
+
+
+@dataclass(frozen=True)
+class State:
+    """A job's state as its launcher knows it: `ended`, or not (`state` and the scheduler's `reason`), or `problem`
+    when the launcher could not learn it (the run then says what failed and exits non-zero)."""
+    ended: bool
+    state: str = ""
+    reason: str = ""
+    problem: str | None = None
+
+
+class Launcher(ABC):
+    name: ClassVar[str]
+    waits: ClassVar[bool]  # True: the runner watches each job to its end before the next; False: jobs queue
+    hardware_here: ClassVar[bool]  # the grid's hardware is checked on this machine (else inside each job)
+    inputs_here: ClassVar[bool]  # the cells' inputs are checked on this machine before anything starts
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    @classmethod
+    def refuse(cls, grid: Grid, options: RunOptions) -> str | None:
+        """Why this launcher cannot run this grid with these options (before anything starts), or None."""
+        return None
+
+    @classmethod
+    @abstractmethod
+    def group_label(cls, machine: Machine, hardware: Hardware) -> str:
+        """The results group of the run: the hardware its rows were measured on."""
+
+    def skip_reason(self, cell: Cell) -> str | None:
+        """Why this launcher does not run this cell now (it is listed as skipped), or None."""
+        return None
+
+    def prepare(self, cell: Cell, cell_dir: Path) -> None:
+        """Before the cell is looked at: e.g. end what a killed earlier runner left behind. Default: nothing."""
+        return None
+
+    @abstractmethod
+    def dry_run(self, cell: Cell, cell_dir: Path, spec_path: Path) -> None:
+        """Say (or write) what would run, and run nothing."""
+
+    @abstractmethod
+    def resume(self, cell: Cell, cell_dir: Path, spec_path: Path) -> Job | dict | None:
+        """What an earlier run left of this cell: its job still to collect, or its final row; None to submit."""
+
+    @abstractmethod
+    def submit(self, cell: Cell, cell_dir: Path, spec_path: Path) -> Job | dict:
+        """Start the cell: its job, or at once its failure row (e.g. the scheduler refused it)."""
+
+    @abstractmethod
+    def poll(self, job: Job) -> State:
+        """The job's state now."""
+
+    @abstractmethod
+    def cancel(self, job: Job, status: tuple[str, str]) -> None:
+        """End the job; its row will carry `status` (status, reason) unless it already ended on its own."""
+
+    @abstractmethod
+    def collect(self, job: Job) -> dict:
+        """The row of a job that has ended."""
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    if not path.exists() or not path.is_file():
+        return []
+    with path.open("rb") as handle:
+        handle.seek(0, 2)
+        handle.seek(max(0, handle.tell() - 64 * 1024))
+        text = handle.read().decode("utf-8", errors="replace")
+    return text.splitlines()[-lines:]
