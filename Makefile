@@ -63,7 +63,7 @@ test-gpu: setup
 SLURM_TEST_DIR ?= $(CURDIR)/build/slurm
 test-slurm: setup
 	SLURM_TEST_DIR=$(SLURM_TEST_DIR) tests/slurm/cluster.sh start
-	SLURM_TEST_DIR=$(SLURM_TEST_DIR) SLURM_CONF=$(SLURM_TEST_DIR)/slurm.conf $(PY) -m pytest -q -rs -m slurm tests/slurm \
+	SLURM_TEST_DIR=$(SLURM_TEST_DIR) SLURM_CONF=$(SLURM_TEST_DIR)/slurm.conf $(PY) -m pytest -q -rs --durations=10 -m slurm tests/slurm \
 		$(PYTEST_ARGS); status=$$?; [ -n "$$SLURM_KEEP" ] || SLURM_TEST_DIR=$(SLURM_TEST_DIR) tests/slurm/cluster.sh stop; \
 		exit $$status
 
