@@ -386,7 +386,8 @@ def _plan(args) -> int:
                           str(c.fields.get("nodes", "")), "", "", "", "", str(c.fields.get("reference", "")),
                           f"{c.status}: {c.reason}")
             continue
-        table.add_row(str(c.index), s.run_id, s.task, s.strategy, s.precision, s.attention, str(s.nodes),
+        strategy = s.strategy + (f" (recipe {s.recipe_revision})" if s.revision != "current" else "")
+        table.add_row(str(c.index), s.run_id, s.task, strategy, s.precision, s.attention, str(s.nodes),
                       str(s.world_size), str(s.global_batch), f"{s.lr:g}", str(s.num_crops or "task"), s.reference or "",
                       "planned" if c.runnable else f"{c.status}: {c.reason}")
     console.print(table)

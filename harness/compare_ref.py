@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from training_core.model.presets import preset_dict
-from training_core.trackers.flops import model_shape, peak_flops, trainable_for, training_flops
+from training_core.recipe_revisions import get_revision
+from training_core.trackers.flops import executed_flops, model_shape, peak_flops, trainable_for, training_flops
 
 from .reference import RefRow
 
@@ -70,8 +71,19 @@ def compare(row: dict, ref: RefRow | None, speed: bool) -> Comparison:
         if env.get("world_size") != ref.gpus:
             c.reasons.append(f"GPU count: {env.get('world_size')} vs documented {ref.gpus}")
     _settings(c, spec, ref, speed)
+    _revision(c, spec, ref)
     _data(c, spec, speed)
     return c
+
+
+def _revision(c: Comparison, spec: dict, ref: RefRow) -> None:
+    """A cell of another recipe revision trains something else (under 2024-06 a frozen tower leaves the decoder
+    untrained): not comparable, whatever the other settings."""
+    mine = spec.get("recipe_revision") or "current"
+    if mine != ref.recipe_revision:
+        rev = get_revision(ref.recipe_revision)
+        c.reasons.append(f"recipe revision: {mine} vs documented {ref.recipe_revision} (Cookbook {rev.cookbook_commit}, "
+                         f"{rev.date}: {rev.summary}); rerun with recipe_revision: {ref.recipe_revision}")
 
 
 def _settings(c: Comparison, spec: dict, ref: RefRow, speed: bool) -> None:
@@ -121,15 +133,27 @@ def diff_percent(measured: float | None, documented: float | None) -> float | No
     return (measured - documented) / documented * 100
 
 
-def documented_mfu(ref: RefRow) -> float | None:
-    """The utilisation a documented throughput implies under the analytic FLOPs model (see DOC_* assumptions)."""
+def documented_flops(ref: RefRow, executed: bool = False, revision: str | None = None) -> float | None:
+    """FLOPs of one documented example (see DOC_* assumptions) as the row's recipe revision trained it (or
+    `revision`): model FLOPs, or with `executed` what checkpointing recomputes too. None for QLoRA (4-bit)."""
     strategy = ref.settings.get("strategy")
+    if strategy not in ("full", "frozen_vision", "lora"):
+        return None
+    preset = "phi-3.5-vision" if ref.model == "Phi-3.5-vision" else "phi-3-vision-128k"
+    revision = revision or ref.recipe_revision
+    frozen = strategy == "frozen_vision" or (strategy == "lora" and get_revision(revision).lora_forces_frozen_vision)
+    count = executed_flops if executed else training_flops
+    return count(model_shape(preset_dict(preset)), [round(DOC_SEQUENCE)], DOC_CROPS, DOC_IMAGE_TOKENS,
+                 trainable_for(strategy, frozen, revision))
+
+
+def documented_mfu(ref: RefRow, revision: str | None = None) -> float | None:
+    """The utilisation a documented throughput implies under the analytic FLOPs model, for the work the row's recipe
+    revision did (or `revision`'s)."""
     precision = ref.settings.get("precision", "bf16")
     peak = peak_flops(ref.gpu or "", precision)
     images_per_s = ref.values.get("images_per_s")
-    if strategy == "qlora" or peak is None or images_per_s is None:
+    flops = documented_flops(ref, revision=revision)
+    if peak is None or images_per_s is None or flops is None:
         return None
-    preset = "phi-3.5-vision" if ref.model == "Phi-3.5-vision" else "phi-3-vision-128k"
-    flops = training_flops(model_shape(preset_dict(preset)), [round(DOC_SEQUENCE)], DOC_CROPS, DOC_IMAGE_TOKENS,
-                           trainable_for(strategy, strategy == "frozen_vision"))
     return flops * images_per_s.value / (ref.gpus * peak)

@@ -1,14 +1,14 @@
 """The guide's documented numbers as validated data (`results/reference/*.yaml`).
 
 Each file is one table of the guide: its source, the model it was measured on (Phi-3-vision or Phi-3.5-vision, as
-the guide notes), the task, hardware and shared settings, and rows with a `key` (cells point at it with
+the guide notes), the recipe revision that measured it, the task, hardware and shared settings, and rows with a `key` (cells point at it with
 `reference:`), their own settings and values. A value is a number or `{value, approx}` ("~42" in the guide)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -54,6 +54,7 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid")
     table: str
     source: str
+    recipe_revision: Literal["current", "2024-06"]  # the recipe revision that measured it (recipe_revisions.py)
     model: str
     task: str
     metric: str | None = None
@@ -84,6 +85,7 @@ class RefRow:
     gpus_per_node: int
     settings: dict[str, Any]
     values: dict[str, RefValue]
+    recipe_revision: str = "current"
 
     @property
     def gpus(self) -> int:
@@ -112,5 +114,6 @@ def load_references(directory: Path = REFERENCE_DIR) -> dict[str, RefRow]:
             if not values:
                 raise ReferenceError(f"{path}: row {row.key!r} has no values")
             rows[row.key] = RefRow(row.key, table.table, table.source, table.model, table.task, table.hardware.gpu,
-                                   table.hardware.gpus_per_node, {**table.settings, **row.settings}, values)
+                                   table.hardware.gpus_per_node, {**table.settings, **row.settings}, values,
+                                   table.recipe_revision)
     return rows

@@ -211,6 +211,15 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         images = write_plots(lines, out.parent / assets, refs)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    from .revisions import frozen_rows_explained, measured_gradients
+
+    revision_notes = frozen_rows_explained([line.ref for line in lines if line.ref is not None], refs)
+    gradient_notes = measured_gradients(rows)
+    opening = summary(rows, comparisons, doc_mfu, repeats, acc_results)
+    flagged = [note for note in gradient_notes if not note.startswith("no trainable parameter")]
+    if flagged:
+        opening.append("Trainable parameters without a gradient in the first optimizer step: " + "; ".join(flagged)
+                       + ".")
     text = env.get_template("report.md.j2").render(
         matrix=rows[0].get("matrix") or group_dir.parent.name, group=group_dir.name,
         profile=rows[0].get("profile"), speed=speed_table(lines), baseline=baseline,
@@ -220,7 +229,8 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         environment=environment(rows), rows=rows, images=[f"{assets}/{name}" for name in images],
         measured_gpu=measured_gpu, model_family=model_family,
         kept=[r for r in rows if (r.get("artifacts") or {}).get("model")],
-        summary=summary(rows, comparisons, doc_mfu, repeats, acc_results), comparability=grouped_comparability(comparisons),
+        summary=opening, comparability=grouped_comparability(comparisons),
+        revision_notes=revision_notes, gradient_notes=gradient_notes,
         variability=repeats, noisy_cv=NOISY_CV, cell_ranges=cell_ranges,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

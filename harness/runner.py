@@ -257,6 +257,9 @@ def headline(row: dict) -> str:
         parts.append(f"peak {m['peak_mem_allocated_bytes'] / 2**30:.1f} GiB")
     elif "peak_rss_bytes" in m:
         parts.append(f"peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GiB")
+    flag = (row.get("gradients") or {}).get("flag")
+    if flag:  # trainable parameters that got no gradient in the first optimizer step
+        parts.append(f"warning: {flag}")
     return ", ".join(parts)
 
 

@@ -28,8 +28,15 @@ def print_summary(console: Console, store: RowStore, grid: Grid) -> None:
                 if m.get("loss_first") is not None and m.get("loss_last") is not None else "")
         table.add_row(str(cell.index), s.strategy, s.precision, s.attention, f"{s.nodes}x{s.gpus_per_node}",
                       row["status"], _num(m.get("images_per_s")), _num(m.get("step_time_s_p50"), 3),
-                      _wait(m), _num(peak / 2**30 if peak else None), loss, (row.get("reason") or "")[:60])
+                      _wait(m), _num(peak / 2**30 if peak else None), loss, _note(row))
     console.print(table)
+
+
+def _note(row: dict) -> str:
+    """The failure's reason, or for a cell that ran: trainable parameters that got no gradient (the check of its
+    first optimizer step)."""
+    flag = (row.get("gradients") or {}).get("flag")
+    return (row.get("reason") or (f"warning: {flag}" if flag else ""))[:80]
 
 
 def _wait(metrics: dict) -> str:

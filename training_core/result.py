@@ -32,6 +32,7 @@ class Outcome:
     reason: str | None = None
     artifacts: dict = field(default_factory=dict)  # files kept for later use, e.g. {"model": "<cell>/model"}
     unmeasured: dict = field(default_factory=dict)  # metric -> why this cell could not measure it, e.g. "mfu"
+    gradients: dict | None = None  # which trainable parameters got no gradient (trackers/gradients.py)
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str]:
@@ -66,6 +67,7 @@ def build_row(*, run_id, spec: dict, outcome: Outcome, env: dict, process_start:
         "log": log,
         **({"artifacts": outcome.artifacts} if outcome.artifacts else {}),
         **({"unmeasured": outcome.unmeasured} if outcome.unmeasured else {}),
+        **({"gradients": outcome.gradients} if outcome.gradients is not None else {}),
     }
 
 

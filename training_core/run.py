@@ -34,17 +34,22 @@ from .precision import weights_dtype
 from .result import RESULT_FILE, Diverged, Outcome, build_row, classify_exception, write_json_atomic
 from .spec import RunSpec, SpecError
 from .strategies import get_strategy
-from .strategies.base import build_base, count_parameters, model_config
+from .strategies.base import build_base, count_parameters, enable_checkpointing, model_config
 from .strategies.lora import qlora_quantization
 from .tasks import get_task
 from .trackers.energy import EnergyTracker
 from .trackers.flops import mfu, model_shape, no_peak_reason, peak_flops, trainable_for, training_flops
+from .trackers.gradients import GradientCoverage
 from .trackers.memory import MemoryTracker, model_state_bytes
 from .trackers.throughput import ThroughputTracker
 
 
 class StopRequested(Exception):
     """--stop-after: end as if the job had been killed after that optimizer step (tests of resume)."""
+
+
+class UntrainedParameters(Exception):
+    """`require_gradients: true` and trainable parameters got no gradient in the first optimizer step."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,7 +102,7 @@ class Cell:
                            scratch=self.out)
         model = self.strategy.prepare(model, spec)
         if spec.gradient_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model, spec)
         model.config.use_cache = False  # training; generation asks for the cache explicitly
         model.train()
         trainable, total = count_parameters(model)
@@ -136,7 +141,8 @@ class Cell:
         images = sum(b["num_images"] for b in micro)
         tokens = sum(sum(b["lengths"]) for b in micro)
         samples = sum(len(b["lengths"]) for b in micro)
-        trainable = trainable_for(self.spec.strategy, self.spec.vision_frozen)
+        trainable = trainable_for(self.spec.strategy, self.spec.vision_frozen, self.spec.recipe_revision,
+                                  self.spec.gradient_checkpointing)
         flops = 0.0
         for b in micro:
             crops = b["pixel_values"].shape[0] * b["pixel_values"].shape[1] if "pixel_values" in b else 0
@@ -161,7 +167,14 @@ class Cell:
                     asked = time.perf_counter()
                     micro = next(self._step_groups)
                     data_wait = time.perf_counter() - asked
-                    loss = self.engine.train_step(micro)
+                    coverage = self._gradient_coverage() if step == self.start_step else None
+                    try:
+                        loss = self.engine.train_step(micro)
+                    finally:
+                        if coverage is not None:
+                            coverage.remove()
+                    if coverage is not None:
+                        self._check_gradients(coverage)
                     if "model_state_bytes" not in outcome.metrics:
                         outcome.metrics["model_state_bytes"] = int(max_all(
                             model_state_bytes(self.engine.module, self.engine.optimizer)))
@@ -184,6 +197,24 @@ class Cell:
         self._flops_metrics(sum_all(sum(window_flops)), samples_total)
         outcome.metrics["loss_first"] = outcome.series["loss"][0] if outcome.series["loss"] else None
         outcome.metrics["loss_last"] = outcome.series["loss"][-1] if outcome.series["loss"] else None
+
+    def _gradient_coverage(self) -> GradientCoverage:
+        module = self.engine.module
+        unused = module.unused_parameter_names() if hasattr(module, "unused_parameter_names") else ()
+        return GradientCoverage(module, unused)
+
+    def _check_gradients(self, coverage: GradientCoverage) -> None:
+        """After the first optimizer step: record which trainable parameters got no gradient; with
+        `require_gradients`, such a cell is an error."""
+        report = coverage.finish(distributed.gather_objects)
+        self.outcome.gradients = report
+        self.outcome.metrics["untrained_params"] = report["untrained_params"]
+        if report["flag"]:
+            print(f"[rank {distributed.rank()}] warning: {report['flag']} ("
+                  + ", ".join(f"{g}: {n}" for g, n in {**report["no_gradient"], **report["zero_gradient"]}.items())
+                  + ")", file=sys.stderr)
+            if self.spec.require_gradients:
+                raise UntrainedParameters(report["flag"] + " (require_gradients: true)")
 
     def _after_step(self, done: int) -> None:
         every = self.spec.checkpoint_every
@@ -280,6 +311,8 @@ def main(argv=None) -> int:
             outcome.status, outcome.reason = "interrupted", str(exc) or "interrupted"
         except Diverged as exc:
             outcome.status, outcome.reason = "diverged", str(exc)
+        except UntrainedParameters as exc:
+            outcome.status, outcome.reason = "error", str(exc)
         except Exception as exc:  # a failure is a result: keep what was measured
             outcome.status, outcome.reason = classify_exception(exc)
             traceback.print_exc()

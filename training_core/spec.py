@@ -20,7 +20,7 @@ ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
 
 
 # Fields added after run ids were first recorded; a None value is left out of the id.
-_LATER_FIELDS = ("cpu_threads", "longrope_generation")
+_LATER_FIELDS = ("cpu_threads", "longrope_generation", "recipe_revision", "require_gradients")
 
 
 class SpecError(ValueError):
@@ -44,6 +44,12 @@ class RunSpec(BaseModel):
     attention: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
     num_crops: int | None = Field(default=None, ge=1, le=16)  # None: the task's (16, UCF-101 4)
     gradient_checkpointing: bool = True
+    # the recipe revision whose training behaviour the cell reproduces (training_core/recipe_revisions.py): None or
+    # "current" (Cookbook f1cc970 on), "2024-06" (d2cdae5, the revision the guide's speed tables were measured with)
+    recipe_revision: Literal["current", "2024-06"] | None = None
+    # trainable parameters that get no gradient in the first optimizer step are always recorded and flagged; True
+    # makes such a cell an `error`
+    require_gradients: bool | None = None
     # batch: global = per_device x world size x gradient accumulation
     global_batch: int = Field(default=16, ge=1)
     per_device_batch: int = Field(default=1, ge=1)
@@ -106,6 +112,14 @@ class RunSpec(BaseModel):
             raise ValueError("train_embedding: only applies to strategy 'frozen_vision'")
         if self.freeze_vision is False and self.strategy == "frozen_vision":
             raise ValueError("freeze_vision: false with strategy 'frozen_vision' is the 'full' strategy; use that")
+        if self.recipe_revision == "2024-06":
+            if self.train_embedding:
+                raise ValueError("train_embedding: the 2024-06 recipe froze the image embedder by turning gradients "
+                                 "off inside it, token embedding included; it cannot keep the embedding trainable "
+                                 "(use recipe_revision: current)")
+            if self.freeze_vision is False and self.strategy in ("lora", "qlora"):
+                raise ValueError("freeze_vision: the 2024-06 recipe always froze the vision tower under LoRA "
+                                 "('cannot train vision model with LoRA'); use recipe_revision: current")
         return self
 
     # ------------------------------------------------------------------ derived values
@@ -119,7 +133,14 @@ class RunSpec(BaseModel):
 
     @property
     def vision_frozen(self) -> bool:
+        if self.revision == "2024-06" and self.strategy in ("lora", "qlora"):
+            return True  # that revision forced the freeze under LoRA
         return self.strategy == "frozen_vision" if self.freeze_vision is None else self.freeze_vision
+
+    @property
+    def revision(self) -> str:
+        """The recipe revision's name ("current" when unset)."""
+        return self.recipe_revision or "current"
 
     @property
     def alpha(self) -> int:

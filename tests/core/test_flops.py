@@ -7,6 +7,7 @@ from training_core.model.presets import PRESETS, preset_dict
 from training_core.trackers.flops import (
     PEAKS,
     decoder_forward_flops,
+    executed_flops,
     mfu,
     model_shape,
     no_peak_reason,
@@ -41,6 +42,32 @@ def test_training_flops_by_strategy():
     assert frozen == pytest.approx(3 * (w + a) + (vw + va + p))
     assert lora == pytest.approx(2 * w + 3 * a + 2 * (vw + p) + 3 * va)
     assert full > frozen and full > lora
+
+
+def test_the_2024_06_frozen_step_runs_only_the_forward_and_the_head_backward():
+    """2024-06 frozen_vision: decoder layers and attention forward only (no gradient reaches them, so reentrant
+    checkpointing recomputes nothing), the LM head x3. Against a full step with its recompute, that is the 26% (bound
+    3.84x) the report states; a freeze that trains the decoder (current) bounds the speedup at 1.21x."""
+    cfg = model_shape(preset_dict("phi-3-vision-128k"))
+    length, crops, image_tokens = 2443, 17, 2400  # the report's documented example (compare_ref.DOC_*)
+    w, a = decoder_forward_flops(cfg, length)
+    head = 2 * length * cfg.hidden_size * cfg.vocab_size
+    vw, va, p = vision_forward_flops(cfg, crops, image_tokens)
+    old = trainable_for("frozen_vision", True, "2024-06")
+    assert not old.decoder_grads and not old.decoder_weights and old.head_weights
+    model = training_flops(cfg, [length], crops, image_tokens, old)
+    assert model == pytest.approx((w - head) + 3 * head + a + (vw + va + p))
+    assert executed_flops(cfg, [length], crops, image_tokens, old) == model  # nothing recomputed
+    full = trainable_for("full", False)
+    full_executed = executed_flops(cfg, [length], crops, image_tokens, full)
+    assert full_executed == pytest.approx(training_flops(cfg, [length], crops, image_tokens, full)
+                                          + (w - head) + a + vw + va)  # one more forward of every layer
+    assert round(model / full_executed, 2) == 0.26 and round(full_executed / model, 2) == 3.84
+    current = executed_flops(cfg, [length], crops, image_tokens, trainable_for("frozen_vision", True))
+    assert round(full_executed / current, 2) == 1.21
+    # the LoRA of that revision still trains its decoder adapters: the same FLOPs as today's with a frozen tower
+    assert trainable_for("lora", True, "2024-06") == trainable_for("lora", True)
+    assert not trainable_for("full", False, checkpointing=False).checkpointed
 
 
 def test_peak_flops_table_and_mfu():

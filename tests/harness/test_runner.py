@@ -382,3 +382,29 @@ def test_one_runner_per_results_group_and_wait(tmp_path):
     assert waiting.returncode == 0 and "done (ok)" in out  # it waited, then found the cell finished
     (row,) = rows(tmp_path / "r")
     assert row["status"] == "ok"  # the refused runner touched nothing of the first one's
+
+
+@pytest.mark.slow
+def test_the_gradient_check_flags_the_2024_06_frozen_decoder_and_can_make_it_an_error(tmp_path):
+    """Three real frozen_vision cells (DeepSpeed ZeRO-2, tiny preset): today's recipe trains its decoder; the 2024-06
+    recipe's does not, which the row records, the run summary says and the report flags; with require_gradients
+    that cell is an error."""
+    path = grid(tmp_path, "include:\n  - {strategy: frozen_vision}\n"
+                          "  - {strategy: frozen_vision, recipe_revision: '2024-06'}\n"
+                          "  - {strategy: frozen_vision, recipe_revision: '2024-06', require_gradients: true}\n")
+    results = tmp_path / "r"
+    out = harness("run", str(path), "--results", str(results))
+    assert out.returncode == 1, out.stdout + out.stderr  # the required check failed one cell
+    by_cell = {r["cell"]: r for r in rows(results)}
+    assert by_cell[0]["status"] == "ok" and by_cell[0]["gradients"]["flag"] is None
+    assert by_cell[0]["metrics"]["untrained_params"] == 0
+    flag = "decoder gets no gradient: 82.2K trainable parameters not trained"
+    assert by_cell[1]["status"] == "ok" and by_cell[1]["gradients"]["flag"] == flag
+    assert by_cell[1]["gradients"]["no_gradient"] == {"model.layers.*": 82176}
+    assert f"warning: {flag}" in out.stdout  # the cell's line in the run's output
+    assert by_cell[2]["status"] == "error" and by_cell[2]["reason"] == f"{flag} (require_gradients: true)"
+    report = harness("report", str(results / "g" / "cpu"), "--out", str(tmp_path / "report.md"))
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "report.md").read_text()
+    assert ("Trainable parameters without a gradient in the first optimizer step: cell 1 (frozen_vision, recipe "
+            f"2024-06): {flag} (of 99.6K)") in text

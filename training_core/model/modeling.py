@@ -105,6 +105,16 @@ class Phi3VForCausalLM(Phi3VPreTrainedModel, GenerationMixin):
         self._sync_vision_attention()
         return out
 
+    def unused_parameter_names(self) -> set[str]:
+        """Parameters no output depends on: CLIP's layers after the feature layer and its `post_layernorm`, kept for
+        the checkpoint's layout (the official forward never uses them either)."""
+        embedder = self.model.vision_embed_tokens
+        vision = embedder.img_processor.vision_model
+        prefix = "model.vision_embed_tokens.img_processor.vision_model."
+        names = {f"{prefix}encoder.layers.{i}.{n}" for i, layer in enumerate(vision.encoder.layers)
+                 if i >= embedder.num_layers_used for n, _ in layer.named_parameters()}
+        return names | {f"{prefix}post_layernorm.{n}" for n, _ in vision.post_layernorm.named_parameters()}
+
     def _sync_vision_attention(self) -> None:
         """CLIP attention reads its own config's implementation: keep it equal to the decoder's."""
         vision_config = self.model.vision_embed_tokens.img_processor.vision_model.config

@@ -131,4 +131,7 @@ class Phi3VImageEmbedding(nn.Module):
                 f"{projected.shape[0]} features: the placeholders must come from the processor with the same "
                 "num_crops and images"
             )
+        if not torch.is_grad_enabled():  # written in place, as the official code does: under grad mode off (e.g.
+            # the 2024-06 recipe's frozen tower) a token embedding made to require grad stays the tensor that does
+            return hidden.index_put_(positions, projected.to(hidden.dtype), accumulate=False)
         return hidden.index_put(positions, projected.to(hidden.dtype), accumulate=False)

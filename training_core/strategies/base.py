@@ -123,6 +123,20 @@ def _load_quantized(directory, spec, device, dtype, quantization) -> Phi3VForCau
     return model
 
 
+def enable_checkpointing(model: nn.Module, spec: RunSpec) -> None:
+    """Activation checkpointing of the decoder (and CLIP) layers as the cell's recipe revision ran it: non-reentrant
+    (current), or torch's reentrant default (2024-06). transformers 5 makes the embedding output require grad for every
+    `input_ids` model; transformers 4.38.1, which the 2024-06 recipe pinned, did so for peft models only, so that is
+    undone for the others (under a frozen tower their decoder then gets no gradient, as it did)."""
+    from training_core.recipe_revisions import get_revision
+
+    revision = get_revision(spec.recipe_revision)
+    model.activation_checkpointing_enable(
+        activation_checkpointing_kwargs={"use_reentrant": revision.reentrant_checkpointing})
+    if revision.input_grads_for_peft_only and spec.strategy not in ("lora", "qlora"):
+        model.disable_input_require_grads()
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) unique parameters; 4-bit weights count as the number of values they hold."""
     trainable = total = 0

@@ -9,14 +9,19 @@ from torch import nn
 from training_core.spec import RunSpec
 
 from .base import Strategy
-from .full import freeze_vision
+from .full import freeze_vision_for
 
 LANGUAGE_TARGETS = ["qkv_proj", "o_proj", "down_proj", "gate_up_proj", "lm_head"]
 VISION_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2", "img_projection.0", "img_projection.2"]
 
 
-def lora_targets(vision_frozen: bool) -> list[str]:
-    return LANGUAGE_TARGETS + ([] if vision_frozen else VISION_TARGETS)
+def lora_targets(vision_frozen: bool, revision: str | None = None) -> list[str]:
+    """The language model's linear layers and lm_head; CLIP and the projector too unless the tower is frozen (the
+    2024-06 revision never targeted them, and froze the tower under LoRA)."""
+    from training_core.recipe_revisions import get_revision
+
+    vision = not vision_frozen and get_revision(revision).lora_vision_targets
+    return LANGUAGE_TARGETS + (VISION_TARGETS if vision else [])
 
 
 def lora_config(spec: RunSpec):
@@ -26,7 +31,7 @@ def lora_config(spec: RunSpec):
         r=spec.lora_rank,
         lora_alpha=spec.alpha,
         lora_dropout=spec.lora_dropout,
-        target_modules=lora_targets(spec.vision_frozen),
+        target_modules=lora_targets(spec.vision_frozen, spec.recipe_revision),
         init_lora_weights="gaussian",
     )
 
@@ -47,8 +52,8 @@ def _prepare_lora(model: nn.Module, spec: RunSpec) -> nn.Module:
     model = inject_adapter_in_model(lora_config(spec), model)
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name)
-    if spec.vision_frozen:
-        freeze_vision(model)
+    if spec.vision_frozen:  # always under 2024-06
+        freeze_vision_for(model, spec)
     return model
 
 

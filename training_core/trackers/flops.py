@@ -10,8 +10,11 @@ Counted per example, from the config and the real token and crop counts:
 - projector: 2 x (4C x d + d x d) per image token.
 Training multiplies the forward by how much backward a part needs: weight matmuls x3 when their weights train,
 x2 when only activation gradients pass through them (LoRA bases, frozen layers above trainable ones), x1 when
-nothing below needs gradients (a frozen vision tower); attention cores x3 whenever gradients flow. Activation
-recomputation (gradient checkpointing) is not counted: this is *model* FLOPs utilisation, not hardware FLOPs.
+nothing below needs gradients (a frozen vision tower, or the 2024-06 recipe's decoder, see recipe_revisions.py:
+only the LM head and the final norm get a gradient there); attention cores x3 whenever gradients flow, x1 when
+not. `training_flops` is the *model* FLOPs (MFU's numerator): no recomputation. `executed_flops` adds what
+gradient checkpointing recomputes (one more forward of every checkpointed layer that gets a backward): what the
+hardware runs, so the ratio of two workloads' executed FLOPs bounds their speedup.
 """
 
 from __future__ import annotations
@@ -140,19 +143,27 @@ def model_shape(values: Mapping[str, Any]) -> ModelShape:
 class Trainable:
     """Which parts need which backward work (see module doc)."""
 
-    decoder_weights: bool  # decoder + LM head weights train (full / frozen_vision)
-    decoder_grads: bool  # gradients flow through the decoder (always when anything trains)
+    decoder_weights: bool  # decoder layer weights train (full / frozen_vision)
+    decoder_grads: bool  # gradients flow through the decoder layers (always, but the 2024-06 frozen decoder)
     vision_weights: bool  # CLIP + projector weights train (full)
     vision_grads: bool  # gradients flow through the vision tower (full, LoRA on the tower)
+    head_weights: bool = True  # the LM head's weight trains (full / frozen_vision; LoRA: its adapter only)
+    checkpointed: bool = True  # gradient checkpointing: recomputed forwards (executed FLOPs only)
 
 
-def trainable_for(strategy: str, vision_frozen: bool) -> Trainable:
+def trainable_for(strategy: str, vision_frozen: bool, revision: str | None = None,
+                  checkpointing: bool = True) -> Trainable:
+    from training_core.recipe_revisions import decoder_gets_gradients
+
     weights_train = strategy in ("full", "frozen_vision")
+    decoder = decoder_gets_gradients(strategy, vision_frozen, checkpointing, revision)
     return Trainable(
-        decoder_weights=weights_train,
-        decoder_grads=True,
+        decoder_weights=weights_train and decoder,
+        decoder_grads=decoder,
         vision_weights=weights_train and not vision_frozen,
         vision_grads=not vision_frozen,
+        head_weights=weights_train,
+        checkpointed=checkpointing,
     )
 
 
@@ -185,15 +196,40 @@ def vision_forward_flops(cfg: ModelShape, crops: int, image_tokens: int) -> tupl
     return float(weights), float(attention), float(projector)
 
 
+def _head_flops(cfg: ModelShape, seq_len: int) -> float:
+    return float(2 * seq_len * cfg.hidden_size * cfg.vocab_size)
+
+
 def training_flops(cfg: ModelShape, seq_lens: list[int], crops: int, image_tokens: int, trainable: Trainable) -> float:
     """Model FLOPs of one training pass (forward + backward) over a batch of sequences."""
+    return _flops(cfg, seq_lens, crops, image_tokens, trainable, recompute=False)
+
+
+def executed_flops(cfg: ModelShape, seq_lens: list[int], crops: int, image_tokens: int, trainable: Trainable) -> float:
+    """`training_flops` plus what gradient checkpointing recomputes: one more forward of each checkpointed layer
+    (decoder and CLIP layers) that gets a backward. Reentrant checkpointing skips the recompute of a layer no
+    gradient reaches (the 2024-06 frozen decoder), as the hardware does."""
+    return _flops(cfg, seq_lens, crops, image_tokens, trainable, recompute=trainable.checkpointed)
+
+
+def _flops(cfg: ModelShape, seq_lens: list[int], crops: int, image_tokens: int, trainable: Trainable,
+           recompute: bool) -> float:
     total = 0.0
+    decoder_mult = _mult(trainable.decoder_weights, trainable.decoder_grads)
+    head_mult = 3 if trainable.head_weights else 2  # the head always passes gradients down (or to its adapter)
     for length in seq_lens:
         weights, attention = decoder_forward_flops(cfg, length)
-        total += _mult(trainable.decoder_weights, trainable.decoder_grads) * weights + 3 * attention
+        head = _head_flops(cfg, length)
+        layers = weights - head
+        attention_mult = 3 if trainable.decoder_grads else 1
+        total += decoder_mult * layers + head_mult * head + attention_mult * attention
+        if recompute and trainable.decoder_grads:
+            total += layers + attention
     v_weights, v_attention, projector = vision_forward_flops(cfg, crops, image_tokens)
     vision_mult = _mult(trainable.vision_weights, trainable.vision_grads)
     total += vision_mult * (v_weights + projector) + (3 if trainable.vision_grads else 1) * v_attention
+    if recompute and trainable.vision_grads:
+        total += v_weights + v_attention
     return total
 
 

@@ -1,0 +1,119 @@
+"""Which trainable parameters get a gradient: checked in every cell's first optimizer step.
+
+A tensor hook on each trainable parameter sees its gradient as autograd computes it, whatever engine trains it (DDP,
+DeepSpeed ZeRO-2 partitions gradients into its own buffers, so `param.grad` would say nothing there). A parameter
+whose hook never fires got no gradient at all (e.g. decoder layers under reentrant checkpointing whose input does not
+require grad: the 2024-06 recipe's frozen tower); one that saw only zeros did not learn either. Two kinds are
+expected and kept apart, not flagged: parameters the forward never uses (CLIP's layers after the feature layer and its
+`post_layernorm`, unused in the official model too) and LoRA `A` matrices while their `B` is still zero (peft's
+init: the gradient of `A` is `B`-weighted, so exactly zero in the first step). Ranks are combined: a parameter counts
+as having a gradient if any rank saw one. The naming and the flag's wording are plain functions (the report uses
+them without torch).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # nothing here calls torch itself: the report imports this module without it
+    import torch
+    from torch import nn
+
+_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+# how the flag names a group (the first matching prefix)
+PARTS = (("model.layers.", "decoder"), ("lm_head", "LM head"), ("model.norm", "final norm"),
+         ("model.vision_embed_tokens.wte", "token embedding"), ("model.embed_tokens", "token embedding"),
+         ("model.vision_embed_tokens.img_projection", "projector"),
+         ("model.vision_embed_tokens.img_processor", "vision tower"), ("model.vision_embed_tokens", "image embedder"))
+
+
+def group_of(name: str) -> str:
+    """`model.layers.3.mlp.down_proj.weight` -> `model.layers.*`; `lm_head.weight` -> `lm_head`."""
+    match = _INDEX.search(name)
+    if match:
+        return name[:match.start()] + ".*"
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def part_of(name: str) -> str:
+    return next((label for prefix, label in PARTS if name.startswith(prefix)), group_of(name))
+
+
+def human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+class GradientCoverage:
+    """Hooks on every trainable parameter until `finish()`; `unused`: names the forward never uses."""
+
+    def __init__(self, model: nn.Module, unused: Iterable[str] = ()):
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.unused = set(unused)
+        named = dict(self.params)  # LoRA A matrices whose B is zero now: their gradient this step is exactly zero
+        self.zero_b = {n for n in named if "lora_A" in n and _all_zero(named.get(n.replace("lora_A", "lora_B")))}
+        self.seen = [False] * len(self.params)
+        self.nonzero: list[torch.Tensor | bool] = [False] * len(self.params)
+        self._handles = [p.register_hook(self._hook(i)) for i, (_, p) in enumerate(self.params)]
+
+    def _hook(self, i: int) -> Callable[[torch.Tensor], None]:
+        def record(grad: torch.Tensor) -> None:
+            self.seen[i] = True
+            any_nonzero = grad.ne(0).any()  # stays on the device: read once, in finish()
+            self.nonzero[i] = any_nonzero if self.nonzero[i] is False else (self.nonzero[i] | any_nonzero)
+        return record
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def finish(self, gather: Callable[[object], list] | None = None) -> dict:
+        """Remove the hooks and say what got no gradient (combined over ranks with `gather`, all_gather_object)."""
+        self.remove()
+        local = [(bool(seen), bool(nz)) for seen, nz in zip(self.seen, self.nonzero, strict=True)]
+        per_rank = gather(local) if gather is not None else [local]
+        seen = [any(r[i][0] for r in per_rank) for i in range(len(local))]
+        nonzero = [any(r[i][1] for r in per_rank) for i in range(len(local))]
+        missing, zero, unused, lora_init = {}, {}, {}, {}
+        for (name, p), got, moved in zip(self.params, seen, nonzero, strict=True):
+            if got and moved:
+                continue
+            bucket = missing if not got else zero
+            if name in self.unused:
+                bucket = unused
+            elif got and name in self.zero_b:
+                bucket = lora_init
+            group = group_of(name)
+            bucket[group] = bucket.get(group, 0) + p.numel()
+        untrained = {**missing}
+        for group, n in zero.items():
+            untrained[group] = untrained.get(group, 0) + n
+        report = {
+            "checked_at_step": 1,
+            "trainable_params": sum(p.numel() for _, p in self.params),
+            "no_gradient": missing,  # group -> parameters whose gradient was never computed
+            "zero_gradient": zero,  # group -> parameters whose gradient was all zeros
+            "expected": {"unused by the forward": unused, "LoRA A while B = 0 (init)": lora_init},
+            "untrained_params": sum(untrained.values()),
+        }
+        report["flag"] = flag_text(untrained) if untrained else None
+        return report
+
+
+def _all_zero(param: torch.Tensor | None) -> bool:
+    return param is not None and not bool(param.detach().ne(0).any())
+
+
+def flag_text(untrained: dict[str, int]) -> str:
+    """'decoder gets no gradient: 3.8B trainable parameters not trained' (parts by size)."""
+    by_part: dict[str, int] = {}
+    for group, n in untrained.items():
+        by_part[part_of(group)] = by_part.get(part_of(group), 0) + n
+    parts = sorted(by_part, key=lambda k: -by_part[k])
+    verb = "gets" if len(parts) == 1 else "get"
+    return f"{', '.join(parts)} {verb} no gradient: {human(sum(by_part.values()))} trainable parameters not trained"
