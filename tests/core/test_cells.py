@@ -15,7 +15,7 @@ from .cells import env_with_fake_cuda, run_cell, run_spec_file
 from .test_strategies import EMBED, LANGUAGE_TARGETS, TOTAL, VISION, VISION_TARGETS, lora_size
 
 ROW_KEYS = {"run_id", "matrix", "status", "reason", "spec", "metrics", "series", "env", "started_at", "finished_at",
-            "wall_s", "log"}
+            "wall_s", "log", "gradients"}
 LORA_TRAINABLE = lora_size(4, LANGUAGE_TARGETS + VISION_TARGETS)
 TRAINABLE = {"full": TOTAL, "frozen_vision": TOTAL - VISION - EMBED, "lora": LORA_TRAINABLE, "qlora": LORA_TRAINABLE}
 
@@ -32,6 +32,9 @@ def test_every_strategy_and_precision_under_torchrun(tmp_path, strategy, precisi
     m = result["metrics"]
     assert (m["warmup_steps"], m["measured_steps"]) == (2, 3) and len(result["series"]["loss"]) == 5
     assert m["trainable_params"] == TRAINABLE[strategy]
+    # today's recipe: every trainable parameter the forward uses got a gradient on the 2 ranks
+    assert result["gradients"]["flag"] is None and m["untrained_params"] == 0
+    assert result["gradients"]["trainable_params"] == TRAINABLE[strategy]
     if strategy in ("full", "frozen_vision"):  # DeepSpeed ZeRO-2 on 2 ranks, each tensor counted once:
         weight_bytes = 4 if precision == "fp32" else 2  # every weight on every rank; fp32 master + Adam's two
         # moments partitioned over the ranks; AdamW's scalar step, one per parameter group (decay, no decay)
