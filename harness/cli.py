@@ -158,6 +158,19 @@ def _add_grid_commands(sub) -> None:
                       help=f"refuse a grid that expands to more cells (default {MAX_CELLS:,})")
     plan.set_defaults(func=_plan)
 
+    estimate = sub.add_parser("estimate", help="predict each cell's peak GPU memory per rank and whether it fits "
+                                               "(one optimizer step traced with fake tensors; no GPU needed)")
+    estimate.add_argument("matrix", help="a grid file or a shipped grid's NAME")
+    estimate.add_argument("--profile", help="a profile of the grid")
+    estimate.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
+    estimate.add_argument("--gpu", action="append", default=[], metavar="NAME",
+                          help="judge the fit on this GPU (repeatable; default: the cell's own GPU), e.g. A100, "
+                               "H100, V100")
+    estimate.add_argument("--json", action="store_true", help="the predictions as JSON")
+    estimate.add_argument("--data-root", type=Path, default=Path("build/estimate"),
+                          help="where the cells' synthetic twins are written to find their longest examples")
+    estimate.set_defaults(func=_estimate)
+
     run = sub.add_parser("run", help="run a grid's cells")
     run.add_argument("matrix")
     run.add_argument("--profile", help="a profile of the grid (e.g. tiny)")
@@ -350,6 +363,71 @@ def _filters(items: list[str]) -> dict[str, str]:
             raise _data_error([f"--filter {item!r}: expected KEY=VALUE, e.g. --filter strategy=lora"])
         out[key] = value
     return out
+
+
+def _estimate(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.matrix import load_grid
+    from harness.runner import check_selection, matches
+    from training_core.estimate.fit import GIB, MARGIN_RULE, fit
+    from training_core.estimate.trace import estimate_cell
+
+    grid = load_grid(_grid_path(args.matrix), args.profile)
+    filters = _filters(args.filter)
+    check_selection(grid, filters, to_run=False)
+    console = Console(highlight=False, width=220)
+    out = []
+    for cell in grid.cells:
+        if cell.runnable and not matches(cell, filters):
+            continue
+        entry = {"cell": cell.index, "status": cell.status if not cell.runnable else "estimated"}
+        if not cell.runnable:
+            entry["reason"] = f"not estimated: {cell.status}: {cell.reason}"
+            out.append(entry)
+            continue
+        spec = cell.spec
+        gpus = args.gpu or ([] if spec.gpu.lower() == "cpu" else [spec.gpu])
+        try:
+            predicted = estimate_cell(spec, args.data_root)
+        except Exception as exc:  # one cell's failure is said, the others are still estimated
+            entry.update(status="error", reason=f"could not be estimated: {type(exc).__name__}: {exc}")
+            out.append(entry)
+            continue
+        entry.update(run_id=spec.run_id, spec=spec.model_dump(mode="json"), predicted=predicted,
+                     fits={g: vars(fit(predicted["peak_bytes"], spec.world_size, g)) for g in gpus})
+        out.append(entry)
+        if not args.json:
+            console.print(f"  cell {cell.index}: {predicted['peak_bytes'] / GIB:.2f} GiB at the {predicted['phase']} "
+                          f"({predicted['seconds']:.0f} s)")
+    if args.json:
+        print(json.dumps({"grid": grid.name, "profile": grid.profile, "margin_rule": MARGIN_RULE, "cells": out},
+                         indent=1))
+        return 0
+    table = Table(title=f"{grid.name}: predicted peak allocated memory per rank (GiB)")
+    gpu_names = sorted({g for e in out for g in e.get("fits", {})})
+    for column in ("cell", "strategy", "precision", "attention", "crops", "nodes x GPUs", "ckpt", "tokens", "peak",
+                   "phase", "weights", "grads", "optimizer", "activations", "buckets", "temps", *gpu_names):
+        table.add_column(column)
+    for e in out:
+        if "predicted" not in e:
+            table.add_row(str(e["cell"]), *[""] * 15, *[e["reason"] if i == 0 else "" for i in range(len(gpu_names))])
+            continue
+        s, p, b = e["spec"], e["predicted"], e["predicted"]["breakdown"]
+        gib = lambda n: f"{n / GIB:.2f}"  # noqa: E731
+        table.add_row(str(e["cell"]), s["strategy"], s["precision"], s["attention"], str(s["num_crops"] or "task"),
+                      f"{s['nodes']}x{s['gpus_per_node']}", "on" if s["gradient_checkpointing"] else "off",
+                      str(p["tokens"]), gib(p["peak_bytes"]), p["phase"], gib(b["weights"]), gib(b["gradients"]),
+                      gib(b["optimizer states"]), gib(b["activations"]), gib(b.get("communication buckets", 0)),
+                      gib(b["temporaries"]), *[e["fits"][g]["reason"] if g in e["fits"] else "-" for g in gpu_names])
+    console.print(table)
+    console.print(f"Margin rule: {MARGIN_RULE}. Peaks are torch's allocated bytes per rank (not reserved, not "
+                  "nvidia-smi), at the cell's longest micro-batch.")
+    for e in out:
+        if "reason" in e:
+            console.print(f"  cell {e['cell']}: {e['reason']}")
+    return 1 if any(e["status"] == "error" for e in out) else 0
 
 
 def _plan(args) -> int:

@@ -107,7 +107,7 @@ class Phi3VImageEmbedding(nn.Module):
         """sub_glb layout for every image, concatenated in order: (total_image_tokens, 4C)."""
         out = []
         for i in range(feats.shape[0]):
-            h, w = (int(v) for v in image_sizes[i])
+            h, w = self.precomputed[1][i] if self.precomputed is not None else (int(v) for v in image_sizes[i])
             h_crop, w_crop = h // self.crop_size, w // self.crop_size
             glb = self._with_newlines(self._merge_2x2(feats[i, :1], 1, 1))
             sub = self._with_newlines(self._merge_2x2(feats[i, 1 : 1 + h_crop * w_crop], h_crop, w_crop))
@@ -115,8 +115,15 @@ class Phi3VImageEmbedding(nn.Module):
         return torch.cat(out, dim=0)
 
     # ------------------------------------------------------------------ forward
+    # (positions of the image placeholders, image sizes as (h, w) ints), given ahead by the memory estimator, whose
+    # fake tensors have no values to look these up in (training_core/estimate); None: read from the inputs
+    precomputed: tuple[tuple[torch.Tensor, torch.Tensor], list[tuple[int, int]]] | None = None
+
     def forward(self, input_ids: torch.Tensor, pixel_values=None, image_sizes=None) -> torch.Tensor:
-        positions = torch.nonzero((input_ids < 0) & (input_ids > -1_000_000), as_tuple=True)
+        if self.precomputed is not None:
+            positions = self.precomputed[0]
+        else:
+            positions = torch.nonzero((input_ids < 0) & (input_ids > -1_000_000), as_tuple=True)
         hidden = self.wte(input_ids.clamp(0, self.vocab_size))
         if pixel_values is None or positions[0].numel() == 0:
             return hidden

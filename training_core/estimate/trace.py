@@ -1,0 +1,290 @@
+"""One optimizer step of a cell, traced with fake tensors: the cell's own model, strategy, checkpointing, precision
+and engine code run on tensors that have shapes but no storage, so the real 4.15B preset traces on a laptop.
+
+- The model is built on the meta device, then every parameter and buffer becomes a fake tensor inside the fake mode
+  (`to_empty` cannot: it breaks the shared `wte`); the strategy then freezes, prunes or adds adapters as in a cell.
+- The batch is the longest micro-batch of the cell's data (by the same length rule as `data validate --lengths`),
+  encoded by the cell's processor for real; the image embedder gets the placeholder positions and image sizes
+  ahead (`precomputed`), which fake tensors cannot be asked for.
+- DDP strategies (lora, qlora) run the real `PlainEngine.train_step`: forward, backward, clipping, AdamW. DeepSpeed
+  strategies (full, frozen_vision) run forward and backward with each gradient dropped as it is produced (ZeRO-2
+  moves it into its buckets at once) and get DeepSpeed's own buffers added analytically (`deepspeed_states`).
+- QLoRA's 4-bit weights are stand-ins with bitsandbytes' storage (packed uint8, an fp32 absmax per 64 values)
+  dequantized in forward and backward (bitsandbytes' Params4bit cannot hold a fake tensor).
+- flash_attention_2 is traced as sdpa's fused kernel (no L x L matrix either): flash-attn needs CUDA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from training_core import inputs
+from training_core.data.datasets import TrainDataset
+from training_core.data.stats import example_length
+from training_core.devices import Device
+from training_core.engine import PlainEngine, ds_config, model_inputs
+from training_core.model import build_model
+from training_core.precision import DTYPES, weights_dtype
+from training_core.spec import RunSpec
+from training_core.strategies import get_strategy
+from training_core.strategies.base import enable_checkpointing, model_config
+from training_core.tasks import get_task
+
+from .tracker import BLOCK, PeakTracker, rounded
+
+
+@dataclass
+class Trace:
+    peak_bytes: int
+    phase: str
+    breakdown: dict[str, int]
+    tokens: int  # of the traced micro-batch (its longest example sets the peak)
+    examples: int
+    method: str
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------------ data
+def longest_batch(spec: RunSpec, data_dir: Path) -> tuple[dict, int]:
+    """The micro-batch of the cell's `per_device_batch` longest training examples (collated as the cell collates),
+    and the number of examples looked at."""
+    config = model_config(spec)
+    processor = inputs.build_processor(spec, config)
+    train, _ = inputs.records(spec, data_dir)
+    task = get_task(spec.task)
+    crops = spec.num_crops or task.num_crops
+    lengths = [example_length(task, r, processor.tokenizer, processor.chat_prompt, crops, config.crop_size,
+                              config.patch_size, seed=spec.seed) for r in train]
+    chosen = sorted(range(len(train)), key=lambda i: -lengths[i])[:spec.per_device_batch]
+    dataset = TrainDataset([train[i] for i in chosen], task, processor, seed=spec.seed, ablation=spec.image_ablation)
+    collate = inputs.TrainCollator(processor.tokenizer.pad_token_id, task.keep_attention_mask)
+    return collate([dataset[i] for i in range(len(chosen))]), len(train)
+
+
+# ----------------------------------------------------------------------------------------------------- model
+class _Dequantize(torch.autograd.Function):
+    """x @ dequant(W)^T with only the packed weight saved (bitsandbytes' 4-bit matmul saves no dequantized copy)."""
+
+    @staticmethod
+    def forward(ctx, x, packed, absmax, shape, dtype):
+        ctx.save_for_backward(packed, absmax)
+        ctx.shape, ctx.dtype = shape, dtype
+        weight = _unpack(packed, absmax, shape, dtype)
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, grad):
+        packed, absmax = ctx.saved_tensors
+        weight = _unpack(packed, absmax, ctx.shape, ctx.dtype)
+        return grad @ weight, None, None, None, None
+
+
+def _unpack(packed: torch.Tensor, absmax: torch.Tensor, shape, dtype) -> torch.Tensor:
+    """The dequantized weight's memory (a temporary of the compute dtype); values are irrelevant under fake tensors."""
+    return packed.new_empty(shape, dtype=dtype)
+
+
+class FourBitLinear(nn.Linear):
+    """A stand-in for bitsandbytes' Linear4bit: the same storage (packed uint8 values, an fp32 absmax per 64), the
+    same compute dtype; peft wraps it like any Linear."""
+
+    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype, blocksize: int = 64):
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        n = linear.in_features * linear.out_features
+        device = linear.weight.device  # meta: quantized before any weight exists, as bitsandbytes loads 4-bit
+        self.weight = nn.Parameter(torch.empty((n + 1) // 2, 1, dtype=torch.uint8, device=device), requires_grad=False)
+        self.register_buffer("absmax", torch.empty(math.ceil(n / blocksize), dtype=torch.float32, device=device))
+        self.bias = linear.bias
+        self.compute_dtype = compute_dtype
+
+    def forward(self, x):
+        out = _Dequantize.apply(x.to(self.compute_dtype), self.weight, self.absmax,
+                                (self.out_features, self.in_features), self.compute_dtype)
+        return out + self.bias.to(out.dtype) if self.bias is not None else out
+
+
+def _quantize(model: nn.Module, spec: RunSpec, config) -> None:
+    from training_core.strategies.lora import qlora_quantization
+
+    skip = qlora_quantization(spec, config).llm_int8_skip_modules or []
+    compute = DTYPES[spec.precision]
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.Linear) and not any(full == s or full.startswith(s + ".") or full.endswith(s)
+                                                        for s in skip):
+                setattr(module, child_name, FourBitLinear(child, compute))
+
+
+def _fake_parameters(model: nn.Module) -> None:
+    """Every parameter and buffer a fresh (fake) tensor of its shape and dtype; shared modules once."""
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is not None:
+                module._parameters[name] = nn.Parameter(torch.empty_like(param, device="cpu"),
+                                                        requires_grad=param.requires_grad)
+        for name, buffer in list(module._buffers.items()):
+            if buffer is not None:
+                module._buffers[name] = torch.empty_like(buffer, device="cpu")
+
+
+@contextlib.contextmanager
+def _adapters_stay_put():
+    """peft moves each new adapter to its base layer's device with `Module.to()`, which cannot swap a fake parameter
+    for itself; everything is already on the (fake) CPU, so a move to the CPU without a dtype is skipped while the
+    strategy prepares the model."""
+    original = nn.Module.to
+
+    def to(self, *args, **kwargs):
+        device, dtype, _, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if device is not None and device.type != "cpu":
+            return original(self, *args, **kwargs)
+        if dtype is not None:  # a cast: new (fake) tensors, not a swap
+            for module in self.modules():
+                for name, param in list(module._parameters.items()):
+                    if param is not None and param.is_floating_point() and param.dtype != dtype:
+                        module._parameters[name] = nn.Parameter(param.detach().to(dtype),
+                                                                requires_grad=param.requires_grad)
+                for name, buffer in list(module._buffers.items()):
+                    if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                        module._buffers[name] = buffer.to(dtype)
+        return self
+
+    with mock.patch.object(nn.Module, "to", to):
+        yield
+
+
+def _embedder(model: nn.Module):
+    return model.model.vision_embed_tokens
+
+
+# ----------------------------------------------------------------------------------------------------- trace
+def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
+    """`block`: allocation rounding (the CUDA caching allocator's 512 bytes; 1 to compare with a CPU's allocator)."""
+    started = time.perf_counter()
+    strategy = get_strategy(spec.strategy)
+    config = model_config(spec)
+    batch, examples = longest_batch(spec, data_dir)
+    notes = []
+    attention = spec.attention
+    if attention == "flash_attention_2":
+        attention = "sdpa"
+        notes.append("flash_attention_2 traced as sdpa's fused kernel (no L x L matrix either)")
+    deepspeed = strategy.engine == "deepspeed"
+    dtype = weights_dtype(spec)
+    if deepspeed and spec.precision != "fp32":
+        dtype = DTYPES[spec.precision]  # DeepSpeed's bf16/fp16 modes hold the module in that dtype
+    model = build_model(config, device="meta", dtype=dtype, attn_implementation=attention)
+    real = model_inputs(batch, torch.device("cpu"))
+    ids = real["input_ids"]
+    positions = torch.nonzero((ids < 0) & (ids > -1_000_000), as_tuple=True)
+    sizes = [tuple(int(v) for v in s) for s in real["image_sizes"]] if "image_sizes" in real else []
+
+    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    tracker = PeakTracker(block)
+    if strategy.quantized:  # on the meta model: the full-precision weights never exist (bitsandbytes loads 4-bit)
+        _quantize(model, spec, config)
+    with fake, tracker:
+        tracker.enter("setup", "weights")
+        _fake_parameters(model)
+        with _adapters_stay_put():
+            model = strategy.prepare(model, spec)
+        if spec.gradient_checkpointing:
+            enable_checkpointing(model, spec)
+        model.config.use_cache = False
+        model.train()
+        tracker.enter("setup", "inputs")
+        fake_batch = {k: fake.from_tensor(v) for k, v in real.items()}
+        for tensor in fake_batch.values():
+            tracker.track(tensor, "inputs")
+        _embedder(model).precomputed = (tuple(fake.from_tensor(p) for p in positions), sizes)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for p in trainable:
+            if deepspeed:  # ZeRO-2 takes each gradient into its buckets as it is produced
+                p.register_post_accumulate_grad_hook(lambda q: setattr(q, "grad", None))
+            else:
+                p.register_post_accumulate_grad_hook(lambda q: tracker.reclassify(q.grad, "gradients"))
+        model.register_forward_pre_hook(lambda m, a: tracker.enter("forward", "activations"))
+        model.register_forward_hook(lambda m, a, o: tracker.enter("backward", "activations"))
+        if deepspeed:
+            out = model(**fake_batch)
+            out.loss.backward()
+            optimizer = None
+        else:
+            engine = PlainEngine(model, spec, Device("cpu", 0, "cpu", None, None), total_steps=1)
+            optimizer = engine.optimizer
+            optimizer.register_step_pre_hook(lambda o, a, k: tracker.enter("optimizer step", "temporaries"))
+            optimizer.register_step_post_hook(lambda o, a, k: [tracker.reclassify(t, "optimizer states")
+                                                               for s in o.state.values() for t in s.values()
+                                                               if isinstance(t, torch.Tensor)])
+            engine.train_step([fake_batch])
+    _embedder(model).precomputed = None
+    peak, phase, breakdown = tracker.peak, tracker.peak_phase, tracker.breakdown()
+    method = "traced (fake tensors): forward, backward, AdamW step"
+    if deepspeed:
+        peak, phase, breakdown = _with_deepspeed(spec, trainable, tracker, breakdown)
+        method = "traced forward and backward (fake tensors) + DeepSpeed ZeRO-2 buffers (analytic)"
+    return Trace(peak_bytes=int(peak), phase=phase, breakdown=breakdown, tokens=int(ids.numel()),
+                 examples=examples, method=method, notes=notes, seconds=round(time.perf_counter() - started, 2))
+
+
+@dataclass(frozen=True)
+class ZeroStates:
+    """DeepSpeed ZeRO-2's own buffers per rank (deepspeed 0.19: runtime/zero/stage_1_and_2.py), from the recipe's
+    DS_CONFIG_DICT: the fp32 master partition, Adam's two moments, the gradient partition, the reduce buckets (two
+    with overlap_comm, each reduce_bucket_size elements of the gradient dtype) and, at the step, the partition's flat
+    fp32 gradient and AdamW's temporaries (one fp32 partition-sized tensor in torch's foreach AdamW)."""
+    master: int
+    moments: int
+    grad_partition: int
+    buckets: int
+    step_temporaries: int
+
+
+def deepspeed_states(spec: RunSpec, trainable: int) -> ZeroStates:
+    config = ds_config(spec, spec.world_size)["zero_optimization"]
+    grad_bytes = 2 if spec.precision in ("bf16", "fp16") else 4
+    part = math.ceil(trainable / spec.world_size)
+    buckets = (2 if config["overlap_comm"] else 1) * int(config["reduce_bucket_size"]) * grad_bytes
+    return ZeroStates(master=rounded(4 * part), moments=2 * rounded(4 * part), grad_partition=rounded(grad_bytes * part),
+                      buckets=rounded(buckets), step_temporaries=2 * rounded(4 * part))
+
+
+def _with_deepspeed(spec: RunSpec, trainable: list, tracker: PeakTracker, breakdown: dict) -> tuple[int, str, dict]:
+    """The traced forward/backward peak with ZeRO-2's persistent buffers under it, against the optimizer step's
+    (weights + buffers + the step's temporaries): the larger is the peak."""
+    zero = deepspeed_states(spec, sum(p.numel() for p in trainable))
+    persistent = zero.master + zero.moments + zero.grad_partition + zero.buckets
+    backward = tracker.peak + persistent
+    step = breakdown["weights"] + breakdown["inputs"] + persistent + zero.step_temporaries
+    parts = {**breakdown, "optimizer states": zero.master + zero.moments, "gradients": zero.grad_partition,
+             "communication buckets": zero.buckets}
+    if step > backward:
+        return step, "optimizer step", {**parts, "activations": 0, "temporaries": zero.step_temporaries}
+    return backward, tracker.peak_phase, parts
+
+
+def twin_dir(spec: RunSpec, root: Path) -> Path:
+    """Where the cell's synthetic twin is written for estimating (shared by the cells that would write the same
+    twin: task, size, seed); the cell's own data path otherwise."""
+    n = inputs.needed_train_examples(spec)
+    return root / f"{spec.task}-{n}-{spec.seed}-{spec.synthetic_eval if spec.mode == 'accuracy' else 1}"
+
+
+def estimate_cell(spec: RunSpec, root: Path) -> dict:
+    """The prediction of one cell as the row and the CLI record it (`predicted.*`)."""
+    trace = trace_step(spec, twin_dir(spec, root))
+    return {"peak_bytes": trace.peak_bytes, "phase": trace.phase, "breakdown": trace.breakdown,
+            "tokens": trace.tokens, "examples": trace.examples, "method": trace.method, "notes": trace.notes,
+            "seconds": trace.seconds}
