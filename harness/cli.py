@@ -156,6 +156,9 @@ def _add_grid_commands(sub) -> None:
     plan.add_argument("--repeats", type=int, default=1, help="each cell N times with consecutive seeds")
     plan.add_argument("--max-cells", type=_positive(int), default=MAX_CELLS,
                       help=f"refuse a grid that expands to more cells (default {MAX_CELLS:,})")
+    plan.add_argument("--estimate", action="store_true",
+                      help="add each cell's predicted peak memory and its fit on the cell's GPU (loads torch; "
+                           "`harness estimate` gives the breakdown)")
     plan.set_defaults(func=_plan)
 
     estimate = sub.add_parser("estimate", help="predict each cell's peak GPU memory per rank and whether it fits "
@@ -204,6 +207,15 @@ def _add_grid_commands(sub) -> None:
     run.add_argument("--slurm-shared", action="store_true",
                      help="SLURM: let a cell's job share its nodes with other jobs (default: its nodes to itself, so "
                           "that nothing else runs beside a measurement)")
+    run.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=None,
+                     help="predict each cell's peak memory before it starts and record it in its row (default: for "
+                          "GPU cells; see `harness estimate`)")
+    oom = run.add_mutually_exclusive_group()
+    oom.add_argument("--skip-predicted-oom", dest="skip_predicted_oom", action="store_true", default=None,
+                     help="record a cell predicted not to fit its GPU as `unsupported` (a prediction) instead of "
+                          "running it (the default under SLURM)")
+    oom.add_argument("--run-predicted-oom", dest="skip_predicted_oom", action="store_false",
+                     help="run (or submit) a cell even when it is predicted not to fit")
     run.add_argument("--dry-run", action="store_true", help="print commands / write sbatch scripts, run nothing")
     run.set_defaults(func=_run)
 
@@ -430,6 +442,26 @@ def _estimate(args) -> int:
     return 1 if any(e["status"] == "error" for e in out) else 0
 
 
+def _plan_estimates(cells) -> dict[int, str]:
+    from training_core.estimate.fit import GIB, fit
+    from training_core.estimate.trace import estimate_cell
+
+    out = {}
+    for c in cells:
+        if not c.runnable:
+            continue
+        try:
+            p = estimate_cell(c.spec, Path("build/estimate"))
+        except Exception as exc:  # said in the cell's column
+            out[c.index] = f"not estimated: {type(exc).__name__}"
+            continue
+        text = f"{p['peak_bytes'] / GIB:.2f} GiB ({p['phase']})"
+        if c.spec.gpu.lower() != "cpu":
+            text += f", {c.spec.gpu}: " + fit(p["peak_bytes"], c.spec.world_size, c.spec.gpu).reason
+        out[c.index] = text
+    return out
+
+
 def _plan(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -453,21 +485,23 @@ def _plan(args) -> int:
         settings = ", ".join(f"{k}={v}" for k, v in patch.set.items())
         console.print(f"  profile patch: cells with {patch.match} get {settings}"
                       + (f" ({patch.reason})" if patch.reason else ""))
+    predicted = _plan_estimates(cells) if args.estimate else {}
     table = Table(show_lines=False)
     for column in ("#", "run_id", "task", "strategy", "precision", "attention", "nodes", "GPUs", "batch", "lr",
-                   "crops", "reference", "status"):
+                   "crops", "reference", "status", *(["predicted peak"] if args.estimate else [])):
         table.add_column(column)
     for c in cells:
         s = c.spec
         if s is None:
             table.add_row(str(c.index), "-", *[str(c.fields.get(k, "")) for k in ("task", "strategy", "precision", "attention")],
                           str(c.fields.get("nodes", "")), "", "", "", "", str(c.fields.get("reference", "")),
-                          f"{c.status}: {c.reason}")
+                          f"{c.status}: {c.reason}", *([""] if args.estimate else []))
             continue
         strategy = s.strategy + (f" (recipe {s.recipe_revision})" if s.revision != "current" else "")
         table.add_row(str(c.index), s.run_id, s.task, strategy, s.precision, s.attention, str(s.nodes),
                       str(s.world_size), str(s.global_batch), f"{s.lr:g}", str(s.num_crops or "task"), s.reference or "",
-                      "planned" if c.runnable else f"{c.status}: {c.reason}")
+                      "planned" if c.runnable else f"{c.status}: {c.reason}",
+                      *([predicted.get(c.index, "")] if args.estimate else []))
     console.print(table)
     console.print("[bold]launch commands[/bold] (results/runs/<matrix>/<group>/cells/<run_id>/):")
     for c in cells:
@@ -500,7 +534,8 @@ def _run(args) -> int:
                          master_port=args.master_port, slurm_shared=args.slurm_shared,
                          launcher=args.launcher, dry_run=args.dry_run, sbatch_args=args.sbatch_arg,
                          check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed,
-                         wait=args.wait, keep_model=args.keep_model)
+                         wait=args.wait, keep_model=args.keep_model, estimate=args.estimate,
+                         skip_predicted_oom=args.skip_predicted_oom)
     refused = launcher.refuse(grid, options)
     if refused:
         print(f"error: {refused}", file=sys.stderr)

@@ -63,6 +63,9 @@ class Rules(BaseModel):
     baseline_cell: dict[str, str | int | float | bool] = {}  # for normalised throughput; default: first common cell
     orders: list[OrderRule] = []
     only: list[str] | None = None  # compare only these metrics (plus normalised throughput)
+    # the memory estimator's error: |measured allocated peak / predicted - 1| of each current row that has both
+    # (`run --estimate`, GPU cells); above it, the check fails
+    estimator_error: float | None = Field(default=None, gt=0)
 
     def tolerance(self, metric: str) -> Tolerance:
         return self.metrics.get(metric, self.default)
@@ -102,6 +105,8 @@ class Comparison:
     only_current: list[str] = field(default_factory=list)
     order_failures: list[str] = field(default_factory=list)
     failed_current: list[str] = field(default_factory=list)
+    estimator_failures: list[str] = field(default_factory=list)
+    estimator_checked: int = 0
     passes: tuple[int, int] = (1, 1)  # passes in the baseline and in the current run
 
     @property
@@ -110,7 +115,7 @@ class Comparison:
 
     @property
     def failed(self) -> bool:
-        return bool(self.regressions or self.order_failures or self.failed_current)
+        return bool(self.regressions or self.order_failures or self.failed_current or self.estimator_failures)
 
 
 def judge(metric: str, base: float, cur: float, tol: Tolerance) -> tuple[str, str]:
@@ -225,10 +230,31 @@ def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rul
                                            allowed, tuple(c.get("passes", {}).get(metric, ()))))
     for order in rules.orders:
         result.order_failures += check_order(cur, order)
-    if not result.findings and not result.failed_current and not result.order_failures:
+    if rules.estimator_error is not None:
+        check_estimator(result, current_rows, rules.estimator_error)
+    if not result.findings and not result.failed_current and not result.order_failures \
+            and not result.estimator_checked:
         raise CompareError("no metric was compared: the cells in common share no metric that the rules check "
                            "(check the rules' `metrics`/`only` against the rows)")
     return result
+
+
+def check_estimator(result: Comparison, rows: list[dict], bound: float) -> None:
+    """Each ok row with a prediction and torch's measured allocated peak: the prediction within `bound`."""
+    for row in rows:
+        predicted = (row.get("predicted") or {}).get("peak_bytes")
+        measured = (row.get("metrics") or {}).get("peak_mem_allocated_bytes")
+        if row.get("status") != "ok" or not predicted or not measured:
+            continue
+        result.estimator_checked += 1
+        error = measured / predicted - 1
+        if abs(error) > bound:
+            result.estimator_failures.append(
+                f"{row['run_id']} ({_label(row['spec'])}): measured allocated peak {measured / 2**30:.2f} GiB is "
+                f"{error:+.1%} off the predicted {predicted / 2**30:.2f} GiB (allowed ±{bound:.0%})")
+    if not result.estimator_checked:
+        raise CompareError("rules.estimator_error is set but no ok row has both a prediction and a measured "
+                           "allocated peak (run GPU cells with `run --estimate`), so the estimator cannot be checked")
 
 
 def check_order(cells: dict[str, dict], rule: OrderRule) -> list[str]:
@@ -297,6 +323,9 @@ def render_markdown(result: Comparison, baseline: Path, current: Path) -> str:
         lines += ["", "## Cells that failed now", ""] + [f"- {x}" for x in result.failed_current]
     if result.order_failures:
         lines += ["", "## Order rules broken", ""] + [f"- {x}" for x in result.order_failures]
+    if result.estimator_checked:
+        lines += ["", f"## Memory estimator ({result.estimator_checked} cell(s) checked)", ""]
+        lines += [f"- {x}" for x in result.estimator_failures] or ["- every prediction within its bound"]
     for title, ids in (("Cells only in the baseline", result.only_baseline),
                        ("Cells only in the current run", result.only_current)):
         if ids:

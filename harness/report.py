@@ -175,6 +175,40 @@ def accuracy_table(rows: list[dict], refs: dict[str, RefRow],
     return out, comparisons
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def memory_table(rows: list[dict], refs: dict[str, RefRow]) -> list[list[str]]:
+    """Predicted beside measured, for the cells that got a prediction (training_core/estimate): the predicted
+    allocated peak per rank and its phase, torch's measured allocated and reserved peaks, NVML's device peak, the
+    ratio measured allocated / predicted, the documented peak and the predicted fit."""
+    out = []
+    for row in rows:
+        p = row.get("predicted")
+        if not p:
+            continue
+        m = row.get("metrics") or {}
+        if "error" in p:
+            out.append([str(row.get("cell", "")), row["spec"]["strategy"], "-", f"not estimated: {p['error']}"[:120],
+                        "-", "-", "-", "-", "-", "-"])
+            continue
+        allocated = m.get("peak_mem_allocated_bytes")
+        ref = refs.get(row["spec"].get("reference") or "")
+        doc = ref.values.get("peak_memory_gb") if ref else None
+        fit = (p.get("fit") or {}).get("reason", "-")
+        out.append([
+            str(row.get("cell", "")), row["spec"]["strategy"], row["spec"]["attention"],
+            f"{_size(p['peak_bytes'])} ({p['phase']})",
+            _size(allocated) if allocated else "- (no CUDA allocator)",
+            _size(m["peak_mem_reserved_bytes"]) if "peak_mem_reserved_bytes" in m else "-",
+            _size(m["peak_mem_device_bytes"]) if "peak_mem_device_bytes" in m else "-",
+            f"{allocated / p['peak_bytes']:.2f}" if allocated else "-",
+            doc.text() if doc else "-", fit,
+        ])
+    return out
+
+
 def environment(rows: list[dict]) -> list[tuple[str, str]]:
     env = next((r["env"] for r in rows if r.get("env")), {})
     gpus = ", ".join(sorted({g["name"] for g in env.get("gpus") or []})) or "none (CPU)"
@@ -230,7 +264,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         measured_gpu=measured_gpu, model_family=model_family,
         kept=[r for r in rows if (r.get("artifacts") or {}).get("model")],
         summary=opening, comparability=grouped_comparability(comparisons),
-        revision_notes=revision_notes, gradient_notes=gradient_notes,
+        revision_notes=revision_notes, gradient_notes=gradient_notes, memory=memory_table(rows, refs),
         variability=repeats, noisy_cv=NOISY_CV, cell_ranges=cell_ranges,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

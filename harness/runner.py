@@ -46,6 +46,8 @@ class RunOptions:
     keep_model: bool = False  # each cell keeps its trained model / adapter in cells/<run_id>/model
     master_port: int | None = None  # SLURM: the rendezvous port of every job (default: from each job's id)
     slurm_shared: bool = False  # SLURM: let jobs share their nodes with other jobs (default: exclusive)
+    estimate: bool | None = None  # predict each cell's peak memory before it starts (None: GPU cells only)
+    skip_predicted_oom: bool | None = None  # a cell predicted not to fit is recorded, not run (None: SLURM only)
 
 
 RETRYABLE = {"error", "timeout", "oom", "diverged"}  # final, but worth another try (--retry-failed)
@@ -171,6 +173,7 @@ class Runner:
                 row = self._run_one(cell)
                 if row is None:
                     continue
+                row = attach_prediction(row, self.store.cell_dir(cell.spec.run_id))
                 rows.append(row)
                 if self.main_node:
                     self.store.append(row)
@@ -214,6 +217,9 @@ class Runner:
             launcher.dry_run(cell, cell_dir, spec_path)
             return None
         if job is None:
+            refused = self._predict(cell, cell_dir, spec_path)
+            if refused is not None:
+                return refused
             job = launcher.submit(cell, cell_dir, spec_path)
             if isinstance(job, dict):
                 return job
@@ -225,6 +231,36 @@ class Runner:
             self.waiting.append((cell, job.id, state.state, state.reason))
             return None
         return launcher.collect(job)
+
+    # ---------------------------------------------------------------- memory prediction
+    def _predict(self, cell: Cell, cell_dir: Path, spec_path: Path) -> dict | None:
+        """The cell's predicted peak memory (training_core/estimate, in a child process), printed and kept in the cell
+        directory for its row. A cell predicted not to fit its GPU is recorded, not run, when asked
+        (--skip-predicted-oom; under SLURM by default): as `unsupported` with the prediction as its reason, never as
+        a measured OOM. Returns that row, or None to go on."""
+        path = cell_dir / PREDICTED_FILE
+        path.unlink(missing_ok=True)
+        wanted = self.options.estimate if self.options.estimate is not None else cell.spec.gpu.lower() != "cpu"
+        if not wanted:
+            return None
+        predicted = estimate(spec_path, cell_dir)
+        path.write_text(json.dumps(predicted, sort_keys=True) + "\n")
+        if "error" in predicted:
+            self.console.print(f"    predicted peak: not estimated ({predicted['error']})")
+            return None
+        verdict = predicted.get("fit") or {}
+        self.console.print(f"    predicted peak {_size(predicted['peak_bytes'])} per rank at the {predicted['phase']}"
+                           + (f"; {verdict['gpu']}: {verdict['reason']}" if verdict else ""))
+        skip = self.options.skip_predicted_oom
+        if skip is None:
+            skip = not self.launcher.waits  # queued launchers: a job predicted not to fit is not submitted
+        if verdict.get("fits") is False and skip:
+            reason = (f"predicted not to fit: {_size(predicted['peak_bytes'])} per rank at the {predicted['phase']}, "
+                      f"{verdict['gpu']}: {verdict['reason']} ({verdict['rule']}); a prediction, not a measured OOM: "
+                      "not run (run it with --run-predicted-oom)")
+            row = self.launcher.ctx.failure_row(cell, ("unsupported", reason), path, time.time())
+            return {**row, "predicted": predicted}
+        return None
 
     def _watch(self, job: Job):
         """Until the job ends; an interrupt (Ctrl-C, SIGTERM) cancels it, recorded `interrupted`."""
@@ -242,6 +278,37 @@ class Runner:
         return state
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+PREDICTED_FILE = "predicted.json"  # the cell's memory prediction, made before it started, for its row
+
+
+def estimate(spec_path: Path, cell_dir: Path) -> dict:
+    """`python -m training_core.estimate` for one cell, in a child process (the runner never imports torch)."""
+    cmd = [sys.executable, "-m", "training_core.estimate", "--spec", str(spec_path), "--cell-dir", str(cell_dir)]
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, env=cell_env(), capture_output=True, text=True, timeout=900, check=False)
+        if out.returncode == 0:
+            return json.loads(out.stdout.strip().splitlines()[-1])
+        problem = f"exit {out.returncode}: {(out.stderr.strip().splitlines() or [''])[-1]}"
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    return {"error": f"{shell(cmd)} failed ({problem})"}
+
+
+def attach_prediction(row: dict, cell_dir: Path) -> dict:
+    """The row with the prediction its cell got before it started (predicted.json), if any."""
+    path = cell_dir / PREDICTED_FILE
+    if "predicted" in row or not path.is_file():
+        return row
+    try:
+        return {**row, "predicted": json.loads(path.read_text())}
+    except (OSError, json.JSONDecodeError):
+        return row
+
+
 def headline(row: dict) -> str:
     m = row.get("metrics") or {}
     if row["status"] != "ok":
@@ -253,8 +320,10 @@ def headline(row: dict) -> str:
         if key in m:
             before = m.get(f"{key}_before")
             parts.append(f"{key} {before:.3f} -> {m[key]:.3f}" if before is not None else f"{key} {m[key]:.3f}")
+    predicted = (row.get("predicted") or {}).get("peak_bytes")
     if "peak_mem_allocated_bytes" in m:
-        parts.append(f"peak {m['peak_mem_allocated_bytes'] / 2**30:.1f} GiB")
+        parts.append(f"peak {m['peak_mem_allocated_bytes'] / 2**30:.1f} GiB"
+                     + (f" (predicted {predicted / 2**30:.1f})" if predicted else ""))
     elif "peak_rss_bytes" in m:
         parts.append(f"peak RSS {m['peak_rss_bytes'] / 2**30:.2f} GiB")
     flag = (row.get("gradients") or {}).get("flag")

@@ -36,5 +36,25 @@ cells() {  # one stage of the grid; cells that already have a row are skipped by
 cells --filter strategy=lora --filter attention=sdpa
 cells --filter strategy=full --filter attention=sdpa
 cells
+# the memory estimator against the GPU: every GPU cell got a prediction before it ran (run --estimate is the
+# default for GPU cells); predicted vs torch.cuda.max_memory_allocated per cell, and the gate at +-10%
+"$py" - "$out/runs/$(basename "$grid" .yaml)" <<'PY' 2>&1 | tee "$out/estimate.txt" || status=1
+import json, sys
+from pathlib import Path
+for rows in sorted(Path(sys.argv[1]).glob("*/rows.jsonl")):
+    for line in rows.read_text().splitlines():
+        row = json.loads(line)
+        p, m = row.get("predicted") or {}, row.get("metrics") or {}
+        if p.get("peak_bytes") and m.get("peak_mem_allocated_bytes"):
+            ratio = m["peak_mem_allocated_bytes"] / p["peak_bytes"]
+            print(f"cell {row['cell']} {row['spec']['strategy']} {row['spec']['attention']}: predicted "
+                  f"{p['peak_bytes'] / 2**30:.3f} GiB ({p['phase']}), measured {m['peak_mem_allocated_bytes'] / 2**30:.3f} "
+                  f"GiB allocated, ratio {ratio:.3f}")
+PY
+for group in "$out"/runs/"$(basename "$grid" .yaml)"/*/; do
+  printf 'estimator_error: 0.10\ndefault: {ignore: true}\n' > "$out/estimator_rules.yaml"
+  "$py" -m harness compare "$group" "$group" --rules "$out/estimator_rules.yaml" 2>&1 | tee -a "$out/estimate.txt" \
+    || status=1
+done
 echo "gpu_check: done (status $status); results in $out"
 exit $status

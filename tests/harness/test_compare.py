@@ -198,3 +198,25 @@ def test_a_gate_that_compares_nothing_is_an_error_not_a_pass(tmp_path, capsys):
     # normalised throughput asked for, but its reference cell is not in the runs
     assert _run(tmp_path / "3", BASELINE, BASELINE, "baseline_cell: {strategy: qlora}\n") == 2
     assert "rules.baseline_cell {'strategy': 'qlora'} matches no cell" in capsys.readouterr().err
+
+
+def test_the_gate_checks_the_memory_estimators_error_when_asked(tmp_path, capsys):
+    def predicted(row, allocated, peak):
+        return {**row, "metrics": {**row["metrics"], "peak_mem_allocated_bytes": allocated},
+                "predicted": {"peak_bytes": peak, "phase": "backward"}}
+    current = [predicted(BASELINE[0], 110 * 2**20, 100 * 2**20), predicted(BASELINE[1], 105 * 2**20, 100 * 2**20)]
+    assert _run(tmp_path, BASELINE, current, "estimator_error: 0.15\n") == 0
+    assert "Memory estimator (2 cell(s) checked)" in capsys.readouterr().out
+    assert _run(tmp_path, BASELINE, current, "estimator_error: 0.08\n") == 1
+    out = capsys.readouterr().out
+    assert "measured allocated peak 0.11 GiB is +10.0% off the predicted 0.10 GiB (allowed ±8%)" in out
+    assert _run(tmp_path / "plain", BASELINE, BASELINE, "estimator_error: 0.08\n") == 2  # nothing to check: said
+    assert "no ok row has both a prediction and a measured allocated peak" in capsys.readouterr().err
+
+
+def test_the_estimator_check_alone_is_a_comparison(tmp_path, capsys):
+    """gpu_check.sh gates a group against itself with only the estimator's bound."""
+    row = {**BASELINE[0], "metrics": {**BASELINE[0]["metrics"], "peak_mem_allocated_bytes": 2**30},
+           "predicted": {"peak_bytes": 2**30, "phase": "backward"}}
+    assert _run(tmp_path, [row], [row], "estimator_error: 0.10\ndefault: {ignore: true}\n") == 0
+    assert "every prediction within its bound" in capsys.readouterr().out

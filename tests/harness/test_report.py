@@ -401,3 +401,21 @@ def test_the_a100_grid_as_planned_is_comparable_only_under_the_revision_that_mea
     notes = text.split("### Recipe revisions")[1].split("\n## ")[0]
     assert "(`a100/frozen_vision/1node/eager`, `a100/frozen_vision/1node/flash`)" in notes
     assert "documented 3.49x (eager), 3.67x (flash) over full fine-tuning with the same attention" in notes and "bound 3.84x" in notes and "bound 1.21x" in notes
+
+
+def test_the_report_puts_predicted_memory_beside_measured_with_the_ratio(tmp_path):
+    store = RowStore(tmp_path / "a100_speed" / "8xA100")
+    row = _row(0, "full", "eager", 5.2, "a100/full/1node/eager", mem_gb=40.0)
+    row["metrics"]["peak_mem_allocated_bytes"] = int(22 * 2**30)
+    row["predicted"] = {"peak_bytes": int(20 * 2**30), "phase": "optimizer step",
+                        "fit": {"gpu": "A100", "fits": True, "reason": "fits (22.5 of 80.0 GiB)"}}
+    store.append(row)
+    unestimated = _row(1, "lora", "eager", 6.0, "a100/lora/1node/eager")
+    unestimated["predicted"] = {"error": "RuntimeError: boom"}
+    store.append(unestimated)
+    text = render(store.directory, tmp_path / "report.md", plots=False).read_text()
+    table = {r[0]: r for r in _table(text, "Memory: predicted beside measured")}
+    assert table["0"][3:] == ["20.00 GiB (optimizer step)", "22.00 GiB", "40.00 GiB", "-", "1.10", "~42",
+                              "fits (22.5 of 80.0 GiB)"]
+    assert table["1"][3] == "not estimated: RuntimeError: boom"
+    assert "does not say whether it is allocated, reserved or nvidia-smi memory" in text

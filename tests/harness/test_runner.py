@@ -408,3 +408,45 @@ def test_the_gradient_check_flags_the_2024_06_frozen_decoder_and_can_make_it_an_
     text = (tmp_path / "report.md").read_text()
     assert ("Trainable parameters without a gradient in the first optimizer step: cell 1 (frozen_vision, recipe "
             f"2024-06): {flag} (of 99.6K)") in text
+
+
+@pytest.mark.slow
+def test_run_predicts_each_cells_memory_and_records_a_predicted_oom_without_running_it(tmp_path):
+    """--estimate: the prediction is printed before the cell starts and kept in its row. A cell predicted not to fit
+    its GPU (the real 4.15B preset in fp32 on a 16 GB V100) is an `unsupported` row that says it is a prediction,
+    with --skip-predicted-oom locally; under SLURM it is not submitted unless --run-predicted-oom."""
+    path = grid(tmp_path, "include:\n  - {seed: 0}\n")
+    results = tmp_path / "r"
+    out = harness("run", str(path), "--results", str(results), "--estimate")
+    assert out.returncode == 0, out.stdout + out.stderr
+    (row,) = rows(results)
+    assert row["status"] == "ok" and row["predicted"]["peak_bytes"] > 0 and row["predicted"]["phase"] == "backward"
+    assert "predicted peak " in out.stdout and " MiB per rank at the backward" in out.stdout
+
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\nhardware: {gpu: V100-16GB, gpus_per_node: 1}\n"
+                   "defaults: {model: phi-3-vision-128k, task: docvqa, strategy: lora, precision: fp32, num_crops: 1, "
+                   "global_batch: 1, synthetic_train: 2, warmup_steps: 1, measured_steps: 1}\n")
+    local = harness("run", str(big), "--results", str(results), "--skip-predicted-oom", "--allow-hardware-mismatch")
+    assert local.returncode == 0, local.stdout + local.stderr
+    (row,) = RowStore(results / "big" / "cpu").rows()
+    assert row["status"] == "unsupported" and row["reason"].startswith("predicted not to fit: ")
+    assert "V100-16GB: does not fit" in row["reason"] and "a prediction, not a measured OOM: not run" in row["reason"]
+    assert row["predicted"]["fit"]["fits"] is False and row["predicted"]["peak_bytes"] > 16 * 2**30
+    assert not (Path(row["log"]).parent / "log.txt").exists()  # the cell never started
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f'#!/bin/bash\necho called >> {tmp_path}/sbatch.calls; echo 77\n')
+    for tool, body in (("sacct", "echo PENDING"), ("squeue", "echo 'PENDING Priority'"), ("scontrol", "exit 1")):
+        (bin_dir / tool).write_text(f"#!/bin/bash\n{body}\n")
+    for tool in ("sbatch", "sacct", "squeue", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    queued = harness("run", str(big), "--results", str(tmp_path / "s"), "--launcher", "slurm", env=env)
+    assert not (tmp_path / "sbatch.calls").exists(), queued.stdout + queued.stderr  # not submitted
+    (row,) = RowStore(tmp_path / "s" / "big" / "1xV100-16GB").rows()
+    assert row["status"] == "unsupported" and "predicted not to fit" in row["reason"]
+    forced = harness("run", str(big), "--results", str(tmp_path / "s"), "--launcher", "slurm", "--force",
+                     "--run-predicted-oom", env=env)
+    assert (tmp_path / "sbatch.calls").read_text().count("called") == 1, forced.stdout + forced.stderr

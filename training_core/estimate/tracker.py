@@ -41,6 +41,7 @@ class PeakTracker(TorchDispatchMode):
         self.peak_phase = "setup"
         self.peak_at = 0  # the allocation number at the peak
         self.peak_categories: dict[str, int] = {}
+        self.phase_peaks: dict[str, tuple[int, dict[str, int]]] = {}  # phase -> (its peak, categories then)
 
     # ------------------------------------------------------------------ phases
     def enter(self, phase: str, category: str) -> None:
@@ -69,6 +70,8 @@ class PeakTracker(TorchDispatchMode):
         if self.total > self.peak:
             self.peak, self.peak_phase, self.peak_at = self.total, self.phase, self.allocations
             self.peak_categories = dict(self.by_category)
+        if self.total > self.phase_peaks.get(self.phase, (0, {}))[0]:
+            self.phase_peaks[self.phase] = (self.total, dict(self.by_category))
 
     def _free(self, key: int) -> None:
         entry = self.live.pop(key, None)

@@ -36,8 +36,9 @@ def _allocation_peak(prof) -> int:
     return int(peak)
 
 
-def measured_step_peak(spec: RunSpec, data_dir: Path) -> int:
-    """Peak allocated bytes of building the cell's model and running one optimizer step on the longest batch."""
+def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
+    """Peak allocated bytes of building the cell's model and running `steps` optimizer steps on the longest batch
+    (from the second on, the optimizer states are there in forward and backward)."""
     if spec.world_size != 1:
         raise ValueError("the CPU check runs one process: give a spec with world size 1")
     strategy = get_strategy(spec.strategy)
@@ -56,6 +57,7 @@ def measured_step_peak(spec: RunSpec, data_dir: Path) -> int:
         model.config.use_cache = False
         model.train()
         engine = build_engine(strategy.engine, model, spec, device, total_steps=1)
-        engine.train_step([{k: v.clone() for k, v in model_inputs(batch, torch.device("cpu")).items()}])
+        for _ in range(steps):
+            engine.train_step([{k: v.clone() for k, v in model_inputs(batch, torch.device("cpu")).items()}])
         del engine, model
     return _allocation_peak(prof)
