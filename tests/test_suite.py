@@ -77,3 +77,5 @@ def test_gpu_check_runs_a_lora_and_a_full_cell_first_and_leaves_rows_and_a_repor
     assert all(r["status"] == "ok" for r in rows)
     assert (out / "doctor.json").exists() and "skipped" in (out / "test-gpu.txt").read_text()
     assert "| lora |" in (out / "report" / "cpu.md").read_text()
+    # the estimator's GPU check: a CPU grid has no allocated peak to check it against, and says so
+    assert "no GPU cell ran: the estimator has no allocated peak" in (out / "estimate.txt").read_text()
