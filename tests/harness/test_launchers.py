@@ -235,3 +235,33 @@ def test_a_third_launcher_is_one_module_the_runner_drives_through_the_interface(
     assert row["status"] == "ok" and row["polls"] == 3 and row["matrix"] == "g"  # watched until it ended
     with pytest.raises(KeyError, match="unknown launcher 'k8s'"):
         launchers.get("k8s")
+
+
+def test_under_slurm_a_cell_predicted_not_to_fit_is_not_submitted_unless_asked(tmp_path, monkeypatch, capsys):
+    """The SLURM default for a predicted OOM (the prediction itself is faked here; the real one: test_runner.py)."""
+    import harness.runner
+    from harness.cli import main
+    from harness.store import RowStore
+
+    log = tmp_path / "calls.txt"
+    _fake(tmp_path, monkeypatch, "sbatch", f"echo sbatch >> {log}; echo 51")
+    _fake(tmp_path, monkeypatch, "sacct", 'echo "PENDING|0:0"')
+    _fake(tmp_path, monkeypatch, "squeue", 'echo "PENDING Priority"')
+    _fake(tmp_path, monkeypatch, "scontrol", "exit 1")
+    too_big = {"peak_bytes": 40 * 2**30, "phase": "backward",
+               "fit": {"gpu": "V100", "fits": False, "reason": "does not fit (44.5 of 31.7 GiB)", "rule": "the rule"}}
+    monkeypatch.setattr(harness.runner, "estimate", lambda spec_path, cell_dir: too_big)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\nhardware: {gpu: V100, gpus_per_node: 1}\n"
+                    "defaults: {model: tiny, task: docvqa, strategy: lora, precision: fp16, global_batch: 2}\n")
+    args = ["run", str(grid), "--results", str(tmp_path / "r"), "--launcher", "slurm"]
+    assert main(args) == 0 and not log.exists()  # not submitted
+    (row,) = RowStore(tmp_path / "r" / "g" / "1xV100").rows()
+    assert row["status"] == "unsupported" and row["predicted"] == too_big
+    assert row["reason"].startswith("predicted not to fit: 40.00 GiB per rank at the backward, V100: does not fit")
+    assert "a prediction, not a measured OOM: not run (run it with --run-predicted-oom)" in row["reason"]
+    assert "predicted peak 40.00 GiB per rank at the backward; V100: does not fit" in capsys.readouterr().out
+    assert main([*args, "--force", "--run-predicted-oom"]) == 0
+    assert log.read_text().splitlines() == ["sbatch"]
+    assert main([*args, "--force", "--no-estimate"]) == 0  # no prediction asked: submitted
+    assert log.read_text().splitlines() == ["sbatch", "sbatch"]
