@@ -14,5 +14,10 @@ def peak_memory_gb(metrics: dict) -> float | None:
     return None
 
 
+def size_text(n: int) -> str:
+    """Bytes as GiB, or MiB below one GiB (a tiny cell's peak)."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
 def input_bound(metrics: dict) -> bool:
     return (metrics.get("data_wait_share") or 0.0) > INPUT_BOUND_SHARE  # None: not measured (strict JSON null)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .compare_ref import Comparison, compare, diff_percent, documented_mfu, measured_gpu, model_family, status
 from .digest import NOISY_CV, cell_ranges, grouped_comparability, summary, variability
-from .measures import INPUT_BOUND_SHARE, input_bound, peak_memory_gb
+from .measures import INPUT_BOUND_SHARE, input_bound, peak_memory_gb, size_text
 from .reference import RefRow, load_references
 from .store import RowStore
 
@@ -175,10 +175,6 @@ def accuracy_table(rows: list[dict], refs: dict[str, RefRow],
     return out, comparisons
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def memory_table(rows: list[dict], refs: dict[str, RefRow]) -> list[list[str]]:
     """Predicted beside measured, for the cells that got a prediction (training_core/estimate): the predicted
     allocated peak per rank and its phase, torch's measured allocated and reserved peaks, NVML's device peak, the
@@ -199,10 +195,10 @@ def memory_table(rows: list[dict], refs: dict[str, RefRow]) -> list[list[str]]:
         fit = (p.get("fit") or {}).get("reason", "-")
         out.append([
             str(row.get("cell", "")), row["spec"]["strategy"], row["spec"]["attention"],
-            f"{_size(p['peak_bytes'])} ({p['phase']})",
-            _size(allocated) if allocated else "- (no CUDA allocator)",
-            _size(m["peak_mem_reserved_bytes"]) if "peak_mem_reserved_bytes" in m else "-",
-            _size(m["peak_mem_device_bytes"]) if "peak_mem_device_bytes" in m else "-",
+            f"{size_text(p['peak_bytes'])} ({p['phase']})",
+            size_text(allocated) if allocated else "- (no CUDA allocator)",
+            size_text(m["peak_mem_reserved_bytes"]) if "peak_mem_reserved_bytes" in m else "-",
+            size_text(m["peak_mem_device_bytes"]) if "peak_mem_device_bytes" in m else "-",
             f"{allocated / p['peak_bytes']:.2f}" if allocated else "-",
             doc.text() if doc else "-", fit,
         ])

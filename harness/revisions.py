@@ -8,7 +8,7 @@ from __future__ import annotations
 from training_core.model.presets import preset_dict
 from training_core.recipe_revisions import get_revision
 from training_core.trackers.flops import model_shape
-from training_core.trackers.gradients import flag_text, human
+from training_core.trackers.gradients import human
 
 from .compare_ref import documented_flops, documented_mfu
 from .reference import RefRow
@@ -85,9 +85,8 @@ def measured_gradients(rows: list[dict]) -> list[str]:
     for r in flagged:
         s = r["spec"]
         g = r["gradients"]
-        untrained = {**g.get("no_gradient", {}), **g.get("zero_gradient", {})}
         lines.append(f"cell {r.get('cell', '?')} ({s.get('strategy')}, recipe {s.get('recipe_revision') or 'current'}): "
-                     f"{g.get('flag') or flag_text(untrained)} (of {human(g['trainable_params'])})")
+                     f"{g['flag']} (of {human(g['trainable_params'])})")
     clean = {}
     for r in checked:
         if not r["gradients"].get("flag"):

@@ -24,6 +24,7 @@ from . import launchers
 from .launch import Nodes, shell
 from .launchers.base import Context, Job, Launcher
 from .matrix import Cell, Grid, GridError
+from .measures import size_text
 from .store import RowStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,15 +88,24 @@ def capture_env(world_size: int) -> dict:
     runner never imports torch. If that process fails, the row still gets what is known without torch, and why the
     rest is missing."""
     cmd = [sys.executable, "-m", "training_core.env", "--world-size", str(world_size)]
-    try:
-        out = subprocess.run(cmd, cwd=ROOT, env=cell_env(), capture_output=True, text=True, timeout=300, check=False)
-        if out.returncode == 0:
-            return json.loads(out.stdout)
-        problem = f"exit {out.returncode}: {(out.stderr.strip().splitlines() or [''])[-1]}"
-    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
-        problem = f"{type(exc).__name__}: {exc}"
+    found, problem = child_json(cmd, timeout=300)
+    if found is not None:
+        return found
     return {"world_size": world_size, "hostname": socket.gethostname(), "python": platform.python_version(),
             "capture_error": f"{shell(cmd)} failed ({problem})"}
+
+
+def child_json(cmd: list[str], timeout: float) -> tuple[dict | None, str]:
+    """The JSON object a `python -m ...` child prints last on stdout (run like a cell: this checkout first), or None
+    and what went wrong."""
+    try:
+        out = subprocess.run(cmd, cwd=ROOT, env=cell_env(), capture_output=True, text=True, timeout=timeout,
+                             check=False)
+        if out.returncode == 0:
+            return json.loads(out.stdout.strip().splitlines()[-1]), ""
+        return None, f"exit {out.returncode}: {(out.stderr.strip().splitlines() or [''])[-1]}"
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 class Runner:
@@ -112,8 +122,8 @@ class Runner:
         self._env: dict | None = None  # captured once per run (a child process), see env()
         self.waiting: list[tuple[Cell, str, str, str]] = []  # jobs not ended yet: (cell, job, state, reason)
         self.problems: list[str] = []  # jobs whose state could not be learnt (e.g. sacct failed)
-        self.launcher: Launcher = launchers.get(options.launcher)(Context(
-            grid=grid, options=options, console=self.console, env=self.env, afresh=self._afresh))
+        self.ctx = Context(grid=grid, options=options, console=self.console, env=self.env, afresh=self._afresh)
+        self.launcher: Launcher = launchers.get(options.launcher)(self.ctx)
 
     def env(self, world_size: int) -> dict:
         """The environment of this run for a row of `world_size` ranks (rows the runner writes itself)."""
@@ -249,16 +259,16 @@ class Runner:
             self.console.print(f"    predicted peak: not estimated ({predicted['error']})")
             return None
         verdict = predicted.get("fit") or {}
-        self.console.print(f"    predicted peak {_size(predicted['peak_bytes'])} per rank at the {predicted['phase']}"
+        self.console.print(f"    predicted peak {size_text(predicted['peak_bytes'])} per rank at the {predicted['phase']}"
                            + (f"; {verdict['gpu']}: {verdict['reason']}" if verdict else ""))
         skip = self.options.skip_predicted_oom
         if skip is None:
             skip = not self.launcher.waits  # queued launchers: a job predicted not to fit is not submitted
         if verdict.get("fits") is False and skip:
-            reason = (f"predicted not to fit: {_size(predicted['peak_bytes'])} per rank at the {predicted['phase']}, "
+            reason = (f"predicted not to fit: {size_text(predicted['peak_bytes'])} per rank at the {predicted['phase']}, "
                       f"{verdict['gpu']}: {verdict['reason']} ({verdict['rule']}); a prediction, not a measured OOM: "
                       "not run (run it with --run-predicted-oom)")
-            row = self.launcher.ctx.failure_row(cell, ("unsupported", reason), path, time.time())
+            row = self.ctx.failure_row(cell, ("unsupported", reason), path, time.time())
             return {**row, "predicted": predicted}
         return None
 
@@ -278,24 +288,14 @@ class Runner:
         return state
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 PREDICTED_FILE = "predicted.json"  # the cell's memory prediction, made before it started, for its row
 
 
 def estimate(spec_path: Path, cell_dir: Path) -> dict:
     """`python -m training_core.estimate` for one cell, in a child process (the runner never imports torch)."""
     cmd = [sys.executable, "-m", "training_core.estimate", "--spec", str(spec_path), "--cell-dir", str(cell_dir)]
-    try:
-        out = subprocess.run(cmd, cwd=ROOT, env=cell_env(), capture_output=True, text=True, timeout=900, check=False)
-        if out.returncode == 0:
-            return json.loads(out.stdout.strip().splitlines()[-1])
-        problem = f"exit {out.returncode}: {(out.stderr.strip().splitlines() or [''])[-1]}"
-    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    return {"error": f"{shell(cmd)} failed ({problem})"}
+    found, problem = child_json(cmd, timeout=900)
+    return found if found is not None else {"error": f"{shell(cmd)} failed ({problem})"}
 
 
 def attach_prediction(row: dict, cell_dir: Path) -> dict:

@@ -55,7 +55,6 @@ def test_the_longest_example_sets_the_batch(data):
 
     batch, examples = longest_batch(tiny(strategy="lora"), data)
     assert examples > 1 and batch["input_ids"].shape[0] == 1
-    lengths = []
     from training_core import inputs
     from training_core.data.stats import example_length
     from training_core.strategies.base import model_config

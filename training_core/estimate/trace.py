@@ -56,10 +56,10 @@ class Trace:
 
 
 # ------------------------------------------------------------------------------------------------------ data
-def longest_batch(spec: RunSpec, data_dir: Path) -> tuple[dict, int]:
+def longest_batch(spec: RunSpec, data_dir: Path, config=None) -> tuple[dict, int]:
     """The micro-batch of the cell's `per_device_batch` longest training examples (collated as the cell collates),
-    and the number of examples looked at."""
-    config = model_config(spec)
+    and the number of examples looked at. `config`: the cell's (read again when not given)."""
+    config = config or model_config(spec)
     processor = inputs.build_processor(spec, config)
     train, _ = inputs.records(spec, data_dir)
     task = get_task(spec.task)
@@ -182,7 +182,7 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     started = time.perf_counter()
     strategy = get_strategy(spec.strategy)
     config = model_config(spec)
-    batch, examples = longest_batch(spec, data_dir)
+    batch, examples = longest_batch(spec, data_dir, config)
     notes = []
     attention = spec.attention
     if attention == "flash_attention_2":
@@ -254,9 +254,9 @@ def _steady(tracker: PeakTracker) -> tuple[int, str, dict]:
     best = (tracker.peak, tracker.peak_phase, tracker.breakdown())
     for phase in ("forward", "backward"):
         if phase in tracker.phase_peaks:
-            total, cats = tracker.phase_peaks[phase]
+            total = tracker.phase_peaks[phase][0]
             if total + states > best[0]:
-                parts = {c: int(cats.get(c, 0)) for c in CATEGORIES}
+                parts = tracker.breakdown(phase)
                 parts["optimizer states"] += states
                 best = (total + states, phase, parts)
     return best
@@ -296,17 +296,16 @@ def _with_deepspeed(spec: RunSpec, trainable: list, tracker: PeakTracker) -> tup
     reducing = zero.buckets + zero.grad_partition
     for phase, extra in (("forward", 0), ("backward", 0), ("backward, reducing", reducing)):
         if phase in tracker.phase_peaks:
-            total, cats = tracker.phase_peaks[phase]
-            parts = {c: int(cats.get(c, 0)) for c in CATEGORIES}
+            total, parts = tracker.phase_peaks[phase][0], tracker.breakdown(phase)
             parts.update({"optimizer states": kept, "gradients": zero.grad_partition if extra else 0,
                           "communication buckets": zero.buckets if extra else 0})
             candidates.append((total + kept + extra, phase, parts))
-    setup = tracker.phase_peaks.get("setup", (0, {}))[1]
-    base = int(setup.get("weights", 0)) + int(setup.get("inputs", 0))
+    setup = tracker.breakdown("setup")
+    base = setup["weights"] + setup["inputs"]
     step_parts = {c: 0 for c in CATEGORIES}
-    step_parts.update({"weights": int(setup.get("weights", 0)), "inputs": int(setup.get("inputs", 0)),
-                       "optimizer states": kept, "gradients": zero.grad_partition,
-                       "temporaries": zero.step_temporaries, "communication buckets": 0})
+    step_parts.update({"weights": setup["weights"], "inputs": setup["inputs"], "optimizer states": kept,
+                       "gradients": zero.grad_partition, "temporaries": zero.step_temporaries,
+                       "communication buckets": 0})
     candidates.append((base + kept + zero.grad_partition + zero.step_temporaries, "optimizer step", step_parts))
     return max(candidates, key=lambda c: c[0])
 

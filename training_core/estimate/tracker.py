@@ -93,5 +93,7 @@ class PeakTracker(TorchDispatchMode):
             self.peak_categories[old] -= size
             self.peak_categories[category] = self.peak_categories.get(category, 0) + size
 
-    def breakdown(self) -> dict[str, int]:
-        return {c: int(self.peak_categories.get(c, 0)) for c in CATEGORIES}
+    def breakdown(self, phase: str | None = None) -> dict[str, int]:
+        """Bytes by category at the peak (of `phase`, when given)."""
+        cats = self.peak_categories if phase is None else self.phase_peaks.get(phase, (0, {}))[1]
+        return {c: int(cats.get(c, 0)) for c in CATEGORIES}
