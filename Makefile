@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help setup setup-gpu test test-fast test-gpu test-slurm doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
 	bench-gpu-smoke gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
-	test-gate reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
+	test-gate test-estimator estimate-guide reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test       the whole CPU suite over both cores (runs setup first; the GPU tier is skipped without CUDA)"
 	@echo "make test-fast  the unit tier (no cells, torchrun or grids; under 2 minutes): run it before every commit"
 	@echo "make test-gpu   the GPU tier only (pytest -m gpu): attention backends, memory, MFU, QLoRA, DeepSpeed/NCCL"
+	@echo "make test-estimator  the memory estimator against real CPU steps of the wide-2l preset (a few minutes)"
 	@echo "make test-slurm the SLURM tier (pytest -m slurm) on a real 2-node cluster it starts and stops (tests/slurm/cluster.sh)"
 	@echo "make doctor     what this machine can run (GPUs, kernels, packages, cells of the shipped grids)"
 	@echo "make lint       ruff over the project"
@@ -25,6 +26,7 @@ help:
 	@echo "                (regress-baseline refreshes it; test-gate proves it passes under load and fails on a 2x slowdown)"
 	@echo "make reproduce-docvqa | reproduce-hateful-memes | reproduce-nlvr2 | reproduce-ucf101"
 	@echo "                MODEL=dir DATA=dir RESULTS=dir REPEATS=N; PROFILE=tiny on a CPU with the synthetic twins"
+	@echo "make estimate-guide  predicted peak memory of the guide's speed grids beside the documented peaks (results/estimates)"
 	@echo "make report     markdown reports of everything under results/runs (into reports/)"
 	@echo "make bench-gpu-smoke  the full preset on this machine's GPUs (1-8, any NVIDIA), every strategy, a few steps"
 	@echo "make gpu-check  doctor + the GPU tier + gpu_smoke + its report, logs in build/gpu-check (scripts/gpu_check.sh)"
@@ -122,6 +124,11 @@ regress-baseline: setup
 test-gate: setup
 	$(PY) -m pytest -q -rP -m gate tests/gate $(PYTEST_ARGS)
 
+# The memory estimator against real CPU steps at real widths (the wide-2l preset: LoRA and QLoRA, with checkpointing;
+# a few minutes; CI runs it; not part of `make test`).
+test-estimator: setup
+	$(PY) -m pytest -q -rA -m estimator tests/core/test_estimate.py $(PYTEST_ARGS)
+
 # Accuracy reproductions: MODEL=<checkpoint dir> DATA=<dataset dir or cache> RESULTS=<dir> REPEATS=<N seeds>;
 # PROFILE=tiny runs the same grids on a CPU with the tiny preset and the synthetic twins; KEEP_MODEL=1 keeps each
 # cell's trained model / adapter (cells/<run_id>/model; the report lists them; `harness export` writes one out).
@@ -145,6 +152,12 @@ reproduce-ucf101: setup
 
 plan-cpu: setup
 	$(HARNESS) plan cpu_smoke
+# Predicted peak memory of the guide's speed grids beside the documented peaks (results/estimates/, committed): the
+# real 4.15B preset traced with fake tensors, a few minutes on a CPU, no GPU.
+estimate-guide: setup
+	$(HARNESS) estimate a100_speed --gpu A100 --gpu H100 --gpu V100 --out results/estimates/a100_speed.md
+	$(HARNESS) estimate v100_speed --gpu V100 --gpu A100 --out results/estimates/v100_speed.md
+
 plan-a100: setup
 	$(HARNESS) plan a100_speed
 plan-v100: setup

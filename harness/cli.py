@@ -172,6 +172,9 @@ def _add_grid_commands(sub) -> None:
     estimate.add_argument("--json", action="store_true", help="the predictions as JSON")
     estimate.add_argument("--data-root", type=Path, default=Path("build/estimate"),
                           help="where the cells' synthetic twins are written to find their longest examples")
+    estimate.add_argument("--out", type=Path, metavar="FILE.md",
+                          help="also write the table as a markdown report (predicted beside documented, with what "
+                               "each number is)")
     estimate.set_defaults(func=_estimate)
 
     run = sub.add_parser("run", help="run a grid's cells")
@@ -379,66 +382,51 @@ def _filters(items: list[str]) -> dict[str, str]:
 
 def _estimate(args) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from harness import estimates
     from harness.matrix import load_grid
-    from harness.runner import check_selection, matches
-    from training_core.estimate.fit import GIB, MARGIN_RULE, fit
-    from training_core.estimate.trace import estimate_cell
+    from harness.reference import load_references
+    from harness.runner import check_selection
+    from training_core.estimate.fit import GIB, MARGIN_RULE
 
+    if args.out is not None and (args.out.suffix != ".md" or args.out.is_dir()):
+        raise _data_error([f"--out {args.out}: give a markdown file name ending in .md (not a directory)"])
     grid = load_grid(_grid_path(args.matrix), args.profile)
     filters = _filters(args.filter)
     check_selection(grid, filters, to_run=False)
-    console = Console(highlight=False, width=220)
-    out = []
-    for cell in grid.cells:
-        if cell.runnable and not matches(cell, filters):
-            continue
-        entry = {"cell": cell.index, "status": cell.status if not cell.runnable else "estimated"}
-        if not cell.runnable:
-            entry["reason"] = f"not estimated: {cell.status}: {cell.reason}"
-            out.append(entry)
-            continue
-        spec = cell.spec
-        gpus = args.gpu or ([] if spec.gpu.lower() == "cpu" else [spec.gpu])
-        try:
-            predicted = estimate_cell(spec, args.data_root)
-        except Exception as exc:  # one cell's failure is said, the others are still estimated
-            entry.update(status="error", reason=f"could not be estimated: {type(exc).__name__}: {exc}")
-            out.append(entry)
-            continue
-        entry.update(run_id=spec.run_id, spec=spec.model_dump(mode="json"), predicted=predicted,
-                     fits={g: vars(fit(predicted["peak_bytes"], spec.world_size, g)) for g in gpus})
-        out.append(entry)
+    console = Console(highlight=False, width=240)
+
+    def progress(entry):
         if not args.json:
-            console.print(f"  cell {cell.index}: {predicted['peak_bytes'] / GIB:.2f} GiB at the {predicted['phase']} "
-                          f"({predicted['seconds']:.0f} s)")
+            p = entry["predicted"]
+            console.print(f"  cell {entry['cell']}: {p['peak_bytes'] / GIB:.2f} GiB at the {p['phase']} "
+                          f"({p['seconds']:.0f} s)")
+
+    out = estimates.estimate_grid(grid, filters, args.gpu, args.data_root, progress)
+    refs = load_references()
+    if args.out is not None:
+        estimates.write_markdown(args.out, estimates.markdown(grid, out, refs))
     if args.json:
         print(json.dumps({"grid": grid.name, "profile": grid.profile, "margin_rule": MARGIN_RULE, "cells": out},
                          indent=1))
-        return 0
-    table = Table(title=f"{grid.name}: predicted peak allocated memory per rank (GiB)")
-    gpu_names = sorted({g for e in out for g in e.get("fits", {})})
-    for column in ("cell", "strategy", "precision", "attention", "crops", "nodes x GPUs", "ckpt", "tokens", "peak",
-                   "phase", "weights", "grads", "optimizer", "activations", "buckets", "temps", *gpu_names):
-        table.add_column(column)
-    for e in out:
-        if "predicted" not in e:
-            table.add_row(str(e["cell"]), *[""] * 15, *[e["reason"] if i == 0 else "" for i in range(len(gpu_names))])
-            continue
-        s, p, b = e["spec"], e["predicted"], e["predicted"]["breakdown"]
-        gib = lambda n: f"{n / GIB:.2f}"  # noqa: E731
-        table.add_row(str(e["cell"]), s["strategy"], s["precision"], s["attention"], str(s["num_crops"] or "task"),
-                      f"{s['nodes']}x{s['gpus_per_node']}", "on" if s["gradient_checkpointing"] else "off",
-                      str(p["tokens"]), gib(p["peak_bytes"]), p["phase"], gib(b["weights"]), gib(b["gradients"]),
-                      gib(b["optimizer states"]), gib(b["activations"]), gib(b.get("communication buckets", 0)),
-                      gib(b["temporaries"]), *[e["fits"][g]["reason"] if g in e["fits"] else "-" for g in gpu_names])
+        return 1 if any(e["status"] == "error" for e in out) else 0
+    header, body = estimates.rows(out, refs)
+    table = Table(title=escape(f"{grid.name}: predicted peak allocated memory per rank (GiB)"))
+    for column in header:
+        table.add_column(escape(column))
+    for row in body:
+        table.add_row(*[escape(v) for v in row])
     console.print(table)
-    console.print(f"Margin rule: {MARGIN_RULE}. Peaks are torch's allocated bytes per rank (not reserved, not "
-                  "nvidia-smi), at the cell's longest micro-batch.")
+    console.print(escape(f"Predicted: {estimates.PREDICTED_IS}."))
+    console.print(escape(f"Documented: {estimates.DOCUMENTED_IS}."))
+    console.print(escape(f"Margin rule: {MARGIN_RULE}."))
     for e in out:
         if "reason" in e:
-            console.print(f"  cell {e['cell']}: {e['reason']}")
+            console.print(escape(f"  cell {e['cell']}: {e['reason']}"))
+    if args.out is not None:
+        console.print(escape(f"wrote {args.out}"))
     return 1 if any(e["status"] == "error" for e in out) else 0
 
 

@@ -74,7 +74,7 @@ def _the_unit_tier_starts_no_cells(request, monkeypatch):
     """A test that starts a cell, torchrun or a grid run belongs to the end-to-end tier: it fails here, saying so,
     unless it is marked `slow` (so `make test-fast` cannot quietly grow slow again); the GPU and gate tiers are
     end-to-end by nature."""
-    if any(request.node.get_closest_marker(tier) for tier in ("slow", "gpu", "gate", "slurm")):
+    if any(request.node.get_closest_marker(tier) for tier in ("slow", "gpu", "gate", "slurm", "estimator")):
         return
     real = subprocess.Popen.__init__
 
@@ -89,17 +89,22 @@ def _the_unit_tier_starts_no_cells(request, monkeypatch):
 
 def pytest_collection_modifyitems(config, items):
     """The GPU tier (`-m gpu`) runs only where CUDA is: elsewhere those tests are skipped, saying why. The gate's
-    own proof (`-m gate`, minutes of timed runs under a CPU burner) runs only when asked for: make test-gate."""
+    own proof (`-m gate`, minutes of timed runs under a CPU burner) runs only when asked for: make test-gate; so does the
+estimator's check at real widths (`-m estimator`, minutes of real CPU steps): make test-estimator."""
     markexpr = config.getoption("markexpr", "") or ""
     gate_asked = "gate" in markexpr
     slurm_asked = "slurm" in markexpr and "not slurm" not in markexpr
     skip_slurm = pytest.mark.skip(reason="the SLURM tier needs a cluster: make test-slurm (CI runs it)")
     skip_gate = pytest.mark.skip(reason="the regression gate's proof: make test-gate (CI runs it)")
+    estimator_asked = "estimator" in markexpr and "not estimator" not in markexpr
+    skip_estimator = pytest.mark.skip(reason="the estimator's check at real widths: make test-estimator (CI runs it)")
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device (the GPU tier: make test-gpu on a GPU machine)")
     for item in items:
         if "gate" in item.keywords and not gate_asked:
             item.add_marker(skip_gate)
         if "slurm" in item.keywords and not slurm_asked:
             item.add_marker(skip_slurm)
+        if "estimator" in item.keywords and not estimator_asked:
+            item.add_marker(skip_estimator)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)

@@ -1,6 +1,7 @@
 """The memory estimator (training_core/estimate): one optimizer step traced with fake tensors through the cell's own
 code, checked against a real CPU step whose peak comes from the torch profiler's allocator events (not from the
-estimator's tracker). Issue 23, first part: what holds here is tested; the known gaps are in the issue note."""
+estimator's tracker): every strategy of cpu_smoke on the tiny preset, with and without checkpointing, fp32 and bf16,
+and (make test-estimator) the wide-2l preset at the real widths."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from training_core.estimate.fit import GIB, GPU_MEMORY, MARGIN_RULE, fit, needed_bytes
 from training_core.estimate.trace import deepspeed_states, trace_step
@@ -21,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny(**fields) -> RunSpec:
-    return RunSpec(model="tiny", precision="fp32", global_batch=1, num_crops=4, lora_rank=4, **fields)
+    return RunSpec(**{"model": "tiny", "precision": "fp32", "global_batch": 1, "num_crops": 4, "lora_rank": 4, **fields})
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +39,47 @@ def test_predicted_peak_of_a_lora_step_is_within_10_percent_of_the_allocators(da
     assert predicted.peak_bytes == pytest.approx(measured, rel=0.10)
     assert predicted.phase == "backward" and predicted.breakdown["weights"] > 0
     assert predicted.breakdown["activations"] > predicted.breakdown["gradients"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy,precision,attention", [("qlora", "fp32", "eager"), ("qlora", "bf16", "sdpa"),
+                                                          ("lora", "bf16", "sdpa"), ("lora", "bf16", "eager")])
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_lora_and_qlora_in_cpu_smokes_precisions_within_10_percent(data, strategy, precision, attention,
+                                                                   checkpointing):
+    """cpu_smoke's precisions and attentions for the DDP strategies (the DeepSpeed ones: below). QLoRA's 4-bit
+    stand-in against real bitsandbytes layers; its unquantised weights are copied out of the safetensors map first
+    (validate._own_mapped_weights), as a GPU copies them into device memory."""
+    spec = tiny(strategy=strategy, precision=precision, attention=attention, gradient_checkpointing=checkpointing)
+    predicted = trace_step(spec, data, block=1).peak_bytes
+    measured = measured_step_peak(spec, data)
+    assert predicted == pytest.approx(measured, rel=0.10), (predicted, measured)
+
+
+def test_the_cpu_check_counts_a_cells_bytes_only(data):
+    """Two checks in one process measure the same: what an earlier one left allocated is not counted."""
+    spec = tiny(strategy="lora")
+    first = measured_step_peak(spec, data)
+    keep = [torch.empty(4_000_000, dtype=torch.uint8)]  # held across the second check
+    second = measured_step_peak(spec, data)
+    assert second == pytest.approx(first, rel=0.02) and keep
+
+
+def test_mapped_weights_are_copied_into_allocated_memory(tmp_path):
+    """A tensor whose storage lies in a file mapping (safetensors loads so) becomes allocator memory; others stay."""
+    from safetensors.torch import load_file, save_file
+
+    from training_core.estimate.validate import _file_mapped, _own_mapped_weights
+
+    save_file({"w": torch.ones(1024, 64)}, tmp_path / "w.safetensors")
+    module = torch.nn.Linear(64, 1024, bias=False)
+    own = torch.nn.Linear(4, 4)
+    module.weight.data = load_file(tmp_path / "w.safetensors")["w"]
+    mapped = lambda t: any(a <= t.untyped_storage().data_ptr() < b for a, b in _file_mapped())  # noqa: E731
+    assert mapped(module.weight)
+    before = own.weight.data_ptr()
+    assert _own_mapped_weights(torch.nn.Sequential(module, own)) == 1024 * 64 * 4
+    assert not mapped(module.weight) and bool((module.weight == 1).all()) and own.weight.data_ptr() == before
 
 
 def test_the_prediction_follows_the_cell_not_a_constant(data):
@@ -97,10 +140,12 @@ def test_estimate_covers_every_cell_of_a_grid_and_says_why_when_it_cannot(tmp_pa
                     "defaults: {model: tiny, task: docvqa, precision: bf16, num_crops: 4, global_batch: 2, "
                     "lora_rank: 4}\n"
                     "axes: {strategy: [lora, qlora], gradient_checkpointing: [true, false]}\n"
+                    "references:\n  - {match: {strategy: lora}, key: a100/lora/1node/eager}\n"
                     "include:\n  - {strategy: lora, precision: fp16, attention: flash_attention_2}\n")
+    md = tmp_path / "out" / "g.md"
     out = subprocess.run([sys.executable, "-m", "harness", "estimate", str(grid), "--json", "--gpu", "A100",
-                          "--gpu", "B200", "--data-root", str(tmp_path / "data")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          "--gpu", "B200", "--data-root", str(tmp_path / "data"), "--out", str(md)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     cells = {c["cell"]: c for c in report["cells"]}
@@ -110,6 +155,20 @@ def test_estimate_covers_every_cell_of_a_grid_and_says_why_when_it_cannot(tmp_pa
     invalid = [c for c in cells.values() if "predicted" not in c]
     assert len(invalid) == 1 and invalid[0]["reason"].startswith("not estimated: invalid")
     assert report["margin_rule"] == MARGIN_RULE
+    text = md.read_text()  # the markdown report: predicted beside documented, saying what each is
+    assert "not reserved memory" in text and "does not say whether it is allocated, reserved" in text
+    lora = next(c for c in estimated if c["spec"]["strategy"] == "lora")
+    ratio = 50 * GIB / lora["predicted"]["peak_bytes"]  # the guide's ~50 GB for 8xA100 LoRA, eager
+    assert f"| ~50 GB | {ratio:.2f}x |" in text
+    assert text.count("| ~50 GB |") == 2 and "not estimated: invalid" in text
+
+
+def test_estimate_out_must_be_a_markdown_file(tmp_path):
+    from harness.cli import main
+
+    for bad in (tmp_path, tmp_path / "rows.jsonl"):
+        assert main(["estimate", "cpu_smoke", "--out", str(bad)]) == 2  # refused before anything is traced
+    assert list(tmp_path.iterdir()) == []
 
 
 ZERO_CHECK = r"""
@@ -147,9 +206,30 @@ def test_zero2_predictions_against_a_real_deepspeed_step(tmp_path):
                              capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert out.returncode == 0, out.stderr[-3000:]  # one engine per process: DeepSpeed keeps state
         results.update(json.loads(out.stdout.strip().splitlines()[-1]))
-    for case in ("full/True", "full/False", "frozen_vision/True"):
-        predicted, measured = results[case]
+    for case in ("full/True", "full/False", "frozen_vision/True", "frozen_vision/False"):
+        predicted, measured = results[case]  # measured here: +0.4%, -3.0%, -0.1%, +8.5%
         assert predicted == pytest.approx(measured, rel=0.10), case
-    predicted, measured = results["frozen_vision/False"]
-    assert 1.0 <= predicted / measured <= 1.2  # known: 14% over here (the frozen tower's reduction starts at once)
     assert results["full/True"][0] != results["frozen_vision/True"][0]
+
+
+@pytest.mark.estimator
+@pytest.mark.parametrize("strategy", ["lora", "qlora"])
+def test_the_wide_preset_within_10_percent_of_a_real_step(tmp_path_factory, strategy):
+    """The real widths (decoder 3072 and its 32064-row vocabulary, CLIP 1024 on 336x336 crops) with 2 layers each:
+    0.45B parameters, a real CPU step of 1-2.5 minutes. Measured here: LoRA +0.0% (ckpt) / +0.2% (no ckpt), QLoRA
+    +0.2% / +0.3%, frozen_vision +4.7% / +6.7%, full +0.0% (the DeepSpeed ones take 2-7 minutes: in the note)."""
+    data = tmp_path_factory.mktemp("wide")
+    spec = RunSpec(model="wide-2l", precision="fp32", global_batch=1, num_crops=4, lora_rank=8, strategy=strategy,
+                   attention="sdpa", gradient_checkpointing=True)
+    predicted = trace_step(spec, data, block=1)
+    measured = measured_step_peak(spec, data)
+    assert predicted.peak_bytes > 10**9 and predicted.tokens > 500  # the real widths, not the tiny preset
+    assert predicted.peak_bytes == pytest.approx(measured, rel=0.10), (predicted.peak_bytes, measured)
+
+
+def test_fp16_with_its_grad_scaler_is_estimated(data):
+    """V100 cells are fp16: the GradScaler's overflow check reads a value, which a fake tensor has not."""
+    spec = tiny(strategy="lora", precision="fp16", attention="eager")
+    predicted = trace_step(spec, data, block=1)
+    assert predicted.phase in ("forward", "backward") and predicted.breakdown["optimizer states"] > 0
+    assert predicted.peak_bytes == pytest.approx(measured_step_peak(spec, data), rel=0.10)  # +4.5% here

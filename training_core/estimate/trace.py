@@ -166,6 +166,18 @@ def _adapters_stay_put():
         yield
 
 
+@contextlib.contextmanager
+def _scaler_always_steps():
+    """fp16's GradScaler skips the optimizer step when a gradient overflowed, which it reads from a tensor (`.item()`):
+    a fake tensor has no value. The estimate is of a step that is taken (the unscaling and the scale update still run,
+    in place, as they do)."""
+    def step(self, optimizer, optimizer_state, *args, **kwargs):
+        return optimizer.step(*args, **kwargs)
+
+    with mock.patch.object(torch.amp.GradScaler, "_maybe_opt_step", step):
+        yield
+
+
 def _reduced(tracker: PeakTracker, param: torch.Tensor) -> None:
     """ZeRO-2 moves a produced gradient into its buckets: the parameter holds none, and the backward now reduces."""
     param.grad = None
@@ -235,7 +247,8 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
             optimizer.register_step_post_hook(lambda o, a, k: [tracker.reclassify(t, "optimizer states")
                                                                for s in o.state.values() for t in s.values()
                                                                if isinstance(t, torch.Tensor)])
-            engine.train_step([fake_batch])
+            with _scaler_always_steps():
+                engine.train_step([fake_batch])
     _embedder(model).precomputed = None
     method = "traced (fake tensors): forward, backward, AdamW step; from the second step on, the optimizer states"
     if deepspeed:

@@ -1,13 +1,19 @@
 """The estimator's check on a CPU: one real optimizer step of the cell, its peak allocated bytes taken from the torch
 profiler's allocator events (the CPU allocator's own running total), independent of the estimator's tracker.
 
-The model is built inside the profiled region, so the total counts every byte the step holds (weights included);
+The model is built inside the profiled region, so the running total counts every byte the steps hold (weights
+included); the peak is taken while the steps run (loading a 4-bit base has a transient peak of its own);
 the batch is the estimator's (the longest micro-batch), so both see the same work. DeepSpeed strategies run through
 the cell's DeepSpeed engine in this process (gloo, world size 1).
+
+A 4-bit base is loaded from a safetensors file, and on a CPU its unquantised weights (embeddings, the vision tower,
+the head, the norms) stay in the file's memory map, which the allocator never sees: on a GPU they are copied into
+device memory. They are copied into allocated memory here too (`_own_mapped_weights`), inside the profiled region.
 """
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import torch
@@ -25,19 +31,69 @@ from training_core.strategies.lora import qlora_quantization
 from .trace import longest_batch
 
 
+STEPS = "phi3v: measured steps"
+
+
 def _allocation_peak(prof) -> int:
-    peak = 0
+    """The peak of the CPU allocator's running total while the steps ran (the `STEPS` range), less what was allocated
+    when the profiled region began (memory an earlier cell of this process still holds is not this cell's). The
+    weights, allocated before the steps, are in the running total; the model's loading is not the step's peak."""
+    events, window = [], None
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         node = stack.pop()
         stack.extend(node.children)
         if node.tag == torch._C._profiler._EventType.Allocation and node.extra_fields.device.type == "cpu":
-            peak = max(peak, node.extra_fields.total_allocated)
-    return int(peak)
+            events.append((node.start_time_ns, node.extra_fields.total_allocated, node.extra_fields.alloc_size))
+        elif node.name == STEPS:
+            window = (node.start_time_ns, node.end_time_ns)
+    if not events or window is None:
+        raise RuntimeError("the profiler recorded no allocation in the measured steps")
+    events.sort()
+    _, total, size = events[0]
+    before = total - size  # the running total just before the region's first allocation (a free has size < 0)
+    inside = [t for when, t, _ in events if window[0] <= when <= window[1]]
+    return int(max(inside) - before)
+
+
+def _file_mapped() -> list[tuple[int, int]]:
+    """The address ranges of this process's file-backed memory maps (Linux; none elsewhere)."""
+    ranges = []
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return ranges
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[5].startswith("/"):
+            start, end = (int(v, 16) for v in fields[0].split("-"))
+            ranges.append((start, end))
+    return ranges
+
+
+def _own_mapped_weights(model: torch.nn.Module) -> int:
+    """Copy every parameter and buffer whose storage lies in a file mapping into allocated memory (tied tensors stay
+    tied); returns the bytes copied."""
+    mapped = _file_mapped()
+    copies: dict[int, torch.Tensor] = {}
+    moved = 0
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is None or tensor.device.type != "cpu":
+                    continue
+                pointer = tensor.untyped_storage().data_ptr()
+                if pointer not in copies:
+                    if not any(start <= pointer < end for start, end in mapped):
+                        continue
+                    copies[pointer] = tensor.data.clone()
+                    moved += tensor.untyped_storage().nbytes()
+                tensor.data = copies[pointer]
+    return moved
 
 
 def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
-    """Peak allocated bytes of building the cell's model and running `steps` optimizer steps on the longest batch
+    """Peak allocated bytes (weights included) while `steps` optimizer steps of the cell run on its longest batch
     (from the second on, the optimizer states are there in forward and backward)."""
     if spec.world_size != 1:
         raise ValueError("the CPU check runs one process: give a spec with world size 1")
@@ -47,17 +103,20 @@ def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
     if strategy.engine == "deepspeed":
         distributed.init("cpu", always=True)
     config = model_config(spec)
+    gc.collect()  # an earlier cell's garbage is not freed inside this cell's region
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         quantization = qlora_quantization(spec, config) if strategy.quantized else None
         torch.manual_seed(spec.seed)
         model = build_base(spec, torch.device("cpu"), weights_dtype(spec), quantization)
+        _own_mapped_weights(model)
         model = strategy.prepare(model, spec)
         if spec.gradient_checkpointing:
             enable_checkpointing(model, spec)
         model.config.use_cache = False
         model.train()
         engine = build_engine(strategy.engine, model, spec, device, total_steps=1)
-        for _ in range(steps):
-            engine.train_step([{k: v.clone() for k, v in model_inputs(batch, torch.device("cpu")).items()}])
+        with torch.profiler.record_function(STEPS):
+            for _ in range(steps):
+                engine.train_step([{k: v.clone() for k, v in model_inputs(batch, torch.device("cpu")).items()}])
         del engine, model
     return _allocation_peak(prof)

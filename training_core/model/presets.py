@@ -7,6 +7,9 @@
 - `tiny`: 2 decoder layers of width 64, a 3-layer CLIP of width 32 on 56x56 crops with 14x14 patches (a 4x4 patch
   grid, 2x2 tokens per crop after the merge), LongRoPE with 8 factors, HD crops, separators and the MLP projector.
   Its vocabulary is the tiny byte-level tokenizer's (`tokenizer.py`).
+- `wide-2l`: the real widths (a decoder of width 3072 with the 32064-row vocabulary, CLIP ViT-L/14-336 of width 1024
+  on 336x336 crops) but 2 decoder and 2 CLIP layers: 0.45B parameters, the memory estimator's larger check on a CPU
+  (one step in tens of seconds). Its special tokens are the byte-level tokenizer's, like every preset's.
 """
 
 from __future__ import annotations
@@ -124,6 +127,20 @@ PRESETS: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "wide-2l": {
+        **_PHI3_V_COMMON,
+        "num_hidden_layers": 2,
+        "sliding_window": 262144,
+        "rope_scaling": {"type": "su", "short_factor": PHI35_VISION_SHORT, "long_factor": PHI35_VISION_LONG},
+        "bos_token_id": TINY_SPECIAL_IDS["<s>"],
+        "eos_token_id": TINY_SPECIAL_IDS["</s>"],
+        "pad_token_id": TINY_SPECIAL_IDS["<|endoftext|>"],
+        "img_processor": {
+            **_PHI3_V_COMMON["img_processor"],
+            "model_name": "wide-2l-clip-336",
+            "vision_config": {**CLIP_VIT_L14_336, "num_hidden_layers": 2},
+        },
+    },
 }
 
 # Values a preset carries that were not confirmed from the checkpoint itself.
@@ -134,6 +151,7 @@ UNCONFIRMED: dict[str, list[str]] = {
         "not from the checkpoint; a checkpoint directory's config.json overrides them",
     ],
     "tiny": [],
+    "wide-2l": [],
 }
 
 
