@@ -117,7 +117,7 @@ regress: setup
 regress-baseline: setup
 	rm -rf build/regress-baseline
 	for p in $$(seq 1 $(REGRESS_PASSES)); do $(HARNESS) run regress_cpu --results build/regress-baseline --group pass$$p || exit 1; done
-	$(HARNESS) baseline $(call REGRESS_GROUPS,build/regress-baseline) --root results/baselines
+	$(HARNESS) baseline $(call REGRESS_GROUPS,build/regress-baseline) --root results/baselines --replace
 
 # The gate's own proof (CI runs it after the gate): unchanged code under a CPU burner passes, a 2x slowdown of one
 # strategy fails (tests/gate, a few minutes; not part of `make test`).

@@ -27,7 +27,8 @@ from pathlib import Path
 
 # The user-error types a command may raise (module, class): `error: ...` and exit 2 instead of a traceback.
 USER_ERRORS = (("training_core.data.records", "DataError"), ("harness.matrix", "GridError"),
-               ("harness.report", "ReportError"), ("harness.store", "StoreError"), ("training_core.spec", "SpecError"))
+               ("harness.report", "ReportError"), ("harness.store", "StoreError"), ("harness.outputs", "OutputError"),
+               ("training_core.spec", "SpecError"))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -251,6 +252,8 @@ def _add_grid_commands(sub) -> None:
     baseline = sub.add_parser("baseline", help="store a clean run as the baseline for its grid, model and hardware")
     baseline.add_argument("group", type=Path, nargs="+", help="the results group to store; several: one per pass")
     baseline.add_argument("--root", type=Path, default=Path("results/baselines"))
+    baseline.add_argument("--replace", action="store_true",
+                          help="replace the baseline already stored for this grid, model and hardware")
     baseline.set_defaults(func=_baseline)
 
 
@@ -284,13 +287,15 @@ def _check_writable(directory: Path) -> None:
 
 
 def _report(args) -> int:
-    from harness.report import REPORTS, default_out, group_dirs, render, write_index
+    from harness.report import REPORTS, check_out, default_out, group_dirs, index_path, render, write_index
 
     groups = group_dirs(args.results_dir)
     if args.out and len(groups) > 1:
         raise _data_error([f"--out names one file but {args.results_dir} holds {len(groups)} groups; drop --out"])
-    for group in groups:
-        out = render(group, args.out or default_out(group), plots=not args.no_plots)
+    targets = [check_out(args.out or default_out(group)) for group in groups]  # all refused before any is written
+    index_path(args.out.parent if args.out else REPORTS)
+    for group, target in zip(groups, targets, strict=True):
+        out = render(group, target, plots=not args.no_plots)
         print(f"wrote {out}")
     # the index of every report beside them: reports/index.md (with --out: in that file's folder)
     print(f"wrote {write_index(args.out.parent if args.out else REPORTS)}")
@@ -309,6 +314,7 @@ def _export(args) -> int:
 
 
 def _compare(args) -> int:
+    from harness import outputs
     from harness.compare import (
         CompareError,
         compare_rows,
@@ -319,6 +325,8 @@ def _compare(args) -> int:
         render_markdown,
     )
 
+    if args.out:
+        outputs.check(args.out)
     try:
         current_rows = load_passes(args.current)
         baseline_dir = find_baseline(Path(args.baseline), current_rows)
@@ -328,15 +336,12 @@ def _compare(args) -> int:
         return 2
     text = render_markdown(result, baseline_dir, ", ".join(map(str, args.current)))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        outputs.write(args.out, text, marked=True)
     print(text)
     return 1 if result.failed else 0
 
 
 def _baseline(args) -> int:
-    import shutil
-
     from harness.compare import CompareError, baseline_key, load_passes
     from training_core.result import dumps
 
@@ -352,11 +357,31 @@ def _baseline(args) -> int:
     if len(keys) > 1:
         raise _data_error([f"{', '.join(map(str, args.group))}: the groups are runs of different grids, models or "
                             f"hardware ({', '.join(sorted(keys))}); store one baseline at a time"])
-    target = args.root / baseline_key(rows)
+    from harness.store import StoreError, check_component
+
+    key = baseline_key(rows)
+    for part in key.split("/", 1):  # the grid's name, then model-GPUxN: one folder each, inside --root
+        try:
+            check_component(part, "the baseline's folder")
+        except StoreError as exc:
+            raise _data_error([f"{args.group[0]}: {exc} (from the rows' matrix, model and GPUs)"]) from None
+    if args.root.exists() and not args.root.is_dir():
+        raise _data_error([f"--root {args.root}: not a directory"])
+    target = args.root / key
+    if (target / "rows.jsonl").exists() and not args.replace:
+        raise _data_error([f"{target}: a baseline is already stored for {key}; pass --replace to replace it "
+                           "(compare the new run against it first: harness compare)"])
     target.mkdir(parents=True, exist_ok=True)
-    (target / "rows.jsonl").write_text("".join(dumps(row) + "\n" for row in rows))
-    if (args.group[0] / "env.json").exists():
-        shutil.copyfile(args.group[0] / "env.json", target / "env.json")
+    for name, text in (("rows.jsonl", "".join(dumps(row) + "\n" for row in rows)),
+                       ("env.json", (args.group[0] / "env.json").read_text()
+                        if (args.group[0] / "env.json").is_file() else None)):
+        if text is None:
+            continue
+        temporary = target / f".{name}.{os.getpid()}.tmp"  # whole or not at all; never through a planted link
+        temporary.unlink(missing_ok=True)
+        with open(temporary, "x") as out:
+            out.write(text)
+        os.replace(temporary, target / name)
     passes = len(args.group)
     print(f"baseline {baseline_key(rows)}: {len(rows)} rows ({passes} pass{'es' if passes > 1 else ''}) written to "
           f"{target}")
@@ -391,8 +416,10 @@ def _estimate(args) -> int:
     from harness.runner import check_selection
     from training_core.estimate.fit import GIB, MARGIN_RULE
 
-    if args.out is not None and (args.out.suffix != ".md" or args.out.is_dir()):
-        raise _data_error([f"--out {args.out}: give a markdown file name ending in .md (not a directory)"])
+    if args.out is not None:
+        from harness import outputs
+
+        outputs.check(args.out)
     grid = load_grid(_grid_path(args.matrix), args.profile)
     filters = _filters(args.filter)
     check_selection(grid, filters, to_run=False)
@@ -407,7 +434,7 @@ def _estimate(args) -> int:
     out = estimates.estimate_grid(grid, filters, args.gpu, args.data_root, progress)
     refs = load_references()
     if args.out is not None:
-        estimates.write_markdown(args.out, estimates.markdown(grid, out, refs))
+        outputs.write(args.out, estimates.markdown(grid, out, refs), marked=True)
     if args.json:
         print(json.dumps({"grid": grid.name, "profile": grid.profile, "margin_rule": MARGIN_RULE, "cells": out},
                          indent=1))
@@ -516,6 +543,10 @@ def _run(args) -> int:
     grid = load_grid(_grid_path(args.matrix), args.profile, args.repeats, machine=machine, max_cells=args.max_cells)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     hw = grid.file.hardware
+    if args.group is not None:
+        from harness.store import check_component
+
+        check_component(args.group, "--group")
     options = RunOptions(results=args.results, group=args.group, force=args.force, filters=filters,
                          timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
                                                              args.master_port or 29500),

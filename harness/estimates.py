@@ -12,7 +12,6 @@ What the numbers are:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from harness.matrix import Grid
@@ -112,15 +111,3 @@ def markdown(grid: Grid, entries: list[dict], refs: dict[str, RefRow]) -> str:
     notes = sorted({n for e in entries if "predicted" in e for n in e["predicted"]["notes"]})
     lines += [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
-
-
-def write_markdown(path: Path, text: str) -> None:
-    """Written whole or not at all (a temporary file in the same folder, then renamed)."""
-    if path.suffix != ".md":
-        raise ValueError(f"--out {path}: give a markdown file name ending in .md")
-    if path.is_dir():
-        raise ValueError(f"--out {path}: is a directory; give a file name ending in .md")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)

@@ -141,7 +141,7 @@ class Profile(BaseModel):
 
 class GridFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # a folder name: not '.', '..' or hidden
     description: str = ""
     hardware: Hardware = Hardware()
     defaults: dict[str, Any] = {}

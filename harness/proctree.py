@@ -2,15 +2,18 @@
 workers in sessions of their own, so signalling the launcher's process group misses them).
 
 A process is identified by (PID, creation time), so a recorded PID that the system has since given to another
-process is never signalled: the runner only ever signals processes it started. The runner records the tree in the
-cell directory while the cell runs; a runner that was killed leaves that record behind, and the next run ends what
-is left of it.
+process is never signalled. The runner records the tree in the cell directory while the cell runs; a runner that was
+killed leaves that record behind, and the next run ends what is left of it. A record is a file anyone who can write
+the results directory can plant, so a recorded process is signalled by a later run only when its environment carries
+the marker the runner put into the cell's environment (`MARKER`, a random value per launch, also in the record):
+a process started by anyone else does not have it, whatever PID and start time the record claims.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -19,6 +22,26 @@ from pathlib import Path
 import psutil
 
 Procs = dict[int, float]  # PID -> creation time
+MARKER = "PHI3V_CELL_MARKER"  # in the environment of every process of a cell the runner started
+
+
+def new_marker() -> str:
+    return secrets.token_hex(16)
+
+
+def marked(procs: Procs, marker: str | None) -> Procs:
+    """The recorded processes that carry `marker` in their environment (none without a marker, and none whose
+    environment cannot be read)."""
+    if not marker:
+        return {}
+    out = {}
+    for pid, created in procs.items():
+        try:
+            if psutil.Process(pid).environ().get(MARKER) == marker:
+                out[pid] = created
+        except psutil.Error:
+            continue
+    return out
 
 
 def snapshot(root: int) -> Procs:
@@ -76,14 +99,19 @@ def terminate(procs: Procs, grace_s: float = 10.0, reap: Callable[[], object] | 
     return alive(procs)
 
 
-def save(path: Path, procs: Procs) -> None:
+def save(path: Path, procs: Procs, marker: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({str(pid): created for pid, created in procs.items()}) + "\n")
+    tmp.unlink(missing_ok=True)  # never written through a link planted there
+    with open(tmp, "x") as out:
+        out.write(json.dumps({"marker": marker, "procs": {str(pid): created for pid, created in procs.items()}}) + "\n")
     tmp.replace(path)
 
 
-def load(path: Path) -> Procs:
+def load(path: Path) -> tuple[str | None, Procs]:
+    """(marker, processes) of a record; (None, {}) for one that cannot be read or has no marker (nothing to end)."""
     try:
-        return {int(pid): float(created) for pid, created in json.loads(path.read_text()).items()}
-    except (OSError, ValueError, AttributeError):
-        return {}
+        data = json.loads(path.read_text())
+        marker, procs = data["marker"], data["procs"]
+        return (marker if isinstance(marker, str) else None), {int(pid): float(c) for pid, c in procs.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, {}

@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -28,6 +29,18 @@ FINAL = {"ok", "oom", "error", "timeout", "unsupported", "diverged"}  # "interru
 
 class StoreError(ValueError):
     pass
+
+
+COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
+
+
+def check_component(value: str, what: str) -> str:
+    """`value` names one folder under the results root: letters, digits and _ . + - only, not starting with a dot
+    (so not '.', '..', a hidden name, a path or an absolute path)."""
+    if not isinstance(value, str) or not COMPONENT.match(value):
+        raise StoreError(f"{what} {value!r}: not a folder name (use letters, digits and _ . + -, not starting with "
+                         "'.'; no '/')")
+    return value
 
 
 def _holder(path: Path) -> str:

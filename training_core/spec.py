@@ -54,7 +54,7 @@ class RunSpec(BaseModel):
     global_batch: int = Field(default=16, ge=1)
     per_device_batch: int = Field(default=1, ge=1)
     # hardware the cell is meant for (world size = nodes x gpus_per_node processes)
-    gpu: str = "cpu"
+    gpu: str = Field(default="cpu", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # a path component and a word
     nodes: int = Field(default=1, ge=1)
     gpus_per_node: int = Field(default=1, ge=1)
     # LoRA (alpha None: round(rank x 2), the recipe's alpha ratio)

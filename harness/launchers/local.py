@@ -75,13 +75,21 @@ class LocalLauncher(Launcher):
 
     def prepare(self, cell: Cell, cell_dir: Path) -> None:
         """A previous runner of this group was killed while this cell ran (we hold the group's lock, so it is not
-        running): end the processes it recorded for the cell, those and only those (same PID and start time)."""
+        running): end the processes it recorded for the cell, those and only those (same PID and start time, and the
+        marker it put in their environment: a planted record gets nothing killed). A dry run ends nothing."""
         record = self._procs(cell_dir)
-        if not record.exists():
+        if not record.exists() or record.is_symlink():
             return
-        survivors = proctree.terminate(proctree.load(record), grace_s=2.0)
+        marker, recorded = proctree.load(record)
+        left = proctree.marked(proctree.alive(recorded), marker)
+        if self.ctx.options.dry_run:
+            if left:
+                self.ctx.console.print(f"    processes {sorted(left)} left by an earlier run of this cell would be "
+                                       "ended (not in a dry run)")
+            return
+        survivors = proctree.terminate(left, grace_s=2.0)
         if survivors:
-            proctree.save(record, survivors)
+            proctree.save(record, survivors, marker)
             self.ctx.console.print(f"    [red]processes {sorted(survivors)} left by an earlier run survived "
                                    "SIGKILL[/red]")
         else:
@@ -103,6 +111,7 @@ class LocalLauncher(Launcher):
         from ..runner import ROOT, cell_env
 
         env = cell_env()
+        marker = env[proctree.MARKER] = proctree.new_marker()
         if cell.spec.cpu_threads is not None:  # also for libraries that size their pools at import
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cell.spec.cpu_threads)
         timeout = self.ctx.options.timeout_s or cell.limits.timeout_s
@@ -113,7 +122,7 @@ class LocalLauncher(Launcher):
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=_child_setup(cell.limits.memory_gb))
         return Job(cell, cell_dir, spec_path, id=str(proc.pid), log=log_path, started=started,
-                   data={"proc": proc, "tracked": {}, "deadline": time.monotonic() + timeout, "timeout": timeout,
+                   data={"proc": proc, "tracked": {}, "marker": marker, "deadline": time.monotonic() + timeout, "timeout": timeout,
                          "status": None, "survivors": None})
 
     def poll(self, job: Job) -> State:
@@ -125,7 +134,7 @@ class LocalLauncher(Launcher):
             now = proctree.snapshot(proc.pid)
             if now.keys() - tracked.keys():
                 tracked.update(now)
-                proctree.save(self._procs(job.cell_dir), tracked)
+                proctree.save(self._procs(job.cell_dir), tracked, job.data["marker"])
             if time.monotonic() <= job.data["deadline"]:
                 return State(ended=False, state="running")
             self._end(job, ("timeout", f"killed after the cell's timeout of {job.data['timeout']:g} s"), grace_s=10.0)
@@ -144,7 +153,7 @@ class LocalLauncher(Launcher):
         survivors = proctree.terminate(tracked, grace_s=grace_s, reap=proc.poll)
         proc.wait()
         if survivors:
-            proctree.save(record, survivors)
+            proctree.save(record, survivors, job.data["marker"])
         else:
             record.unlink(missing_ok=True)
         if job.data["status"] is None:

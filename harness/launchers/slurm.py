@@ -62,6 +62,10 @@ def sbatch_script(spec: RunSpec, spec_path: Path, out_dir: Path, *, job_name: st
     if memory_gb:
         directives.append(f"--mem={math.ceil(memory_gb * 1024)}M")
     directives += [f"--time={slurm_time(timeout_s)}", f"--output={out_dir}/slurm-%j.log", *extra]
+    for directive in directives:  # sbatch reads these lines itself; a line break would start a shell line
+        if any(not ch.isprintable() for ch in directive):
+            raise ValueError(f"sbatch option {directive!r} holds a line break or control character: refused")
+    python = shlex.quote(python)
     torchrun = [python, "-m", "torch.distributed.run", "--nnodes=$SLURM_NNODES",
                 f"--nproc_per_node={spec.gpus_per_node}", "--rdzv_id=$SLURM_JOB_ID", "--rdzv_backend=c10d",
                 '--rdzv_endpoint="$head_node:$rdzv_port"', "-m", "training_core.run",

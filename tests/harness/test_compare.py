@@ -220,3 +220,25 @@ def test_the_estimator_check_alone_is_a_comparison(tmp_path, capsys):
            "predicted": {"peak_bytes": 2**30, "phase": "backward"}}
     assert _run(tmp_path, [row], [row], "estimator_error: 0.10\ndefault: {ignore: true}\n") == 0
     assert "every prediction within its bound" in capsys.readouterr().out
+
+
+def test_baseline_never_replaces_a_stored_one_silently_and_stays_inside_its_root(tmp_path, capsys):
+    """Issue 24 (5, 6): a stored baseline is replaced only with --replace (a 10x slower run does not quietly become
+    the baseline); a row's `matrix` that is a path writes nothing outside --root; a --root that is a file is said."""
+    good = _store(tmp_path / "good", BASELINE)
+    assert main(["baseline", good, "--root", str(tmp_path / "bl")]) == 0
+    stored = (tmp_path / "bl" / "g" / "tiny-cpux1" / "rows.jsonl").read_text()
+    slow = _store(tmp_path / "slow", [{**r, "metrics": {**r["metrics"], "images_per_s": 1.0}} for r in BASELINE])
+    assert main(["baseline", slow, "--root", str(tmp_path / "bl")]) == 2
+    assert "a baseline is already stored for g/tiny-cpux1; pass --replace" in capsys.readouterr().err
+    assert (tmp_path / "bl" / "g" / "tiny-cpux1" / "rows.jsonl").read_text() == stored
+    assert main(["baseline", slow, "--root", str(tmp_path / "bl"), "--replace"]) == 0
+    assert (tmp_path / "bl" / "g" / "tiny-cpux1" / "rows.jsonl").read_text() != stored
+    escape = _store(tmp_path / "escape", [{**r, "matrix": "../../../../escaped"} for r in BASELINE])
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert main(["baseline", escape, "--root", str(tmp_path / "deep" / "bl")]) == 2
+    assert "not a folder name" in capsys.readouterr().err
+    assert sorted(p for p in tmp_path.rglob("*")) == before and not (tmp_path.parent / "escaped").exists()
+    (tmp_path / "file").write_text("")
+    assert main(["baseline", good, "--root", str(tmp_path / "file")]) == 2
+    assert "not a directory" in capsys.readouterr().err

@@ -265,3 +265,42 @@ def test_under_slurm_a_cell_predicted_not_to_fit_is_not_submitted_unless_asked(t
     assert log.read_text().splitlines() == ["sbatch"]
     assert main([*args, "--force", "--no-estimate"]) == 0  # no prediction asked: submitted
     assert log.read_text().splitlines() == ["sbatch", "sbatch"]
+
+
+def test_a_job_script_runs_nothing_injected_through_its_values(tmp_path):
+    """Issue 24 (2): every value written into job.sbatch is quoted. The script, run by bash with stub `srun` and
+    `scontrol`, passes paths and names holding $(...), backticks and quotes through as text; a GPU name that is not
+    a plain word is refused where the spec is made, and a line break in an sbatch option where the script is."""
+    import subprocess
+
+    import pydantic
+
+    evil = tmp_path / "pwned"
+    inject = f"$(touch {evil})`touch {evil}`'\";touch {evil};"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(f"#!/bin/bash\nprintf '%s\\n' \"$@\" >> {tmp_path / 'srun.args'}\n")
+    (bin_dir / "scontrol").write_text("#!/bin/bash\necho n1\n")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    with pytest.raises(pydantic.ValidationError, match="gpu"):
+        RunSpec(model="tiny", gpu=f"A100{inject}")
+    with pytest.raises(ValueError, match="line break"):
+        sbatch_script(RunSpec(model="tiny"), Path("/c/spec.json"), Path("/c"), job_name="j\ntouch x", timeout_s=60,
+                      workdir=Path("/w"))
+    cell = tmp_path / f"cell{inject}"
+    workdir = tmp_path / f"work{inject}"
+    workdir.mkdir(parents=True)  # the injected text holds slashes: nested folders
+    text = sbatch_script(RunSpec(model="tiny", gpu="A100", cpu_threads=2), cell / "spec.json", cell,
+                         job_name=f"job{inject}", timeout_s=60, workdir=workdir, python=f"/x/py{inject}",
+                         extra=[f"--comment={inject}"])
+    job = tmp_path / "job.sbatch"
+    job.write_text(text)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "7", "SLURM_NNODES": "1",
+           "SLURM_JOB_NODELIST": "n1", "SLURM_CPUS_ON_NODE": "2"}
+    out = subprocess.run(["bash", str(job)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert not evil.exists()
+    args = (tmp_path / "srun.args").read_text().splitlines()
+    assert f"/x/py{inject}" in args and str(cell / "spec.json") in args and str(cell) in args  # as text, whole
+    assert "--gpu=A100" in args and f"rendezvous n1:{20000 + 7}" in out.stdout

@@ -1,6 +1,7 @@
 """Ending a cell's whole process tree: descendants in other sessions that ignore SIGTERM included, and never a
 process the runner did not start (a recorded PID whose creation time differs is left alone)."""
 
+import json
 import subprocess
 import sys
 import time
@@ -39,10 +40,38 @@ def test_a_recorded_pid_now_used_by_another_process_is_never_signalled(tmp_path)
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         record = tmp_path / "procs.json"
-        proctree.save(record, {bystander.pid: psutil.Process(bystander.pid).create_time() - 100.0})
-        assert proctree.terminate(proctree.load(record), grace_s=0.5) == {}
+        proctree.save(record, {bystander.pid: psutil.Process(bystander.pid).create_time() - 100.0}, "m")
+        assert proctree.terminate(proctree.load(record)[1], grace_s=0.5) == {}
         time.sleep(0.2)
         assert bystander.poll() is None  # still running: it is not the process that was recorded
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_only_processes_carrying_the_records_marker_are_ended(tmp_path):
+    """A record is a file anyone can plant: a process is ended by a later run only if the runner's marker is in its
+    environment. Both processes here are recorded with their true PID and start time."""
+    import os
+
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    ours = subprocess.Popen(sleep, env={**os.environ, proctree.MARKER: "m" * 32})
+    bystander = subprocess.Popen(sleep, env={k: v for k, v in os.environ.items() if k != proctree.MARKER})
+    try:
+        record = tmp_path / "procs.json"
+        procs = {p.pid: psutil.Process(p.pid).create_time() for p in (ours, bystander)}
+        wait = time.monotonic() + 10
+        while time.monotonic() < wait and proctree.MARKER not in psutil.Process(ours.pid).environ():
+            time.sleep(0.05)  # the environment is readable once the interpreter has started
+        proctree.save(record, procs, "m" * 32)
+        marker, loaded = proctree.load(record)
+        assert loaded == procs and proctree.marked(loaded, marker) == {ours.pid: procs[ours.pid]}
+        assert proctree.marked(loaded, "x" * 32) == {} and proctree.marked(loaded, None) == {}
+        assert proctree.terminate(proctree.marked(loaded, marker), grace_s=1.0, reap=ours.poll) == {}
+        assert ours.wait(timeout=10) is not None and bystander.poll() is None
+        record.write_text(json.dumps({str(bystander.pid): procs[bystander.pid]}))  # the old format: no marker
+        assert proctree.load(record) == (None, {})
+    finally:
+        for p in (ours, bystander):
+            p.kill()
+            p.wait()

@@ -419,3 +419,73 @@ def test_the_report_puts_predicted_memory_beside_measured_with_the_ratio(tmp_pat
                               "fits (22.5 of 80.0 GiB)"]
     assert table["1"][3] == "not estimated: RuntimeError: boom"
     assert "does not say whether it is allocated, reserved or nvidia-smi memory" in text
+
+
+def _snapshot(root):
+    return {p: (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_report_and_compare_outputs_never_replace_a_store_or_a_users_file(group, tmp_path, capsys):
+    """Issue 24 (3, 14): --out onto the row store, a user's index.md, a directory, a link (dangling too), a file
+    under a file: each refused with an error naming it, before anything is written; the harness's own files are
+    replaced (a rerun)."""
+    from harness.cli import main
+
+    store = group / "rows.jsonl"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.md").write_text("my notes\n")
+    (mine / "link.md").symlink_to(tmp_path / "nowhere.md")
+    (tmp_path / "a-file").write_text("")
+    before = _snapshot(tmp_path)
+    refused = ((store, "ending in .md"), (mine, "is a directory"), (mine / "link.md", "symbolic link"),
+               (tmp_path / "a-file" / "x.md", "is not a directory"))
+    for out, said in (*refused, (mine / "x.md", "the reports' index")):  # the index beside it is the user's file
+        assert main(["report", str(group), "--out", str(out), "--no-plots"]) == 2, out
+        assert said in capsys.readouterr().err, out
+    (mine / "notes.md").write_text("mine\n")
+    for out, said in (*refused, (mine / "notes.md", "not written by the harness")):
+        assert main(["compare", str(group), str(group), "--out", str(out)]) == 2, out
+        assert said in capsys.readouterr().err, out
+    (mine / "notes.md").unlink()
+    assert _snapshot(tmp_path) == before  # nothing written anywhere, the store and the user's files unchanged
+    out = tmp_path / "reports" / "r.md"
+    assert main(["report", str(group), "--out", str(out), "--no-plots"]) == 0
+    assert main(["report", str(group), "--out", str(out), "--no-plots"]) == 0  # its own report and index: replaced
+    assert main(["compare", str(group), str(group), "--out", str(tmp_path / "reports" / "c.md")]) in (0, 1)
+    assert main(["compare", str(group), str(group), "--out", str(tmp_path / "reports" / "c.md")]) in (0, 1)
+    assert store.read_bytes() == before[store]
+
+
+def test_the_index_skips_unrelated_meta_files_and_escapes_table_text(tmp_path):
+    """Issue 24 (11, 21): an unrelated *.meta.json in the reports folder is not listed (and crashes nothing); a
+    group name with | or HTML stays in its cell of the index table."""
+    from harness.report import write_index
+
+    root = tmp_path / "reports"
+    (root / "x").mkdir(parents=True)
+    (root / "x" / "other.meta.json").write_text("[1, 2]")
+    (root / "x" / "broken.meta.json").write_text("{")
+    (root / "x" / "g.md").write_text("report")
+    (root / "x" / "g.meta.json").write_text(json.dumps({"report": "g.md", "date": None, "grid": "g",
+                                                        "group": "a|b<script>", "hardware": "1x cpu",
+                                                        "statuses": {"ok": 1}}))
+    text = write_index(root).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| [")]
+    assert rows == ["| [x/g.md](x/g.md) | - | g | a\\|b&lt;script> | 1x cpu | 1 ok |"]
+
+
+@pytest.mark.slow
+def test_concurrent_reports_into_one_folder_all_succeed(group, tmp_path):
+    """Issue 24 (14): reports and their index are written whole, under a lock: 6 at once, none fails."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-m", "harness", "report", str(group), "--no-plots", "--out",
+                               str(tmp_path / "reports" / f"r{i % 3}.md")], cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(6)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    assert all(code == 0 for code, _ in results), [err for code, err in results if code]
+    index = (tmp_path / "reports" / "index.md").read_text()
+    assert index.count("| [r") == 3 and not list((tmp_path / "reports").glob(".*.tmp"))

@@ -437,3 +437,51 @@ def test_run_predicts_each_cells_memory_and_records_a_predicted_oom_without_runn
     assert row["predicted"]["fit"]["fits"] is False and row["predicted"]["peak_bytes"] > 16 * 2**30
     assert not (Path(row["log"]).parent / "log.txt").exists()  # the cell never started
 
+
+
+@pytest.mark.slow
+def test_a_planted_procs_json_gets_no_process_killed(tmp_path):
+    """Issue 24 (1): a procs.json naming a process the runner did not start (its true PID and start time, readable
+    from /proc), in the old format or with a made-up marker, kills nothing: not under --dry-run, not under run."""
+    from harness.matrix import load_grid
+
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        path = grid(tmp_path, "include:\n  - {seed: 0}\n")
+        cell = tmp_path / "r" / "g" / "cpu" / "cells" / load_grid(path).cells[0].spec.run_id
+        cell.mkdir(parents=True)
+        created = psutil.Process(victim.pid).create_time()
+        for planted in ({str(victim.pid): created}, {"marker": "0" * 32, "procs": {str(victim.pid): created}}):
+            (cell / "procs.json").write_text(json.dumps(planted))
+            out = harness("run", str(path), "--results", str(tmp_path / "r"), "--dry-run")
+            assert out.returncode == 0, out.stdout + out.stderr
+            time.sleep(0.5)
+            assert victim.poll() is None, "a dry run signalled a process"
+        out = harness("run", str(path), "--results", str(tmp_path / "r"))
+        assert out.returncode == 0, out.stdout + out.stderr
+        time.sleep(0.5)
+        assert victim.poll() is None, "run signalled a process it did not start"
+        assert rows(tmp_path / "r")[0]["status"] == "ok"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_names_that_become_folders_cannot_escape_the_results(tmp_path, capsys):
+    """Issue 24 (5): --group, the grid's name and the GPU name each name one folder under --results."""
+    from harness.cli import main
+
+    results = tmp_path / "deep" / "r"
+    ok = grid(tmp_path, "include:\n  - {seed: 0}\n")
+    for group in ("../../../x", str(tmp_path / "abs"), "a/b", ".hidden", ""):
+        assert main(["run", str(ok), "--results", str(results), "--group", group, "--dry-run"]) == 2
+        assert f"--group {group!r}: not a folder name" in capsys.readouterr().err
+    dots = tmp_path / "dots.yaml"
+    dots.write_text(ok.read_text().replace("name: g", "name: '..'"))
+    assert main(["run", str(dots), "--results", str(results), "--dry-run"]) == 2
+    assert "name" in capsys.readouterr().err
+    slash = tmp_path / "slash.yaml"
+    slash.write_text(ok.read_text().replace("gpu: cpu", "gpu: 'A100/../../x'"))
+    assert main(["run", str(slash), "--results", str(results), "--dry-run"]) == 2
+    assert "gpu" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dots.yaml", "g.yaml", "slash.yaml"]  # nothing written

@@ -30,7 +30,6 @@ from training_core.strategies.lora import qlora_quantization
 
 from .trace import longest_batch
 
-
 STEPS = "phi3v: measured steps"
 
 
@@ -79,7 +78,7 @@ def _own_mapped_weights(model: torch.nn.Module) -> int:
     moved = 0
     for module in model.modules():
         for table in (module._parameters, module._buffers):
-            for name, tensor in table.items():
+            for tensor in table.values():
                 if tensor is None or tensor.device.type != "cpu":
                     continue
                 pointer = tensor.untyped_storage().data_ptr()

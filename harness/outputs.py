@@ -1,0 +1,82 @@
+"""Files the harness writes for people (reports, the reports' index, comparisons, estimates): checked before
+anything is computed, written whole or not at all, and never over a file the harness did not write.
+
+- An output is a markdown file (`.md`): a results store's own files (rows.jsonl, env.json, ...) can never be named.
+- It is not a directory and not a symbolic link (a dangling one included): nothing is written through a link.
+- An existing file is replaced only if the harness wrote it: a report has its `.meta.json` beside it, the others
+  start with `MARK`. A user's own `index.md` or notes are left alone, with an error that says so.
+- Writing goes to a temporary file in the same folder, then is renamed over the target; the reports' index is
+  written under a lock, so concurrent `report` runs into one folder neither fail nor interleave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+MARK = "<!-- written by python -m harness; regenerated on every run: edits are lost -->"
+
+
+class OutputError(ValueError):
+    pass
+
+
+def ours(path: Path, sidecar: Path | None = None) -> bool:
+    """Whether the existing file at `path` was written by the harness."""
+    if sidecar is not None and sidecar.is_file():
+        return True
+    try:
+        with open(path, encoding="utf-8", errors="replace") as text:
+            return text.readline().rstrip("\n") == MARK
+    except OSError:
+        return False
+
+
+def check(path: Path, what: str = "--out", sidecar: Path | None = None) -> Path:
+    """Refuse, before any work, an output that is not a markdown file name, is a directory or a link, or would
+    replace a file the harness did not write."""
+    if path.is_symlink():
+        raise OutputError(f"{what} {path}: is a symbolic link; give the file itself (nothing is written through a "
+                          "link)")
+    if path.is_dir():
+        raise OutputError(f"{what} {path}: is a directory; give a file name ending in .md")
+    if path.suffix != ".md":
+        raise OutputError(f"{what} {path}: give a markdown file name ending in .md")
+    if path.exists() and not (path.is_file() and ours(path, sidecar)):
+        raise OutputError(f"{what} {path}: exists and was not written by the harness; choose another name or move "
+                          "it away")
+    existing = next(parent for parent in path.parents if parent.exists())  # "/" at the latest
+    if not existing.is_dir():
+        raise OutputError(f"{what} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: cannot write in {existing}")
+    return path
+
+
+def write(path: Path, text: str, marked: bool = False) -> Path:
+    """`text` into `path` whole or not at all (`marked`: with MARK as its first line)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.unlink(missing_ok=True)
+        with open(temporary, "x", encoding="utf-8") as out:
+            out.write((MARK + "\n" if marked else "") + text)
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    return path
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """An exclusive lock on `folder` (its `.lock` file) while the block runs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".harness-output.lock"
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
