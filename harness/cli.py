@@ -479,6 +479,7 @@ def _plan_estimates(cells) -> dict[int, str]:
 
 def _plan(args) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from harness.launch import Nodes, shell, torchrun_command
@@ -495,11 +496,11 @@ def _plan(args) -> int:
         return 0
     console = Console(highlight=False, width=200)
     console.print(f"[bold]{grid.name}[/bold]{' (profile ' + grid.profile + ')' if grid.profile else ''}: "
-                  f"{grid.file.description.strip()}")
+                  f"{escape(grid.file.description.strip())}")
     for patch in grid.patches:
         settings = ", ".join(f"{k}={v}" for k, v in patch.set.items())
-        console.print(f"  profile patch: cells with {patch.match} get {settings}"
-                      + (f" ({patch.reason})" if patch.reason else ""))
+        console.print(escape(f"  profile patch: cells with {patch.match} get {settings}"
+                             + (f" ({patch.reason})" if patch.reason else "")))
     predicted = _plan_estimates(cells) if args.estimate else {}
     table = Table(show_lines=False)
     for column in ("#", "run_id", "task", "strategy", "precision", "attention", "nodes", "GPUs", "batch", "lr",
@@ -508,15 +509,16 @@ def _plan(args) -> int:
     for c in cells:
         s = c.spec
         if s is None:
-            table.add_row(str(c.index), "-", *[str(c.fields.get(k, "")) for k in ("task", "strategy", "precision", "attention")],
-                          str(c.fields.get("nodes", "")), "", "", "", "", str(c.fields.get("reference", "")),
-                          f"{c.status}: {c.reason}", *([""] if args.estimate else []))
+            table.add_row(*map(escape, (str(c.index), "-", *[str(c.fields.get(k, "")) for k in ("task", "strategy",
+                                                                                               "precision", "attention")],
+                                        str(c.fields.get("nodes", "")), "", "", "", "", str(c.fields.get("reference", "")),
+                                        f"{c.status}: {c.reason}", *([""] if args.estimate else []))))
             continue
         strategy = s.strategy + (f" (recipe {s.recipe_revision})" if s.revision != "current" else "")
-        table.add_row(str(c.index), s.run_id, s.task, strategy, s.precision, s.attention, str(s.nodes),
-                      str(s.world_size), str(s.global_batch), f"{s.lr:g}", str(s.num_crops or "task"), s.reference or "",
-                      "planned" if c.runnable else f"{c.status}: {c.reason}",
-                      *([predicted.get(c.index, "")] if args.estimate else []))
+        table.add_row(*map(escape, (str(c.index), s.run_id, s.task, strategy, s.precision, s.attention, str(s.nodes),
+                                    str(s.world_size), str(s.global_batch), f"{s.lr:g}", str(s.num_crops or "task"),
+                                    s.reference or "", "planned" if c.runnable else f"{c.status}: {c.reason}",
+                                    *([predicted.get(c.index, "")] if args.estimate else []))))
     console.print(table)
     console.print("[bold]launch commands[/bold] (results/runs/<matrix>/<group>/cells/<run_id>/):")
     for c in cells:
@@ -524,13 +526,14 @@ def _plan(args) -> int:
             continue
         cell_dir = Path("results/runs") / grid.name / "<group>" / "cells" / c.spec.run_id
         nodes = Nodes() if c.spec.nodes == 1 else Nodes(c.spec.nodes, "$NODE_RANK", "$MASTER_ADDR", "$MASTER_PORT")
-        console.print(f"  cell {c.index}: " + shell(torchrun_command(c.spec, cell_dir / "spec.json", cell_dir, nodes,
-                                                                       python="python")), soft_wrap=True)
+        console.print(f"  cell {c.index}: " + escape(shell(torchrun_command(c.spec, cell_dir / "spec.json", cell_dir,
+                                                                              nodes, python="python"))), soft_wrap=True)
     return 0
 
 
 def _run(args) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from harness import hardware, launchers
     from harness.launch import Nodes
@@ -583,8 +586,8 @@ def _run(args) -> int:
     if runner.main_node and not args.dry_run and (launcher.waits or rows):
         print_summary(console, runner.store, grid)
     for cell, job, state, why in runner.waiting:  # queued jobs that have not ended, with the scheduler's reason
-        console.print(f"  cell {cell.index}: job {job} {state.lower()}" + (f" ({why})" if why else "")
-                      + "; run this command again once it has ended to record its row")
+        console.print(escape(f"  cell {cell.index}: job {job} {state.lower()}" + (f" ({why})" if why else "")
+                             + "; run this command again once it has ended to record its row"))
     for problem in runner.problems:
         print(f"error: {problem}", file=sys.stderr)
     if runner.kept_failures:

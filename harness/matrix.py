@@ -218,7 +218,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand_env(value, where: str):
+MAX_VALUES = 100_000  # values in a grid after expansion (the shipped ones hold a few hundred)
+MAX_DEPTH = 32  # nesting of mappings and lists
+
+
+def _expand_env(value, where: str, budget: list[int] | None = None, depth: int = 0):
+    """${VAR} and ${VAR:-default} in every string. YAML aliases become copies here, so the expanded size is bounded
+    (a "billion laughs" grid is an error, not minutes of work), as is the nesting."""
+    budget = budget if budget is not None else [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise GridError(f"{where}: the grid expands to more than {MAX_VALUES} values (YAML aliases repeat what they "
+                        "point at); a grid holds a few hundred")
+    if depth > MAX_DEPTH:
+        raise GridError(f"{where}: nested more than {MAX_DEPTH} levels deep; a grid is a few levels deep")
     if isinstance(value, str):
         def sub(match):
             name, default = match.group(1), match.group(2)
@@ -229,10 +242,21 @@ def _expand_env(value, where: str):
             raise GridError(f"{where}: ${{{name}}} is not set; export {name}=... or write ${{{name}:-default}}")
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: _expand_env(v, f"{where}.{k}", budget, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_expand_env(v, f"{where}[{i}]", budget, depth + 1) for i, v in enumerate(value)]
     return value
+
+
+def _grid_text(path: Path) -> str:
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise GridError(f"{path}: is UTF-16 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise GridError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
 def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, machine: Machine | None = None,
@@ -245,7 +269,9 @@ def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, ma
         hint = f" (shipped grids: {', '.join(candidates)})" if candidates else ""
         raise GridError(f"{path}: no such grid file{hint}")
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(_grid_text(path), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise GridError(f"{path}: nested too deeply to read; a grid is a few levels deep") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

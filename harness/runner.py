@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from training_core.spec import RunSpec
 
@@ -170,7 +171,7 @@ class Runner:
     def _run(self) -> list[dict]:
         todo, skipped = self.cells()
         for cell, why in skipped:
-            self.console.print(f"[dim]skip cell {cell.index}: {why}[/dim]")
+            self.console.print(f"[dim]skip cell {cell.index}: {escape(why)}[/dim]")
         if self.main_node and not self.options.dry_run:
             self.store.write_env(self.env(self.options.nodes.nnodes))
         previous = {sig: signal.signal(sig, self._on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -209,7 +210,7 @@ class Runner:
     def _report(self, row: dict) -> None:
         status = row["status"]
         colour = {"ok": "green", "unsupported": "yellow"}.get(status, "red")
-        self.console.print(f"    [{colour}]{status}[/{colour}] {headline(row)}")
+        self.console.print(f"    [{colour}]{status}[/{colour}] {escape(headline(row))}")
 
     def _run_one(self, cell: Cell) -> dict | None:
         """The cell through the launcher: an earlier run's job or row, else a new job; watched to its end when the
@@ -256,7 +257,7 @@ class Runner:
         predicted = estimate(spec_path, cell_dir)
         path.write_text(json.dumps(predicted, sort_keys=True) + "\n")
         if "error" in predicted:
-            self.console.print(f"    predicted peak: not estimated ({predicted['error']})")
+            self.console.print(f"    predicted peak: not estimated ({escape(str(predicted['error']))})")
             return None
         verdict = predicted.get("fit") or {}
         self.console.print(f"    predicted peak {size_text(predicted['peak_bytes'])} per rank at the {predicted['phase']}"

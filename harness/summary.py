@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .matrix import Grid
@@ -14,7 +15,7 @@ def print_summary(console: Console, store: RowStore, grid: Grid) -> None:
     latest = {}
     for row in store.rows():
         latest[row.get("run_id")] = row
-    table = Table(title=f"{grid.name}: {store.directory}")
+    table = Table(title=escape(f"{grid.name}: {store.directory}"))
     for column in ("cell", "strategy", "precision", "attention", "nodes x GPUs", "status", "images/s", "step p50 s",
                    "data wait", "peak mem GiB", "loss first -> last", "reason"):
         table.add_column(column)
@@ -26,9 +27,10 @@ def print_summary(console: Console, store: RowStore, grid: Grid) -> None:
         peak = m.get("peak_mem_allocated_bytes", m.get("peak_rss_bytes"))
         loss = (f"{m['loss_first']:.3f} -> {m['loss_last']:.3f}"
                 if m.get("loss_first") is not None and m.get("loss_last") is not None else "")
-        table.add_row(str(cell.index), s.strategy, s.precision, s.attention, f"{s.nodes}x{s.gpus_per_node}",
-                      row["status"], _num(m.get("images_per_s")), _num(m.get("step_time_s_p50"), 3),
-                      _wait(m), _num(peak / 2**30 if peak else None), loss, _note(row))
+        table.add_row(*map(escape, (str(cell.index), s.strategy, s.precision, s.attention,
+                                    f"{s.nodes}x{s.gpus_per_node}", str(row["status"]), _num(m.get("images_per_s")),
+                                    _num(m.get("step_time_s_p50"), 3), _wait(m),
+                                    _num(peak / 2**30 if peak else None), loss, _note(row))))
     console.print(table)
 
 

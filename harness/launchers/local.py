@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.markup import escape
+
 from .. import hardware, proctree
 from ..launch import shell, torchrun_command
 from ..matrix import Cell
@@ -96,7 +98,7 @@ class LocalLauncher(Launcher):
             record.unlink(missing_ok=True)
 
     def dry_run(self, cell: Cell, cell_dir: Path, spec_path: Path) -> None:
-        self.ctx.console.print("    " + shell(self._command(cell, cell_dir, spec_path)))
+        self.ctx.console.print("    " + escape(shell(self._command(cell, cell_dir, spec_path))))
 
     def resume(self, cell: Cell, cell_dir: Path, spec_path: Path) -> dict | None:
         recorded = self.ctx.finished_result(cell_dir, cell.spec.run_id)

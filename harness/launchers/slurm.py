@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
+
 from training_core.spec import RunSpec
 
 from ..matrix import Cell
@@ -254,7 +256,7 @@ class SlurmLauncher(Launcher):
     def dry_run(self, cell: Cell, cell_dir: Path, spec_path: Path) -> None:
         path = cell_dir / "job.sbatch"
         path.write_text(self._script(cell, cell_dir, spec_path))
-        self.ctx.console.print(f"    wrote {path} ({cell.spec.nodes} node(s); dry run: not submitted)")
+        self.ctx.console.print(f"    wrote {escape(str(path))} ({cell.spec.nodes} node(s); dry run: not submitted)")
 
     def _job(self, cell: Cell, cell_dir: Path, spec_path: Path, job: str, started: float) -> Job:
         return Job(cell, cell_dir, spec_path, id=job, log=cell_dir / f"slurm-{job}.log", started=started)
@@ -291,7 +293,7 @@ class SlurmLauncher(Launcher):
             return self.ctx.failure_row(cell, ("error", f"sbatch refused {path}: {_message(out)}"), path, time.time())
         job = out.stdout.strip().split(";")[0]
         job_file.write_text(job + "\n")
-        self.ctx.console.print(f"    submitted {path} as job {job}")
+        self.ctx.console.print(escape(f"    submitted {path} as job {job}"))
         return self._job(cell, cell_dir, spec_path, job, job_file.stat().st_mtime)
 
     def _never_starts(self, cell: Cell) -> str | None:

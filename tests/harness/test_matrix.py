@@ -257,3 +257,40 @@ def test_a_results_group_counts_the_gpus_its_cells_use_not_the_machines():
     two = load_grid(MATRICES / "gpu_smoke.yaml", machine=Machine(("NVIDIA H200",) * 2))
     assert group_label(Machine(("NVIDIA H200",) * 2), two.file.hardware.gpu, two.file.hardware.gpus_per_node) == \
         "2xH200"
+
+
+def test_an_alias_bomb_a_deep_grid_and_other_encodings_are_errors_in_milliseconds(tmp_path):
+    """Issue 24 (8, 13): a 9-level "billion laughs" (3 ms to parse, minutes and gigabytes once expanded), a grid
+    nested 2000 deep, UTF-16 and invalid UTF-8: each a GridError naming the file, fast."""
+    import time
+
+    lines = ["name: g", "hardware: {gpu: cpu}", 'a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    (tmp_path / "bomb.yaml").write_text("\n".join([*lines, "description: *a9"]) + "\n")
+    (tmp_path / "deep.yaml").write_text("name: g\nx: " + "[" * 2000 + "]" * 2000 + "\n")
+    (tmp_path / "utf16.yaml").write_bytes("name: g\n".encode("utf-16"))
+    (tmp_path / "latin1.yaml").write_bytes(b"name: g\ndescription: caf\xe9\n")
+    said = {"bomb": "expands to more than 100000 values", "deep": "nested too deeply",
+            "utf16": "is UTF-16 text; save it as UTF-8", "latin1": "latin1.yaml:2: not UTF-8 text"}
+    for name, text in said.items():
+        started = time.monotonic()
+        with pytest.raises(GridError, match=text.replace("(", r"\(")):
+            load_grid(tmp_path / f"{name}.yaml")
+        assert time.monotonic() - started < 20, name
+
+
+def test_rich_markup_in_a_grids_text_is_printed_as_written(tmp_path, capsys):
+    """Issue 24 (10): brackets in a description, an exclude reason and a cell's failure reason are text: no
+    MarkupError, nothing dropped."""
+    from harness.cli import main
+
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\ndescription: 'too slow [see notes/] and [/x]'\nhardware: {gpu: cpu, gpus_per_node: 1}\n"
+                    "defaults: {model: tiny, task: docvqa, strategy: lora, precision: fp32, global_batch: 2}\n"
+                    "include:\n  - {seed: 0}\n  - {seed: 1}\n"
+                    "exclude:\n  - {match: {seed: 1}, reason: 'skip [/x] [see notes/]'}\n")
+    assert main(["plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "too slow [see notes/] and [/x]" in out and "skip [/x] [see notes/]" in out
+    assert main(["run", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 0
+    assert "excluded: skip [/x] [see notes/]" in capsys.readouterr().out
