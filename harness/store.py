@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from training_core.result import dumps
+from training_core.result import dumps, row_problem
 
 ROWS = "rows.jsonl"
 FINAL = {"ok", "oom", "error", "timeout", "unsupported", "diverged"}  # "interrupted" is not final: rerun repeats it
@@ -64,6 +64,9 @@ class RowStore:
     def rows(self) -> list[dict]:
         if not self.path.exists():
             return []
+        if not self.path.is_file():
+            raise StoreError(f"{self.path}: not a file; move it aside (the store is re-created from "
+                             "cells/*/result.json on the next run)")
         data = self.path.read_bytes()
         lines = data.split(b"\n")
         torn = lines[-1] != b""  # the file must end with a newline; anything after the last one is torn
@@ -73,12 +76,20 @@ class RowStore:
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
                 raise StoreError(
-                    f"{self.path}:{number}: not a JSON row ({exc.msg}); the store was edited by hand or the disk is "
+                    f"{self.path}:{number}: not a JSON row ({why}); the store was edited by hand or the disk is "
                     f"damaged: move the file aside and re-run to re-create rows from cells/*/result.json"
                 ) from None
+            except RecursionError:
+                raise StoreError(f"{self.path}:{number}: nested too deeply to be a row") from None
+            problem = row_problem(row)
+            if problem is not None:
+                raise StoreError(f"{self.path}:{number}: not a row ({problem}); remove or fix that line (the "
+                                 "store is re-created from cells/*/result.json when it is moved aside)")
+            rows.append(row)
         if torn:
             print(f"warning: {self.path}: ignoring a torn last line ({len(lines[-1])} bytes) from an interrupted "
                   "write", file=sys.stderr)

@@ -18,6 +18,38 @@ STATUSES = ("ok", "oom", "error", "timeout", "unsupported", "interrupted", "dive
 RESULT_FILE = "result.json"
 
 
+# Metrics that the report, compare and the gate read as numbers: in a row they are a number or null, never text.
+NUMERIC_METRICS = ("images_per_s", "tokens_per_s", "step_time_s_p50", "peak_mem_allocated_bytes",
+                   "peak_mem_reserved_bytes", "peak_mem_device_bytes", "peak_rss_bytes", "mfu", "loss_first",
+                   "loss_last", "anls", "accuracy", "measured_steps", "trainable_params", "model_state_bytes",
+                   "data_wait_share")
+
+
+def row_problem(row) -> str | None:
+    """What makes `row` not a row of this schema (a result.json or a line of rows.jsonl), or None. Checked on read,
+    so that a hand-edited or foreign file is reported, never half-counted."""
+    if not isinstance(row, dict):
+        return f"not a JSON object but {type(row).__name__}"
+    if not isinstance(row.get("run_id"), str) or not row["run_id"]:
+        return "no run_id (a string)"
+    if row.get("status") not in STATUSES:
+        return f"status {row.get('status')!r} is none of {', '.join(STATUSES)}"
+    if not isinstance(row.get("spec"), dict):
+        return "no spec (an object)"
+    if "cell" in row and row["cell"] is not None and (not isinstance(row["cell"], int) or isinstance(row["cell"], bool)):
+        return f"cell {row['cell']!r} is not a number"
+    metrics = row.get("metrics")
+    if metrics is None and row["status"] != "ok":
+        return None
+    if not isinstance(metrics, dict):
+        return "no metrics (an object)" if row["status"] == "ok" else "metrics is not an object"
+    for key in NUMERIC_METRICS:
+        value = metrics.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"metrics.{key} is {value!r}, not a number"
+    return None
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 

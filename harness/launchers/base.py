@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from training_core.result import Outcome, build_row
+from training_core.result import Outcome, build_row, row_problem
 
 from ..store import FINAL
 
@@ -63,9 +63,11 @@ class Context:
             return None
         try:
             result = json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (OSError, ValueError, RecursionError):  # a directory, a link loop, not UTF-8, not JSON
             return None
-        return result if isinstance(result, dict) and result.get("status") in FINAL else None
+        if row_problem(result) is not None or result.get("run_id") != run_id:
+            return None  # a stub ({"status": "ok"}), another cell's or a foreign file: the cell runs again
+        return result if result.get("status") in FINAL else None
 
 
 @dataclass

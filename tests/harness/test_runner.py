@@ -268,13 +268,13 @@ def test_hardware_mismatch_is_refused_unless_allowed(tmp_path):
 
 def test_torn_last_line_is_ignored_with_a_warning_and_set_aside(tmp_path, capsys):
     store = RowStore(tmp_path)
-    store.append({"run_id": "a", "status": "ok"})
-    store.append({"run_id": "b", "status": "error"})
+    store.append({"run_id": "a", "status": "ok", "spec": {}, "metrics": {}})
+    store.append({"run_id": "b", "status": "error", "spec": {}})
     with store.path.open("a") as handle:
         handle.write('{"run_id": "c", "sta')
     assert [r["run_id"] for r in store.rows()] == ["a", "b"]
     assert "ignoring a torn last line" in capsys.readouterr().err
-    store.append({"run_id": "c", "status": "ok"})
+    store.append({"run_id": "c", "status": "ok", "spec": {}, "metrics": {}})
     assert [r["run_id"] for r in store.rows()] == ["a", "b", "c"]
     (aside,) = tmp_path.glob("rows.jsonl.torn-*")
     assert aside.read_text() == '{"run_id": "c", "sta'
@@ -485,3 +485,57 @@ def test_names_that_become_folders_cannot_escape_the_results(tmp_path, capsys):
     assert main(["run", str(slash), "--results", str(results), "--dry-run"]) == 2
     assert "gpu" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dots.yaml", "g.yaml", "slash.yaml"]  # nothing written
+
+
+@pytest.mark.parametrize("bad, said", [
+    ("[1, 2]", "not a JSON object but list"), ("null", "not a JSON object but NoneType"),
+    ('{"run_id": "x", "status": "ok", "spec": {}}', "no metrics"),
+    ('{"run_id": "x", "status": "ok", "spec": {}, "metrics": {"images_per_s": "fast"}}', "metrics.images_per_s"),
+    ('{"run_id": "x", "status": "ok", "spec": {}, "metrics": {}, "cell": "0"}', "cell '0' is not a number"),
+    ('{"run_id": "x", "status": "fine", "spec": {}}', "status 'fine'"),
+])
+def test_a_row_of_the_wrong_shape_is_named_by_file_and_line_in_every_command(tmp_path, capsys, bad, said):
+    """Issue 24 (11): run, report, compare and baseline say which line of which store is not a row (exit 2),
+    instead of a traceback or a row silently counted."""
+    from harness.cli import main
+
+    good = {"run_id": "a", "matrix": "g", "cell": 0, "status": "ok", "spec": {"strategy": "lora"}, "metrics": {}}
+    group = tmp_path / "r" / "g" / "cpu"
+    group.mkdir(parents=True)
+    (group / "rows.jsonl").write_text(json.dumps(good) + "\n" + bad + "\n")
+    path = grid(tmp_path, "include:\n  - {seed: 0}\n")
+    for command in (["run", str(path), "--results", str(tmp_path / "r"), "--dry-run"],
+                    ["report", str(group), "--out", str(tmp_path / "o.md")], ["compare", str(group), str(group)],
+                    ["baseline", str(group), "--root", str(tmp_path / "bl")]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert f"{group / 'rows.jsonl'}:2: not a row" in err and said in err, (command, err)
+
+
+def test_a_stub_or_foreign_result_json_is_not_a_finished_cell(tmp_path):
+    """Issue 24 (12): {"status": "ok"}, another cell's result, a list or a directory: the cell is not finished, so it
+    runs (no row without run_id or spec is appended)."""
+    from harness.launchers.base import Context
+
+    ctx = Context(grid=None, options=None, console=None, env=lambda n: {}, afresh=lambda run_id: False)
+    cell = tmp_path / "cell"
+    cell.mkdir()
+    real = {"run_id": "abc", "status": "ok", "spec": {}, "metrics": {"images_per_s": 1.0}}
+    for text in ('{"status": "ok"}', json.dumps({**real, "run_id": "other"}), "[1]", "\xff"):
+        (cell / "result.json").write_text(text, encoding="latin-1")
+        assert ctx.finished_result(cell, "abc") is None, text
+    (cell / "result.json").unlink()
+    (cell / "result.json").mkdir()
+    assert ctx.finished_result(cell, "abc") is None
+    (cell / "result.json").rmdir()
+    (cell / "result.json").write_text(json.dumps(real))
+    assert ctx.finished_result(cell, "abc") == real
+
+
+def test_a_store_file_that_is_a_directory_is_said(tmp_path, capsys):
+    from harness.cli import main
+
+    group = tmp_path / "r" / "g" / "cpu"
+    (group / "rows.jsonl").mkdir(parents=True)
+    assert main(["report", str(group), "--out", str(tmp_path / "o.md")]) == 2
+    assert "rows.jsonl: not a file" in capsys.readouterr().err
