@@ -71,7 +71,7 @@ def _add_data(sub) -> None:
     validate.add_argument("source", nargs="?", help="jsonl file or directory (default: the task's HF dataset in the cache)")
     validate.add_argument("--split", choices=("train", "eval", "both"), default="both")
     validate.add_argument("--lengths", action="store_true", help="also report training sequence lengths")
-    validate.add_argument("--num-crops", type=int, help="for --lengths and the image checks (default: the task's)")
+    validate.add_argument("--num-crops", type=_positive(int), help="for --lengths and the image checks (default: the task's)")
     validate.add_argument("--model", type=Path, help="for --lengths: a checkpoint dir whose tokenizer counts the "
                           "text (default: the tiny byte-level tokenizer, an upper bound on text tokens)")
     validate.set_defaults(func=_validate)
@@ -146,6 +146,19 @@ def _positive(kind):
     return parse
 
 
+def _ranged(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is outside {low} .. {high}")
+        return value
+    parse.__name__ = f"number in {low} .. {high}"
+    return parse
+
+
 def _add_grid_commands(sub) -> None:
     from harness.limits import MAX_CELLS
 
@@ -198,10 +211,11 @@ def _add_grid_commands(sub) -> None:
     run.add_argument("--timeout", type=_positive(float), help="per-cell timeout in seconds (default: the grid's limits)")
     run.add_argument("--allow-hardware-mismatch", action="store_true",
                      help="run although this machine does not match the grid's GPU type or count")
-    run.add_argument("--nnodes", type=int, default=1, help="nodes of a multi-node run (start the same command on each)")
-    run.add_argument("--node-rank", type=int, default=0)
+    run.add_argument("--nnodes", type=_positive(int), default=1,
+                     help="nodes of a multi-node run (start the same command on each)")
+    run.add_argument("--node-rank", type=_ranged(0, 1023), default=0, help="this node's rank, 0 .. --nnodes - 1")
     run.add_argument("--master-addr", help="the first node's address (multi-node)")
-    run.add_argument("--master-port", type=int,
+    run.add_argument("--master-port", type=_ranged(1, 65535),
                      help="rendezvous port (local multi-node default 29500; SLURM default: one per job, from its id)")
     from harness.launchers import NAMES as LAUNCHERS  # names only: no launcher is imported for the parser
 
@@ -317,6 +331,7 @@ def _compare(args) -> int:
     from harness import outputs
     from harness.compare import (
         CompareError,
+        baseline_key,
         compare_rows,
         find_baseline,
         load_passes,
@@ -330,7 +345,13 @@ def _compare(args) -> int:
     try:
         current_rows = load_passes(args.current)
         baseline_dir = find_baseline(Path(args.baseline), current_rows)
-        result = compare_rows(load_rows(baseline_dir), current_rows, load_rules(args.rules))
+        baseline_rows = load_rows(baseline_dir)
+        ran_on = [baseline_key(rows).split("/", 1)[1] for rows in (baseline_rows, current_rows)]
+        if ran_on[0] != ran_on[1]:  # a group given directly is checked as a baselines root's key would be
+            raise CompareError(f"{baseline_dir} ran {ran_on[0]} and {', '.join(map(str, args.current))} ran "
+                               f"{ran_on[1]} (model-GPUxcount): not comparable; compare runs of the same model on the "
+                               "same hardware")
+        result = compare_rows(baseline_rows, current_rows, load_rules(args.rules))
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -574,6 +595,10 @@ def _run(args) -> int:
         if launcher.inputs_here and not args.dry_run else []
     if problems:
         print("error: the grid's inputs are not here:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+        return 2
+    if args.node_rank >= args.nnodes:
+        print(f"error: --node-rank {args.node_rank} with --nnodes {args.nnodes}: a node's rank is 0 .. "
+              f"{args.nnodes - 1}", file=sys.stderr)
         return 2
     if args.nnodes > 1 and not args.master_addr:
         print("error: --nnodes > 1 needs --master-addr (the first node's address)", file=sys.stderr)

@@ -17,6 +17,7 @@ Exit codes: 0 no regression, 1 regression(s), 2 no baseline / bad input.
 from __future__ import annotations
 
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -41,8 +42,8 @@ class CompareError(ValueError):
 
 class Tolerance(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    relative: float | None = Field(default=None, ge=0)
-    absolute: float | None = Field(default=None, ge=0)
+    relative: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # .inf would pass anything
+    absolute: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     ignore: bool = False
 
 
@@ -65,7 +66,7 @@ class Rules(BaseModel):
     only: list[str] | None = None  # compare only these metrics (plus normalised throughput)
     # the memory estimator's error: |measured allocated peak / predicted - 1| of each current row that has both
     # (`run --estimate`, GPU cells); above it, the check fails
-    estimator_error: float | None = Field(default=None, gt=0)
+    estimator_error: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     def tolerance(self, metric: str) -> Tolerance:
         return self.metrics.get(metric, self.default)
@@ -197,7 +198,30 @@ def _baseline_id(base: dict, cur: dict, rules: Rules) -> str | None:
     return None
 
 
+def check_rules(rules: Rules, current_rows: list[dict]) -> None:
+    """A rule that names a metric the gate does not compare, or an ordering whose `by` key or values match no cell,
+    would check nothing: each is an error, not a pass."""
+    known = HIGHER | LOWER | EXACT | set(NORMALISED.values())
+    named = [(f"rules.metrics.{m}", m) for m in rules.metrics] + [(f"rules.only[{i}]", m)
+                                                                   for i, m in enumerate(rules.only or [])]
+    named += [(f"rules.orders[{i}].metric", o.metric) for i, o in enumerate(rules.orders)]
+    for where, metric in named:
+        if metric not in known:
+            raise CompareError(f"{where}: {metric!r} is not a metric the gate compares (it knows: "
+                               f"{', '.join(sorted(known))})")
+    specs = [r.get("spec") or {} for r in current_rows]
+    for i, order in enumerate(rules.orders):
+        if not any(order.by in spec for spec in specs):
+            raise CompareError(f"rules.orders[{i}].by: no cell's spec has {order.by!r}")
+        values = {str(spec.get(order.by)) for spec in specs}
+        missing = [v for v in order.order if str(v) not in values]
+        if len(missing) > len(order.order) - 2:
+            raise CompareError(f"rules.orders[{i}].order: {missing} match no cell's {order.by} (the cells have: "
+                               f"{', '.join(sorted(values))}); an order needs two of them")
+
+
 def compare_rows(baseline_rows: list[dict], current_rows: list[dict], rules: Rules) -> Comparison:
+    check_rules(rules, current_rows)
     base, cur = medians(baseline_rows), medians(current_rows)
     reference = None
     if rules.baseline_cell or set(NORMALISED.values()) & set(rules.metrics):  # asked for: normalised throughput
@@ -347,7 +371,11 @@ def load_passes(paths: list[Path]) -> list[dict]:
 def load_rows(path: Path) -> list[dict]:
     path = Path(path)
     directory = path.parent if path.name == "rows.jsonl" else path
-    rows = RowStore(directory).rows()
+    rows, duplicated = RowStore(directory).latest()
     if not rows:
         raise CompareError(f"{path}: no rows (expected a results group with rows.jsonl)")
+    if duplicated:
+        print(f"warning: {directory / 'rows.jsonl'}: {len(duplicated)} cell(s) have more than one final row "
+              f"({', '.join(duplicated[:5])}{' ...' if len(duplicated) > 5 else ''}); the newest of each is used, "
+              "as the report does (repeats are cells of their own: --repeats)", file=sys.stderr)
     return rows

@@ -31,10 +31,9 @@ class ReportError(ValueError):
 
 
 def latest_rows(store: RowStore) -> list[dict]:
-    latest = {}
-    for row in store.rows():
-        latest[row.get("run_id")] = row
-    return sorted(latest.values(), key=lambda r: (r.get("cell", 0), str(r.get("run_id"))))
+    """The newest row of each cell (RowStore.latest: the rule compare and baseline use too)."""
+    rows, _ = store.latest()
+    return sorted(rows, key=lambda r: (r.get("cell") or 0, str(r.get("run_id")), r.get("pass") or 0))
 
 
 @dataclass

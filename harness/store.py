@@ -95,6 +95,19 @@ class RowStore:
                   "write", file=sys.stderr)
         return rows
 
+    def latest(self) -> tuple[list[dict], list[str]]:
+        """The newest row of each cell (per run_id and pass): what report, compare and baseline all use. A rerun's
+        row supersedes the earlier one (an `interrupted` row before a final `ok` is the normal state after Ctrl-C
+        and a rerun); also returns the run_ids that have more than one final row (named, never counted as repeats)."""
+        latest: dict[tuple, dict] = {}
+        finals: dict[tuple, int] = {}
+        for row in self.rows():
+            key = (row["run_id"], row.get("pass"))
+            latest[key] = row
+            finals[key] = finals.get(key, 0) + (row["status"] in FINAL)
+        duplicated = sorted({key[0] for key, n in finals.items() if n > 1})
+        return list(latest.values()), duplicated
+
     def final_rows(self) -> dict[str, dict]:
         """The newest final row per run_id."""
         out = {}

@@ -76,7 +76,7 @@ def test_tarball_input_and_no_silent_overwrite(subset, tmp_path):
     counts = convert_ucf101(archive, tmp_path / "out")
     assert counts == {"val": 1}
     assert json.loads((tmp_path / "out" / "ucf101_val.jsonl").read_text())["id"] == "val-0000000000"
-    with pytest.raises(DataError, match="exists: choose another --out-dir or pass --overwrite"):
+    with pytest.raises(DataError, match="exists: choose another --out or pass --overwrite"):
         convert_ucf101(archive, tmp_path / "out")
     assert convert_ucf101(archive, tmp_path / "out", overwrite=True) == {"val": 1}
 

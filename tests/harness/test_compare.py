@@ -242,3 +242,46 @@ def test_baseline_never_replaces_a_stored_one_silently_and_stays_inside_its_root
     (tmp_path / "file").write_text("")
     assert main(["baseline", good, "--root", str(tmp_path / "file")]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_rules_that_would_check_nothing_are_errors(tmp_path, capsys):
+    """Issue 24 (16): an infinite tolerance, a typo under metrics, an ordering on an unknown metric or `by` key, or
+    with values no cell has: each an error naming the rule, not a gate that passes a 10x slowdown; a text
+    images_per_s is a bad row, not a dropped metric."""
+    slow = [{**r, "metrics": {**r["metrics"], "images_per_s": 1.0}} for r in BASELINE]
+    for i, (rules, said) in enumerate((
+            ("default: {relative: .inf}\n", "invalid rules"),
+            ("metrics: {images_per_s: {relative: .nan}}\n", "invalid rules"),
+            ("metrics: {imagse_per_s: {relative: 0.1}}\n", "rules.metrics.imagse_per_s: 'imagse_per_s' is not"),
+            ("orders:\n  - {metric: model_state, by: strategy, order: [full, lora]}\n", "rules.orders[0].metric"),
+            ("orders:\n  - {metric: model_state_bytes, by: stratgy, order: [full, lora]}\n",
+             "rules.orders[0].by: no cell's spec has 'stratgy'"),
+            ("orders:\n  - {metric: model_state_bytes, by: strategy, order: [fulll, lorra]}\n",
+             "match no cell's strategy"))):
+        assert _run(tmp_path / str(i), BASELINE, slow, rules) == 2, rules
+        assert said in capsys.readouterr().err, rules
+    text = [{**r, "metrics": {**r["metrics"], "images_per_s": "10"}} for r in BASELINE]
+    assert _run(tmp_path / "text", BASELINE, text) == 2
+    assert "metrics.images_per_s is '10', not a number" in capsys.readouterr().err
+
+
+def test_compare_checks_the_hardware_of_a_group_given_directly(tmp_path, capsys):
+    """Issue 24 (17): an H100 baseline group against a CPU group is not comparable (it was checked only under a
+    baselines root)."""
+    h100 = [{**r, "env": {"gpus": [{"name": "NVIDIA H100 80GB HBM3"}] * 8, "world_size": 8}} for r in BASELINE]
+    assert _run(tmp_path, h100, BASELINE) == 2
+    assert "ran tiny-H100x8 and" in capsys.readouterr().err
+
+
+def test_a_rerun_after_an_interrupted_row_and_duplicates_follow_one_rule(tmp_path, capsys):
+    """Issue 24 (17, 18): `baseline` takes a group whose interrupted row was followed by a final ok row (Ctrl-C,
+    then a rerun); duplicate final rows are not repeats in compare: the newest is used, as in the report, and they
+    are named."""
+    interrupted = {**BASELINE[0], "status": "interrupted", "metrics": {}}
+    group = _store(tmp_path / "run", [interrupted, *BASELINE])
+    assert main(["baseline", group, "--root", str(tmp_path / "bl")]) == 0
+    stored = RowStore(tmp_path / "bl" / "g" / "tiny-cpux1").rows()
+    assert [r["status"] for r in stored] == ["ok", "ok"]
+    doubled = [{**BASELINE[0], "metrics": {**BASELINE[0]["metrics"], "images_per_s": 100.0}}, *BASELINE]
+    assert _run(tmp_path / "dup", BASELINE, doubled) == 0  # the newest row (10 images/s, as the baseline) is used
+    assert "1 cell(s) have more than one final row (a)" in capsys.readouterr().err

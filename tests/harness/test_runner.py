@@ -539,3 +539,23 @@ def test_a_store_file_that_is_a_directory_is_said(tmp_path, capsys):
     (group / "rows.jsonl").mkdir(parents=True)
     assert main(["report", str(group), "--out", str(tmp_path / "o.md")]) == 2
     assert "rows.jsonl: not a file" in capsys.readouterr().err
+
+
+def test_flags_that_would_run_nothing_or_nonsense_are_refused(tmp_path, capsys):
+    """Issue 24 (15, 21): --nnodes 0 or -1, --node-rank past the nodes, --master-port 99999999 and --num-crops 0
+    are errors (exit 2) that name the flag, not runs that skip every cell or a silent default."""
+    from harness.cli import main
+
+    path = grid(tmp_path, "include:\n  - {seed: 0}\n")
+    run = ["run", str(path), "--results", str(tmp_path / "r"), "--dry-run"]
+    for flags, said in ((["--nnodes", "0"], "--nnodes"), (["--nnodes", "-1"], "--nnodes"),
+                        (["--master-port", "99999999"], "--master-port"), (["--node-rank", "-1"], "--node-rank")):
+        with pytest.raises(SystemExit) as exc:
+            main([*run, *flags])
+        assert exc.value.code == 2 and said in capsys.readouterr().err
+    assert main([*run, "--node-rank", "1"]) == 2
+    assert "--node-rank 1 with --nnodes 1: a node's rank is 0 .. 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "validate", "docvqa", str(tmp_path), "--num-crops", "0"])
+    assert exc.value.code == 2 and "--num-crops" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

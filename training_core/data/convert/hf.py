@@ -31,7 +31,7 @@ def convert_hf(
     for split in ("train", "eval"):
         target = out_dir / f"{split}.jsonl"
         if target.exists() and not overwrite:
-            raise DataError([f"{target} exists: choose another --out-dir or pass --overwrite"])
+            raise DataError([f"{target} exists: choose another --out or pass --overwrite"])
         records = load_records(task, split, data_dir, limit=limit, allow_download=allow_download)
         image_dir = out_dir / "images" / split
         image_dir.mkdir(parents=True, exist_ok=True)

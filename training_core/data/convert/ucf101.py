@@ -69,7 +69,7 @@ def convert_ucf101(
     src, out_dir = Path(src), Path(out_dir)
     existing = [out_dir / f"ucf101_{s}.jsonl" for s in SPLITS if (out_dir / f"ucf101_{s}.jsonl").exists()]
     if existing and not overwrite:
-        raise DataError([f"{existing[0]} exists: choose another --out-dir or pass --overwrite"])
+        raise DataError([f"{existing[0]} exists: choose another --out or pass --overwrite"])
     if src.is_file() and src.name.endswith((".tar.gz", ".tgz")):
         with tempfile.TemporaryDirectory(prefix="ucf101-") as tmp:
             try:

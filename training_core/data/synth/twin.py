@@ -67,7 +67,7 @@ class Twin:
             raise DataError([f"n_train and n_eval must be >= 0, got {n_train} and {n_eval}"])
         targets = [out_dir / self.jsonl_names[s] for s in ("train", "eval")]
         if any(t.exists() for t in targets) and not overwrite:
-            raise DataError([f"{next(t for t in targets if t.exists())} exists: choose another --out-dir or pass --overwrite"])
+            raise DataError([f"{next(t for t in targets if t.exists())} exists: choose another --out or pass --overwrite"])
         counts, global_index = {}, 0
         for split, n in (("train", n_train), ("eval", n_eval)):
             rng = random.Random(f"{seed}:{split}")
