@@ -16,7 +16,9 @@ reproduce-*`); `python -m harness export CELL_DIR --out DIR [--merge]` writes it
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import torch
@@ -85,6 +87,34 @@ def _pruned_vision_modules(model: nn.Module, targets) -> list[str] | None:
             if part.split(".")[1] in targets]
 
 
+def _own_files(directory: Path) -> None:
+    """Everything under `directory` is a plain file or folder of its own: a symbolic link (to /proc/self/environ, a
+    user's file) or a device is refused, so export copies only what the cell wrote."""
+    for root, folders, files in os.walk(directory, followlinks=False):
+        for name in [*folders, *files]:
+            path = Path(root) / name
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                raise ExportError(f"{path}: is a symbolic link; a kept model holds only the cell's own files "
+                                  "(nothing was written)")
+            if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+                raise ExportError(f"{path}: not a regular file (nothing was written)")
+
+
+def _adapter_config(model_dir: Path) -> dict:
+    path = model_dir / ADAPTER_CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path}: not a readable adapter config ({exc}); rerun the cell with --keep-model "
+                          "--force") from None
+    if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str) \
+            or not isinstance(config.get("r"), int) or not config.get("target_modules"):
+        raise ExportError(f"{path}: not a peft adapter config (needs peft_type, r and target_modules); rerun the "
+                          "cell with --keep-model --force")
+    return config
+
+
 def kept_model(cell_dir: Path) -> tuple[RunSpec, Path]:
     cell_dir = Path(cell_dir)
     spec_path = cell_dir / "spec.json"
@@ -93,11 +123,66 @@ def kept_model(cell_dir: Path) -> tuple[RunSpec, Path]:
                           "cells/<run_id>")
     spec = RunSpec.load(spec_path)
     model_dir = cell_dir / MODEL_DIR
+    if model_dir.is_symlink():
+        raise ExportError(f"{model_dir}: is a symbolic link; a kept model holds only the cell's own files")
     marker = ADAPTER_CONFIG if is_adapter(spec) else "config.json"
     if not (model_dir / marker).is_file():
         raise ExportError(f"{cell_dir}: no kept model ({model_dir / marker} is missing); rerun the cell with "
                           "`python -m harness run ... --keep-model --force` (or KEEP_MODEL=1 make reproduce-...)")
+    try:
+        result = json.loads((cell_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        result = None
+    if not isinstance(result, dict) or not (result.get("artifacts") or {}).get("model"):
+        raise ExportError(f"{model_dir}: not from the cell's latest run (its result.json keeps no model: the cell "
+                          "ran again without --keep-model, or has not finished); rerun it with --keep-model --force")
+    _own_files(model_dir)
+    if is_adapter(spec):
+        _adapter_config(model_dir)
     return spec, model_dir
+
+
+# What a config may claim before anything is built (the largest real models are far below these).
+CONFIG_BOUNDS = {"num_hidden_layers": 1024, "hidden_size": 65536, "intermediate_size": 262144,
+                 "vocab_size": 4_000_000, "num_attention_heads": 1024}
+
+
+def check_base(base: Path) -> None:
+    """The base's config.json within sane bounds and its safetensors headers holding at least the parameters the
+    config claims (a tampered config would otherwise allocate what it says: a million layers)."""
+    try:
+        config = json.loads((base / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{base / 'config.json'}: not a readable config ({exc})") from None
+    if not isinstance(config, dict):
+        raise ExportError(f"{base / 'config.json'}: not a JSON object")
+    for key, bound in CONFIG_BOUNDS.items():
+        value = config.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= bound):
+            raise ExportError(f"{base / 'config.json'}: {key} {value!r} is outside 1 .. {bound}")
+    from safetensors import safe_open
+
+    stored = 0
+    files = sorted(base.glob("*.safetensors"))
+    if not files:
+        raise ExportError(f"{base}: no *.safetensors weights")
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                for key in weights.keys():
+                    shape = weights.get_slice(key).get_shape()
+                    n = 1
+                    for dim in shape:
+                        n *= int(dim)
+                    stored += n
+        except Exception as exc:  # safetensors raises its own error types for truncated files and bad headers
+            raise ExportError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    h, layers = int(config.get("hidden_size") or 0), int(config.get("num_hidden_layers") or 0)
+    claimed = layers * (4 * h * h + 3 * h * int(config.get("intermediate_size") or 0)) \
+        + 2 * h * int(config.get("vocab_size") or 0)
+    if claimed > 1.05 * stored:
+        raise ExportError(f"{base / 'config.json'}: claims about {claimed:,} decoder parameters but the weights "
+                          f"hold {stored:,}; the config does not belong to these weights")
 
 
 def adapter_base(model_dir: Path) -> Path:
@@ -127,16 +212,27 @@ def export(cell_dir: Path, out: Path, merge: bool = False) -> str:
 
     spec, model_dir = kept_model(cell_dir)
     out = Path(out)
+    if out.is_symlink():
+        raise ExportError(f"--out {out}: is a symbolic link; give a new directory (nothing is written through a link)")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: is a file; give a new directory (nothing was overwritten)")
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"--out {out}: not empty; choose a new directory (nothing was overwritten)")
+    if out.resolve().is_relative_to(Path(cell_dir).resolve()):
+        raise ExportError(f"--out {out}: inside the cell's own directory; choose a directory outside it")
     if not is_adapter(spec):
         if merge:
             raise ExportError(f"{cell_dir}: a {spec.strategy} cell keeps a full model; --merge applies to lora/qlora")
         shutil.copytree(model_dir, out, dirs_exist_ok=True)
         return f"the {spec.strategy} model (official layout) to {out}"
     if merge:
+        check_base(adapter_base(model_dir))
         model = merged_model(model_dir)
         save_model_dir(model, Phi3VProcessor.from_pretrained(model_dir), out)
         return f"the {spec.strategy} adapter merged into its base (official layout) to {out}"
     shutil.copytree(model_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BASE_DIR))
-    return f"the {spec.strategy} adapter (peft layout; base: {adapter_base(model_dir)}) to {out}"
+    try:
+        base = str(adapter_base(model_dir))
+    except ExportError:
+        base = "not on this machine"
+    return f"the {spec.strategy} adapter (peft layout; base: {base}) to {out}"

@@ -158,9 +158,83 @@ def test_export_errors_name_the_fix(tmp_path, capsys):
     RunSpec(strategy="full").save(tmp_path / "full" / "spec.json")
     (tmp_path / "full" / "model").mkdir()
     (tmp_path / "full" / "model" / "config.json").write_text("{}")
+    assert main(["export", str(tmp_path / "full"), "--out", str(tmp_path / "o")]) == 2
+    assert "not from the cell's latest run" in capsys.readouterr().err  # issue 24 (6): no result.json keeps it
+    (tmp_path / "full" / "result.json").write_text(json.dumps({"artifacts": {"model": "model"}}))
     assert main(["export", str(tmp_path / "full"), "--out", str(tmp_path / "o"), "--merge"]) == 2
     assert "--merge applies to lora/qlora" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("keep me")
     assert main(["export", str(tmp_path / "full"), "--out", str(tmp_path / "busy")]) == 2
     assert "not empty" in capsys.readouterr().err and (tmp_path / "busy" / "x").read_text() == "keep me"
+
+
+def _fake_adapter_cell(cell: Path, config: dict | None = None) -> Path:
+    cell.mkdir(parents=True)
+    RunSpec(strategy="lora").save(cell / "spec.json")
+    (cell / "model").mkdir()
+    config = config if config is not None else {"peft_type": "LORA", "r": 4, "target_modules": ["qkv_proj"]}
+    (cell / "model" / "adapter_config.json").write_text(json.dumps(config))
+    (cell / "model" / "adapter_model.safetensors").write_bytes(b"weights")
+    (cell / "result.json").write_text(json.dumps({"status": "ok", "artifacts": {"model": str(cell / "model")}}))
+    return cell
+
+
+def test_export_copies_only_the_cells_own_files_and_writes_only_where_asked(tmp_path, capsys):
+    """Issue 24 (6, 7, 14): a link inside the kept model (to /proc/self/environ), a corrupt adapter_config.json, a
+    model from an earlier run, --out inside the cell, onto a file or a dangling link: each refused, nothing read
+    through the link and nothing written."""
+    cell = _fake_adapter_cell(tmp_path / "cell")
+    (tmp_path / "file").write_text("mine")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for out, said in ((cell / "model" / "copy", "inside the cell's own directory"), (tmp_path / "file", "is a file"),
+                      (tmp_path / "dangling", "is a symbolic link")):
+        assert main(["export", str(cell), "--out", str(out)]) == 2, out
+        assert said in capsys.readouterr().err, out
+    assert (tmp_path / "file").read_text() == "mine" and not (tmp_path / "nowhere").exists()
+    assert not (cell / "model" / "copy").exists()
+    (cell / "model" / "environ").symlink_to("/proc/self/environ")
+    assert main(["export", str(cell), "--out", str(tmp_path / "o1")]) == 2
+    assert "environ: is a symbolic link" in capsys.readouterr().err and not (tmp_path / "o1").exists()
+    (cell / "model" / "environ").unlink()
+    for bad in ("{", "[]", '{"peft_type": "LORA"}'):
+        (cell / "model" / "adapter_config.json").write_text(bad)
+        assert main(["export", str(cell), "--out", str(tmp_path / "o2")]) == 2, bad
+        assert "adapter" in capsys.readouterr().err and not (tmp_path / "o2").exists()
+    (cell / "model" / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4, "target_modules": ["x"]}')
+    (cell / "result.json").write_text(json.dumps({"status": "ok", "artifacts": {}}))  # rerun without --keep-model
+    assert main(["export", str(cell), "--out", str(tmp_path / "o3")]) == 2
+    assert "not from the cell's latest run" in capsys.readouterr().err
+    (cell / "result.json").write_text(json.dumps({"status": "ok", "artifacts": {"model": "model"}}))
+    assert main(["export", str(cell), "--out", str(tmp_path / "o4")]) == 0
+    assert {p.name for p in (tmp_path / "o4").iterdir()} == {"adapter_config.json", "adapter_model.safetensors"}
+
+
+def test_merge_refuses_a_config_that_claims_more_than_its_weights(tmp_path, capsys):
+    """Issue 24 (9, 14): a base config of 1,000,000 layers is refused in milliseconds (it ran past 120 s and
+    3.6 GB), as are a truncated safetensors file and a bad vocabulary size."""
+    import time
+
+    from safetensors.torch import save_file
+
+    from training_core.export import ExportError, check_base
+
+    base = tmp_path / "base"
+    base.mkdir()
+    save_file({"w": torch.zeros(64, 64)}, base / "model.safetensors")
+    small = {"hidden_size": 16, "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 16}
+    (base / "config.json").write_text(json.dumps(small))
+    check_base(base)  # what the weights hold
+    for config, said in (({**small, "num_hidden_layers": 1_000_000}, "outside 1 .. 1024"),
+                         ({**small, "num_hidden_layers": 1000}, "claims about"),
+                         ({**small, "vocab_size": -5}, "vocab_size -5")):
+        (base / "config.json").write_text(json.dumps(config))
+        started = time.monotonic()
+        with pytest.raises(ExportError, match=said):
+            check_base(base)
+        assert time.monotonic() - started < 5
+    (base / "config.json").write_text(json.dumps(small))
+    data = (base / "model.safetensors").read_bytes()
+    (base / "model.safetensors").write_bytes(data[:20])
+    with pytest.raises(ExportError, match="not a readable safetensors file"):
+        check_base(base)
