@@ -165,6 +165,8 @@ class Runner:
     def run(self) -> list[dict]:
         """Run the cells under the group's lock (the main node holds it; other nodes of a multi-node run write only
         their own per-node files)."""
+        if not self.main_node:
+            self.store.check_no_links()
         with self.store.lock(wait=self.options.wait) if self.main_node else contextlib.nullcontext():
             return self._run()
 

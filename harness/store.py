@@ -139,10 +139,28 @@ class RowStore:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def links(self) -> list[Path]:
+        """Symbolic links anywhere in the group (the group folder itself included): a group holds only its own
+        files, so a link (cells/<id> to another folder, log.txt to a user's file) would make a run write or delete
+        through it."""
+        found = [self.directory] if self.directory.is_symlink() else []
+        if self.directory.is_dir() and not found:
+            for root, folders, files in os.walk(self.directory, followlinks=False):
+                found += [Path(root) / name for name in [*folders, *files] if (Path(root) / name).is_symlink()]
+        return sorted(found)
+
+    def check_no_links(self) -> None:
+        found = self.links()
+        if found:
+            shown = ", ".join(str(p) for p in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise StoreError(f"{self.directory}: holds symbolic links ({shown}); a results group holds only its own "
+                             "files: remove the links (or copy the files in) and run again")
+
     @contextlib.contextmanager
     def lock(self, wait: bool = False, poll_s: float = 1.0):
         """Hold the group's lock while the block runs; held elsewhere: StoreError naming the holder, or (wait)
-        block until it is free."""
+        block until it is free. A group holding links is refused first (nothing is written through one)."""
+        self.check_no_links()
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / ".lock"
         handle = path.open("a+")

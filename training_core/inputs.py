@@ -54,8 +54,8 @@ def records(spec: RunSpec, out_dir: Path) -> tuple[Sequence[Record], Sequence[Re
         node = int(os.environ.get("GROUP_RANK", "0"))
         directory = out_dir / ("data" if spec.nodes == 1 else f"data-node{node}")
         if int(os.environ.get("LOCAL_RANK", "0")) == 0 and find_jsonl(task, "train", directory) is None:
-            synthesize(spec.task, directory, n_train=needed_train_examples(spec),
-                       n_eval=spec.synthetic_eval if want_eval else 1, seed=spec.seed)
+            synthesize(spec.task, directory, n_train=needed_train_examples(spec),  # the cell's own twin: a
+                       n_eval=spec.synthetic_eval if want_eval else 1, seed=spec.seed, overwrite=True)  # torn one goes
         distributed.barrier()
         source = directory
     else:

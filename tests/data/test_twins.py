@@ -167,3 +167,25 @@ def test_a_changed_twin_has_a_new_version(task, tmp_path):
     assert (TWINS[task].version, got) == (version, fingerprint), (
         f"the {task} twin's output or version changed: bump {TWINS[task].__name__}.version and pin "
         f"({TWINS[task].version}, {got!r}) here (its cells then get new run_ids, so old rows are not reused)")
+
+
+def test_synth_never_overwrites_silently_and_overwrite_leaves_no_stale_images(tmp_path):
+    """Issue 24 (6, 14): images already there (without their jsonl) are not overwritten without --overwrite; with
+    it, the earlier twin's images are gone (4 then 2 examples: only the 2 new ones' images remain); --out onto a file
+    is an error."""
+    from training_core.data.records import DataError
+
+    synthesize("docvqa", tmp_path / "d", n_train=4, n_eval=1, seed=0)
+    first = {p.relative_to(tmp_path) for p in (tmp_path / "d" / "images").rglob("*.*")}
+    for jsonl in (tmp_path / "d").glob("*.jsonl"):
+        jsonl.unlink()
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "d" / "images").rglob("*.*")}
+    with pytest.raises(DataError, match="exists: choose another --out or pass --overwrite"):
+        synthesize("docvqa", tmp_path / "d", n_train=2, n_eval=1, seed=0)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "d" / "images").rglob("*.*")} == stamp
+    synthesize("docvqa", tmp_path / "d", n_train=2, n_eval=1, seed=1, overwrite=True)
+    now = {p.relative_to(tmp_path) for p in (tmp_path / "d" / "images").rglob("*.*")}
+    assert len(now) < len(first) and all((tmp_path / p).stat().st_mtime_ns not in stamp.values() for p in now)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="is a file"):
+        synthesize("docvqa", tmp_path / "file", n_train=1, n_eval=1)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -559,3 +560,30 @@ def test_flags_that_would_run_nothing_or_nonsense_are_refused(tmp_path, capsys):
         main(["data", "validate", "docvqa", str(tmp_path), "--num-crops", "0"])
     assert exc.value.code == 2 and "--num-crops" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_links_inside_a_results_group_are_refused_and_nothing_is_written_through_them(tmp_path, capsys):
+    """Issue 24 (4): cells/<id> linked to another folder, or log.txt, spec.json, .lock, .env.json.tmp linked to a
+    user's file: run (and --force, and a dry run) refuses the group before writing; the victims are unchanged."""
+    from harness.cli import main
+    from harness.matrix import load_grid
+
+    path = grid(tmp_path, "include:\n  - {seed: 0}\n")
+    run_id = load_grid(path).cells[0].spec.run_id
+    group = tmp_path / "r" / "g" / "cpu"
+    victim_dir = tmp_path / "victim-dir"
+    victim_dir.mkdir()
+    (victim_dir / "result.json").write_text("precious")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    cases = [("cells/" + run_id, victim_dir), (".lock", victim), (".env.json.tmp", victim),
+             (f"cells/{run_id}/log.txt", victim), (f"cells/{run_id}/spec.json", victim)]
+    for link, target in cases:
+        shutil.rmtree(tmp_path / "r", ignore_errors=True)
+        (group / link).parent.mkdir(parents=True, exist_ok=True)
+        (group / link).symlink_to(target)
+        for extra in (["--force"], ["--dry-run"], []):
+            assert main(["run", str(path), "--results", str(tmp_path / "r"), *extra]) == 2, (link, extra)
+            assert "holds symbolic links" in capsys.readouterr().err
+        assert victim.read_text() == "mine" and (victim_dir / "result.json").read_text() == "precious"
+        assert sorted(p.name for p in victim_dir.iterdir()) == ["result.json"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +66,19 @@ class Twin:
     def write(self, out_dir: Path, *, n_train: int, n_eval: int, seed: int, overwrite: bool = False) -> dict[str, int]:
         if n_train < 0 or n_eval < 0:
             raise DataError([f"n_train and n_eval must be >= 0, got {n_train} and {n_eval}"])
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise DataError([f"{out_dir}: is a file; --out names a directory for the jsonl files and images/"])
         targets = [out_dir / self.jsonl_names[s] for s in ("train", "eval")]
-        if any(t.exists() for t in targets) and not overwrite:
-            raise DataError([f"{next(t for t in targets if t.exists())} exists: choose another --out or pass --overwrite"])
+        image_dirs = [out_dir / "images" / self.split_names[s] for s in ("train", "eval")]
+        existing = [t for t in targets if t.exists()] + [d for d in image_dirs if d.is_dir() and any(d.iterdir())]
+        if existing and not overwrite:
+            raise DataError([f"{existing[0]} exists: choose another --out or pass --overwrite"])
+        for folder in image_dirs:  # --overwrite: the earlier twin's images go (none is left beside the new ones)
+            if folder.is_symlink():
+                raise DataError([f"{folder}: is a symbolic link; remove it (nothing is written through a link)"])
+            if folder.is_dir():
+                shutil.rmtree(folder)
         counts, global_index = {}, 0
         for split, n in (("train", n_train), ("eval", n_eval)):
             rng = random.Random(f"{seed}:{split}")
