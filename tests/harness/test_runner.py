@@ -102,9 +102,13 @@ def test_sigkill_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_crash_timeout_and_oom_cells_become_rows_and_the_grid_goes_on(tmp_path):
-    (tmp_path / "empty").mkdir()  # exists (so the preflight lets it through) but holds no dataset: fails in the cell
+    from training_core.data.synth import synthesize
+
+    # training data (the pre-run check loads it) but no eval split, which only the accuracy cell reads: fails there
+    synthesize("docvqa", tmp_path / "empty", n_train=4, n_eval=1)
+    (tmp_path / "empty" / "eval.jsonl").unlink()
     path = grid(tmp_path, f"""include:
-  - {{data: {tmp_path / 'empty'}}}
+  - {{data: {tmp_path / 'empty'}, mode: accuracy}}
   - {{timeout_s: 3}}
   - {{memory_gb: 0.5, seed: 1}}
   - {{seed: 2}}
@@ -587,3 +591,23 @@ def test_links_inside_a_results_group_are_refused_and_nothing_is_written_through
             assert "holds symbolic links" in capsys.readouterr().err
         assert victim.read_text() == "mine" and (victim_dir / "result.json").read_text() == "precious"
         assert sorted(p.name for p in victim_dir.iterdir()) == ["result.json"]
+
+
+def test_the_pre_run_check_names_bad_data_and_model_paths(tmp_path):
+    """Issue 24 (20): DATA=/etc/hostname, a data directory with no data, a MODEL directory without config.json are
+    named before anything runs (they passed the check and failed as an error row per cell); a real jsonl passes."""
+    from harness.matrix import load_grid
+    from harness.preflight import missing_inputs
+    from training_core.data.synth import synthesize
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "model").mkdir()
+    synthesize("docvqa", tmp_path / "twin", n_train=2, n_eval=1)
+    path = grid(tmp_path, f"include:\n  - {{data: /etc/hostname}}\n  - {{data: {tmp_path / 'empty'}}}\n"
+                          f"  - {{model: {tmp_path / 'model'}}}\n  - {{data: {tmp_path / 'twin'}}}\n")
+    cells = load_grid(path).runnable
+    problems = missing_inputs(cells)
+    assert len(problems) == 3, problems
+    assert any("'/etc/hostname'" in p for p in problems) and any(str(tmp_path / "empty") in p for p in problems)
+    assert any(str(tmp_path / "model") in p and "config.json" in p for p in problems)
+    assert missing_inputs([c for c in cells if c.spec.data == str(tmp_path / "twin")]) == []
