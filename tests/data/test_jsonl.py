@@ -136,3 +136,22 @@ def test_huge_and_extreme_images_are_problems_with_file_and_line(dataset, capsys
     assert main(["data", "validate", "docvqa", str(path), "--split", "train"]) == 2
     err = capsys.readouterr().err
     assert f"{path}:2: image 'huge.png': too large" in err and f"{path}:3: image 'thin.png'" in err
+
+
+def test_encodings_and_lone_surrogates_are_named_by_file_and_line(dataset):
+    """Issue 24 (13): invalid UTF-8 on a line, a UTF-16 file, a lone \\ud800 in an answer (it passed and then crashed
+    the tokenizer): each a DataError with file and line, the other lines still checked."""
+    root, write = dataset
+    path = write(_record("r1"), '{"id": "r2", "source": "test", "conversations": [{"images": ["a.png"], '
+                                '"user": "q", "assistant": "\\ud800"}]}')
+    (problem,) = _problems(path)
+    assert problem.startswith(f"{path}:2: text holds a lone surrogate")
+    good = json.dumps(_record("r1")).encode()
+    path.write_bytes(good + b"\n" + b'{"id": "r\xff"}\n')
+    (problem,) = _problems(path)
+    assert problem.startswith(f"{path}:2: not UTF-8 text")
+    path.write_text(json.dumps(_record("r1")) + "\n", encoding="utf-16")
+    (problem,) = _problems(path)
+    assert problem == f"{path}: is UTF-16 text; save it as UTF-8 (one JSON record per line)"
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n")  # a UTF-8 BOM is fine
+    assert [r.id for r in load_jsonl(path)] == ["r1"]

@@ -31,11 +31,19 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None, *, check_
         raise DataError([f"{path}: no such dataset file (expected a conversation-format .jsonl)"])
     root = Path(image_root) if image_root is not None else default_image_root(path)
     records, problems, seen_ids, checked = [], [], {}, {}
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        if handle.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise DataError([f"{path}: is UTF-16 text; save it as UTF-8 (one JSON record per line)"])
+        handle.seek(0)
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(f"{where}: not UTF-8 text (byte {exc.start} of the line); save the file as UTF-8")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             record, line_problems = _parse_line(line, where, root)
             if record is not None:
                 if record.id in seen_ids:
@@ -53,6 +61,16 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None, *, check_
     return records
 
 
+def _lone_surrogate(value) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= ch <= "\udfff" for ch in value)
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
 def _parse_line(line: str, where: str, root: Path) -> tuple[Record | None, list[str]]:
     try:
         obj = json.loads(line)
@@ -60,6 +78,9 @@ def _parse_line(line: str, where: str, root: Path) -> tuple[Record | None, list[
         return None, [f"{where}: malformed JSON ({exc.msg} at column {exc.colno})"]
     if not isinstance(obj, dict):
         return None, [f"{where}: a record must be a JSON object, got {type(obj).__name__}"]
+    if _lone_surrogate(obj):
+        return None, [f"{where}: text holds a lone surrogate (an escape such as \\ud800 without its pair): not valid "
+                      "Unicode; fix the text"]
     problems = [f"{where}: missing key {key!r}" for key in ("id", "source", "conversations") if key not in obj]
     if problems:
         return None, problems
