@@ -103,10 +103,33 @@ def _read_json(path: Path, what: str) -> dict:
                               "or a damaged one: rerun without --resume") from None
 
 
-def load(engine, directory: Path, run_id: str) -> dict:
+def check_position(position, path: Path, total_steps: int | None) -> None:
+    """The saved position is what `save` writes: a step inside the run (a step edited to 10^6 would end `ok` with
+    nothing measured), whole-number epoch and batches consumed, the series as lists."""
+    def bad(why: str):
+        raise CheckpointError(f"{path}: {why}; the checkpoint was edited or damaged: remove it and rerun without "
+                              "--resume")
+
+    if not isinstance(position, dict):
+        bad("not a JSON object")
+    for key in ("step", "epoch", "consumed"):
+        value = position.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            bad(f"{key} is {value!r}, not a whole number >= 0" if key in position else f"no {key!r}")
+    if position["step"] < 1 or (total_steps is not None and position["step"] >= total_steps):
+        bad(f"step {position['step']} is not inside this cell's run (1 .. {total_steps - 1 if total_steps else '?'})")
+    series = position.get("series")
+    if not isinstance(series, dict) or not all(isinstance(v, list) for v in series.values()):
+        bad("series is not an object of lists")
+    if not isinstance(position.get("metrics_before", {}), dict):
+        bad("metrics_before is not an object")
+
+
+def load(engine, directory: Path, run_id: str, total_steps: int | None = None) -> dict:
     """Restore the engine and this rank's RNG from a checkpoint written by the cell `run_id`; returns the saved
-    training position."""
+    training position (checked against the run's `total_steps`)."""
     position = _read_json(directory / "position.json", "training position")
+    check_position(position, directory / "position.json", total_steps)
     if position.get("run_id") != run_id:
         raise CheckpointError(f"{directory} was written by cell {position.get('run_id')}, not by this cell "
                               f"({run_id}): resume only into the same spec; move the checkpoints away or rerun "

@@ -114,7 +114,7 @@ class Cell:
         self.engine = build_engine(self.strategy.engine, model, spec, device, self.total_steps)
         self.start_step = 0
         if self.args.resume and (latest := checkpoint.latest(self.out)) is not None:
-            position = checkpoint.load(self.engine, latest, spec.run_id)
+            position = checkpoint.load(self.engine, latest, spec.run_id, self.total_steps)
             self.start_step = position["step"]
             self.batches.epoch, self.batches.consumed = position["epoch"], position["consumed"]
             self.outcome.series = {**self.outcome.series, **position["series"]}

@@ -22,3 +22,22 @@ def test_images_are_what_the_model_learns_from(tmp_path):
     # blanked images: the model learns the answer format (loss falls) but cannot tell the classes apart
     assert b["loss_last"] < 0.5 * b["loss_first"]
     assert b["accuracy"] <= 0.65 and abs(b["auroc"] - 0.5) < 0.15
+
+
+def test_a_tampered_training_position_is_refused_before_resuming(tmp_path):
+    """Issue 24 (19): a step edited to 10^6 (it ended `ok` with 0 measured steps), a step of 0, missing keys (a
+    KeyError) and text values: each a CheckpointError naming position.json and the key."""
+    import pytest
+
+    from training_core.checkpoint import CheckpointError, check_position
+
+    good = {"step": 3, "epoch": 0, "consumed": 6, "series": {"loss": [1.0]}, "run_id": "x"}
+    path = tmp_path / "position.json"
+    check_position(good, path, total_steps=8)
+    for position, said in (({**good, "step": 10**6}, "step 1000000 is not inside this cell's run (1 .. 7)"),
+                           ({**good, "step": 0}, "step 0 is not inside"), ({"run_id": "x"}, "no 'step'"),
+                           ({**good, "epoch": "0"}, "epoch is '0'"), ({**good, "series": []}, "series"),
+                           ([1], "not a JSON object")):
+        with pytest.raises(CheckpointError, match=said.replace("(", r"\(").replace(")", r"\)")) as exc:
+            check_position(position, path, total_steps=8)
+        assert str(path) in str(exc.value)
