@@ -342,8 +342,12 @@ def test_runs_that_would_run_nothing_are_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_failed_cells_are_named_on_a_rerun_and_retried_on_request(tmp_path):
-    (tmp_path / "empty").mkdir()
-    path = grid(tmp_path, f"include:\n  - {{data: {tmp_path / 'empty'}}}\n  - {{}}\n")
+    from training_core.data.synth import synthesize
+
+    # training data (the pre-run check loads it) but no eval split, which only the accuracy cell reads: fails there
+    synthesize("docvqa", tmp_path / "empty", n_train=4, n_eval=1)
+    (tmp_path / "empty" / "eval.jsonl").unlink()
+    path = grid(tmp_path, f"include:\n  - {{data: {tmp_path / 'empty'}, mode: accuracy}}\n  - {{}}\n")
     results = ["--results", str(tmp_path / "r")]
     first = harness("run", str(path), *results)
     assert first.returncode == 1 and [r["status"] for r in rows(tmp_path / "r")] == ["error", "ok"]
