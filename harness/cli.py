@@ -392,17 +392,11 @@ def _baseline(args) -> int:
     if (target / "rows.jsonl").exists() and not args.replace:
         raise _data_error([f"{target}: a baseline is already stored for {key}; pass --replace to replace it "
                            "(compare the new run against it first: harness compare)"])
-    target.mkdir(parents=True, exist_ok=True)
-    for name, text in (("rows.jsonl", "".join(dumps(row) + "\n" for row in rows)),
-                       ("env.json", (args.group[0] / "env.json").read_text()
-                        if (args.group[0] / "env.json").is_file() else None)):
-        if text is None:
-            continue
-        temporary = target / f".{name}.{os.getpid()}.tmp"  # whole or not at all; never through a planted link
-        temporary.unlink(missing_ok=True)
-        with open(temporary, "x") as out:
-            out.write(text)
-        os.replace(temporary, target / name)
+    from harness import outputs
+
+    outputs.write(target / "rows.jsonl", "".join(dumps(row) + "\n" for row in rows))  # whole, never through a link
+    if (args.group[0] / "env.json").is_file():
+        outputs.write(target / "env.json", (args.group[0] / "env.json").read_text())
     passes = len(args.group)
     print(f"baseline {baseline_key(rows)}: {len(rows)} rows ({passes} pass{'es' if passes > 1 else ''}) written to "
           f"{target}")
