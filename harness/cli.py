@@ -28,7 +28,7 @@ from pathlib import Path
 # The user-error types a command may raise (module, class): `error: ...` and exit 2 instead of a traceback.
 USER_ERRORS = (("training_core.data.records", "DataError"), ("harness.matrix", "GridError"),
                ("harness.report", "ReportError"), ("harness.store", "StoreError"), ("harness.outputs", "OutputError"),
-               ("training_core.spec", "SpecError"))
+               ("training_core.spec", "SpecError"), ("training_core.model.weights", "WeightsError"))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -473,7 +473,7 @@ def _estimate(args) -> int:
 
 
 def _plan_estimates(cells) -> dict[int, str]:
-    from training_core.estimate.fit import GIB, fit
+    from training_core.estimate.fit import GIB, fits_for
     from training_core.estimate.trace import estimate_cell
 
     out = {}
@@ -485,10 +485,9 @@ def _plan_estimates(cells) -> dict[int, str]:
         except Exception as exc:  # said in the cell's column
             out[c.index] = f"not estimated: {type(exc).__name__}"
             continue
-        text = f"{p['peak_bytes'] / GIB:.2f} GiB ({p['phase']})"
-        if c.spec.gpu.lower() != "cpu":
-            text += f", {c.spec.gpu}: " + fit(p["peak_bytes"], c.spec.world_size, c.spec.gpu).reason
-        out[c.index] = text
+        out[c.index] = f"{p['peak_bytes'] / GIB:.2f} GiB ({p['phase']})" + "".join(
+            f", {gpu}: {verdict.reason}" for gpu, verdict in fits_for(p["peak_bytes"], c.spec.world_size,
+                                                                      c.spec.gpu).items())
     return out
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.matrix import Grid
+from harness.outputs import table_cell
 from harness.reference import RefRow
 from harness.runner import matches
-from training_core.estimate.fit import GIB, MARGIN_RULE, fit
+from training_core.estimate.fit import GIB, MARGIN_RULE, fits_for
 
 PREDICTED_IS = ("torch's allocated bytes per rank at the step's peak (from the second optimizer step on), for the "
                 "cell's longest micro-batch, traced with fake tensors through the cell's own code; not reserved "
@@ -41,7 +42,6 @@ def estimate_grid(grid: Grid, filters: dict, gpus: list[str], data_root: Path, p
             out.append(entry)
             continue
         spec = cell.spec
-        judged = gpus or ([] if spec.gpu.lower() == "cpu" else [spec.gpu])
         try:
             predicted = estimate_cell(spec, data_root)
         except Exception as exc:  # one cell's failure is said, the others are still estimated
@@ -49,7 +49,8 @@ def estimate_grid(grid: Grid, filters: dict, gpus: list[str], data_root: Path, p
             out.append(entry)
             continue
         entry.update(run_id=spec.run_id, spec=spec.model_dump(mode="json"), predicted=predicted,
-                     fits={g: vars(fit(predicted["peak_bytes"], spec.world_size, g)) for g in judged})
+                     fits={g: vars(v) for g, v in fits_for(predicted["peak_bytes"], spec.world_size, spec.gpu,
+                                                           gpus).items()})
         out.append(entry)
         if progress is not None:
             progress(entry)
@@ -92,10 +93,6 @@ def rows(entries: list[dict], refs: dict[str, RefRow]) -> tuple[list[str], list[
     return header, out
 
 
-def _cell_text(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def markdown(grid: Grid, entries: list[dict], refs: dict[str, RefRow]) -> str:
     header, body = rows(entries, refs)
     profile = f" (profile {grid.profile})" if grid.profile else ""
@@ -103,7 +100,7 @@ def markdown(grid: Grid, entries: list[dict], refs: dict[str, RefRow]) -> str:
              f"- **predicted**: {PREDICTED_IS}.", f"- **documented**: {DOCUMENTED_IS}.",
              f"- **fit**: {MARGIN_RULE}.", "- The breakdown (weights ... temps) is at the predicted peak, in GiB.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell_text(v) for v in row) + " |" for row in body]
+    lines += ["| " + " | ".join(table_cell(v) for v in row) + " |" for row in body]
     seconds = [e["predicted"]["seconds"] for e in entries if "predicted" in e]
     if seconds:
         lines += ["", f"{len(seconds)} cells estimated in {sum(seconds):.0f} s ({sum(seconds) / len(seconds):.1f} s "

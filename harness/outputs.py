@@ -23,6 +23,11 @@ class OutputError(ValueError):
     pass
 
 
+def table_cell(text) -> str:
+    """Text for a markdown table cell: no column breaks, no HTML, one line."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+
+
 def ours(path: Path, sidecar: Path | None = None) -> bool:
     """Whether the existing file at `path` was written by the harness."""
     if sidecar is not None and sidecar.is_file():

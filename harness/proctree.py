@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from . import outputs
+
 Procs = dict[int, float]  # PID -> creation time
 MARKER = "PHI3V_CELL_MARKER"  # in the environment of every process of a cell the runner started
 
@@ -100,11 +102,8 @@ def terminate(procs: Procs, grace_s: float = 10.0, reap: Callable[[], object] | 
 
 
 def save(path: Path, procs: Procs, marker: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)  # never written through a link planted there
-    with open(tmp, "x") as out:
-        out.write(json.dumps({"marker": marker, "procs": {str(pid): created for pid, created in procs.items()}}) + "\n")
-    tmp.replace(path)
+    """The record, whole or not at all and never through a link planted there (outputs.write)."""
+    outputs.write(path, json.dumps({"marker": marker, "procs": {str(pid): created for pid, created in procs.items()}}) + "\n")
 
 
 def load(path: Path) -> tuple[str | None, Procs]:

@@ -15,13 +15,17 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from training_core.result import clip_reason
+
 from . import outputs
 from .compare_ref import Comparison, compare, diff_percent, documented_mfu, measured_gpu, model_family, status
 from .digest import NOISY_CV, cell_ranges, grouped_comparability, summary, variability
 from .measures import INPUT_BOUND_SHARE, input_bound, peak_memory_gb, size_text
+from .outputs import table_cell
 from .reference import RefRow, load_references
 from .store import RowStore
 
+REPORT_REASON_LIMIT = 500  # characters of a failure reason in a report's table (the row keeps up to 4000)
 TEMPLATES = Path(__file__).resolve().parent.parent / "reports" / "templates"
 REPORTS = Path(__file__).resolve().parent.parent / "reports"
 
@@ -34,6 +38,26 @@ def latest_rows(store: RowStore) -> list[dict]:
     """The newest row of each cell (RowStore.latest: the rule compare and baseline use too)."""
     rows, _ = store.latest()
     return sorted(rows, key=lambda r: (r.get("cell") or 0, str(r.get("run_id")), r.get("pass") or 0))
+
+
+def own_rows(rows: list[dict], group_dir: Path) -> tuple[str, list[dict], dict[str, list]]:
+    """The group's grid, its rows, and the rows of other grids by grid name (a row copied in from another grid's
+    store would otherwise retitle the report and sit in its tables). The grid is the group folder's parent when rows
+    name it (`results/runs/<grid>/<group>`), else the name most rows carry."""
+    names = Counter(str(r["matrix"]) for r in rows if r.get("matrix"))
+    grid = group_dir.parent.name if (group_dir.parent.name in names or not names) else names.most_common(1)[0][0]
+    own, foreign = [], {}
+    for row in rows:
+        if not row.get("matrix") or str(row["matrix"]) == grid:
+            own.append(row)
+        else:
+            foreign.setdefault(str(row["matrix"]), []).append(row.get("cell", "?"))
+    return grid, own, foreign
+
+
+def _cells_text(cells: list) -> str:
+    return ("cell " if len(cells) == 1 else "cells ") + ", ".join(map(str, cells[:10])) + (
+        f" and {len(cells) - 10} more" if len(cells) > 10 else "")
 
 
 @dataclass
@@ -221,7 +245,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     import jinja2  # imported on use: only reports need it
 
     store = RowStore(group_dir)
-    rows = latest_rows(store)
+    grid, rows, foreign = own_rows(latest_rows(store), group_dir)
     if not rows:
         raise ReportError(f"{group_dir}: no rows to report (run the grid first)")
     refs = refs if refs is not None else load_references()
@@ -241,6 +265,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         images = write_plots(lines, out.parent / assets, refs)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["reason"] = lambda text: table_cell(clip_reason(text or "", REPORT_REASON_LIMIT))
     from .revisions import frozen_rows_explained, measured_gradients
 
     revision_notes = frozen_rows_explained([line.ref for line in lines if line.ref is not None], refs)
@@ -250,8 +275,13 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     if flagged:
         opening.append("Trainable parameters without a gradient in the first optimizer step: " + "; ".join(flagged)
                        + ".")
+    if foreign:
+        opening.append(f"Left out: {len(foreign)} row(s) of another grid found in this group's store ("
+                       + "; ".join(f"grid {table_cell(name)}: {_cells_text(cells)}"
+                                   for name, cells in foreign.items())
+                       + "); a group holds one grid's cells: run that grid into its own group.")
     text = env.get_template("report.md.j2").render(
-        matrix=rows[0].get("matrix") or group_dir.parent.name, group=group_dir.name,
+        matrix=table_cell(grid), group=table_cell(group_dir.name),
         profile=rows[0].get("profile"), speed=speed_table(lines), baseline=baseline,
         accuracy=acc_table, comparisons=comparisons, failures=[r for r in rows if r["status"] != "ok"],
         input_bound=[r for r in speed_rows if r["status"] == "ok" and input_bound(r["metrics"])],
@@ -265,7 +295,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     )
     outputs.write(out, text)
     meta = {"report": out.name, "date": max((r.get("finished_at") or "") for r in rows) or None,
-            "grid": rows[0].get("matrix") or group_dir.parent.name, "group": group_dir.name,
+            "grid": grid, "group": group_dir.name,
             "hardware": f"{(rows[0].get('env') or {}).get('world_size', '?')}x {measured_gpu(rows[0].get('env') or {})}",
             "statuses": dict(sorted(Counter(r["status"] for r in rows).items()))}
     outputs.write(out.with_suffix(META_SUFFIX), json.dumps(meta, sort_keys=True, indent=1) + "\n")
@@ -306,11 +336,6 @@ def _meta(meta_path: Path) -> dict | None:
     return meta
 
 
-def _cell(text) -> str:
-    """Text for a markdown table cell: no column breaks, no HTML, one line."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
-
-
 def write_index(root: Path) -> Path:
     """`root/index.md`: every report under `root` (by its .meta.json), newest first, with its date (the newest
     row's finish time), grid, group, hardware and cells by status. A pure function of the reports' rows. Written
@@ -329,9 +354,10 @@ def write_index(root: Path) -> Path:
         lines = ["# Reports", "", "Every report under this folder, newest first (date: when its newest cell finished). "
                  "Regenerated by `make report` / `python -m harness report`.", "",
                  "| report | date (UTC) | grid | group | hardware | cells |", "|---|---|---|---|---|---|"]
-        lines += [f"| [{_cell(link)}]({link.replace(' ', '%20').replace('|', '%7C')}) | "
-                  f"{_cell(date.replace('T', ' ')[:16] or '-')} | {_cell(meta['grid'])} | {_cell(meta['group'])} | "
-                  f"{_cell(meta['hardware'])} | {_cell(statuses)} |" for date, link, meta, statuses in entries]
+        lines += [f"| [{table_cell(link)}]({link.replace(' ', '%20').replace('|', '%7C')}) | "
+                  f"{table_cell(date.replace('T', ' ')[:16] or '-')} | {table_cell(meta['grid'])} | "
+                  f"{table_cell(meta['group'])} | {table_cell(meta['hardware'])} | {table_cell(statuses)} |"
+                  for date, link, meta, statuses in entries]
         outputs.write(path, "\n".join(lines) + "\n", marked=True)
     return path
 

@@ -23,7 +23,10 @@ from pathlib import Path
 
 from training_core.result import dumps, row_problem
 
+from . import outputs
+
 ROWS = "rows.jsonl"
+ENV = "env.json"
 FINAL = {"ok", "oom", "error", "timeout", "unsupported", "diverged"}  # "interrupted" is not final: rerun repeats it
 
 
@@ -62,38 +65,42 @@ class RowStore:
 
     # ---------------------------------------------------------------- reading
     def rows(self) -> list[dict]:
+        return list(self.iter_rows())
+
+    def iter_rows(self):
+        """The rows one at a time, read line by line (a store of 200k rows is never held as text and rows at once:
+        `latest` keeps only each cell's newest)."""
         if not self.path.exists():
-            return []
+            return
         if not self.path.is_file():
             raise StoreError(f"{self.path}: not a file; move it aside (the store is re-created from "
                              "cells/*/result.json on the next run)")
-        data = self.path.read_bytes()
-        lines = data.split(b"\n")
-        torn = lines[-1] != b""  # the file must end with a newline; anything after the last one is torn
-        complete = lines[:-1]
-        rows = []
-        for number, line in enumerate(complete, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
-                raise StoreError(
-                    f"{self.path}:{number}: not a JSON row ({why}); the store was edited by hand or the disk is "
-                    f"damaged: move the file aside and re-run to re-create rows from cells/*/result.json"
-                ) from None
-            except RecursionError:
-                raise StoreError(f"{self.path}:{number}: nested too deeply to be a row") from None
-            problem = row_problem(row)
-            if problem is not None:
-                raise StoreError(f"{self.path}:{number}: not a row ({problem}); remove or fix that line (the "
-                                 "store is re-created from cells/*/result.json when it is moved aside)")
-            rows.append(row)
-        if torn:
-            print(f"warning: {self.path}: ignoring a torn last line ({len(lines[-1])} bytes) from an interrupted "
-                  "write", file=sys.stderr)
-        return rows
+        with self.path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):  # the file must end with a newline; anything after the last is torn
+                    print(f"warning: {self.path}: ignoring a torn last line ({len(line)} bytes) from an "
+                          "interrupted write", file=sys.stderr)
+                    return
+                if not line.strip():
+                    continue
+                yield self._row(line, number)
+
+    def _row(self, line: bytes, number: int) -> dict:
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+            raise StoreError(
+                f"{self.path}:{number}: not a JSON row ({why}); the store was edited by hand or the disk is "
+                f"damaged: move the file aside and re-run to re-create rows from cells/*/result.json"
+            ) from None
+        except RecursionError:
+            raise StoreError(f"{self.path}:{number}: nested too deeply to be a row") from None
+        problem = row_problem(row)
+        if problem is not None:
+            raise StoreError(f"{self.path}:{number}: not a row ({problem}); remove or fix that line (the "
+                             "store is re-created from cells/*/result.json when it is moved aside)")
+        return row
 
     def latest(self) -> tuple[list[dict], list[str]]:
         """The newest row of each cell (per run_id and pass): what report, compare and baseline all use. A rerun's
@@ -101,7 +108,7 @@ class RowStore:
         and a rerun); also returns the run_ids that have more than one final row (named, never counted as repeats)."""
         latest: dict[tuple, dict] = {}
         finals: dict[tuple, int] = {}
-        for row in self.rows():
+        for row in self.iter_rows():
             key = (row["run_id"], row.get("pass"))
             latest[key] = row
             finals[key] = finals.get(key, 0) + (row["status"] in FINAL)
@@ -111,7 +118,7 @@ class RowStore:
     def final_rows(self) -> dict[str, dict]:
         """The newest final row per run_id."""
         out = {}
-        for row in self.rows():
+        for row in self.iter_rows():
             if row.get("status") in FINAL and row.get("run_id"):
                 out[row["run_id"]] = row
         return out
@@ -150,11 +157,18 @@ class RowStore:
         return sorted(found)
 
     def check_no_links(self) -> None:
+        """No symbolic links anywhere in the group, and its own files (rows.jsonl, env.json) are files: checked
+        before anything is run or written."""
         found = self.links()
         if found:
             shown = ", ".join(str(p) for p in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
             raise StoreError(f"{self.directory}: holds symbolic links ({shown}); a results group holds only its own "
                              "files: remove the links (or copy the files in) and run again")
+        for name in (ROWS, ENV):
+            path = self.directory / name
+            if path.exists() and not path.is_file():
+                raise StoreError(f"{path}: not a file; move it aside (rows.jsonl is re-created from "
+                                 "cells/*/result.json and env.json on the next run)")
 
     @contextlib.contextmanager
     def lock(self, wait: bool = False, poll_s: float = 1.0):
@@ -184,7 +198,8 @@ class RowStore:
             handle.close()  # releases the lock
 
     def write_env(self, env: dict) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.directory / ".env.json.tmp"
-        tmp.write_text(json.dumps(env, indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.directory / "env.json")
+        """`env.json`, whole or not at all (outputs.write: a temporary file renamed over it, never through a link)."""
+        try:
+            outputs.write(self.directory / ENV, json.dumps(env, indent=2, sort_keys=True) + "\n")
+        except outputs.OutputError as exc:
+            raise StoreError(str(exc)) from None

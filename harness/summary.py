@@ -13,7 +13,7 @@ from .store import RowStore
 
 def print_summary(console: Console, store: RowStore, grid: Grid) -> None:
     latest = {}
-    for row in store.rows():
+    for row in store.iter_rows():
         latest[row.get("run_id")] = row
     table = Table(title=escape(f"{grid.name}: {store.directory}"))
     for column in ("cell", "strategy", "precision", "attention", "nodes x GPUs", "status", "images/s", "step p50 s",

@@ -8,13 +8,19 @@
   read back with torch's weights-only loader, which refuses anything else), or DeepSpeed's own checkpoint under
   `engine/`, whose files are first scanned: DeepSpeed unpickles them fully, so a file that names any global outside
   `DEEPSPEED_GLOBALS` (e.g. a planted `os.system`) is refused before DeepSpeed reads it;
-- `COMPLETE`, written last, after all ranks have saved, so an interrupted save is never resumed from.
+- `COMPLETE`, written last, after all ranks have saved, so an interrupted save is never resumed from. It lists every
+  file of the checkpoint with its size, so a file cut short later (a full disk, a partial copy) is named as such.
+
+`resume` takes the newest checkpoint that passes every check on every rank; a damaged or refused one is named in a
+warning and the one before it is tried, so one bad save costs the steps since the previous checkpoint, not the run.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +48,39 @@ def checkpoint_root(out_dir: Path) -> Path:
     return out_dir / "checkpoints"
 
 
+def complete(out_dir: Path) -> list[Path]:
+    """The checkpoints whose save finished, newest first."""
+    return sorted((p.parent for p in checkpoint_root(out_dir).glob(f"step-*/{MARKER}")), reverse=True)
+
+
 def latest(out_dir: Path) -> Path | None:
-    done = sorted(p.parent for p in checkpoint_root(out_dir).glob(f"step-*/{MARKER}"))
-    return done[-1] if done else None
+    done = complete(out_dir)
+    return done[0] if done else None
+
+
+def _manifest(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp")}
+
+
+def check_files(directory: Path) -> None:
+    """Every file that `COMPLETE` lists is there at the size it was saved with (a marker of an older harness version,
+    plain text, lists nothing)."""
+    try:
+        listed = json.loads((directory / MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(listed, dict):
+        return
+    for name, size in listed.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (the save listed it, {size} bytes); the checkpoint is incomplete")
+        actual = path.stat().st_size
+        if actual != size:
+            cut = "truncated" if actual < size else "changed"
+            raise CheckpointError(f"{path}: {cut}: {actual} bytes, {size} when it was saved; the checkpoint is "
+                                  "damaged (a full disk or a partial copy?)")
 
 
 def _rng_state() -> dict:
@@ -69,6 +105,9 @@ def _set_rng_state(state: dict) -> None:
 def save(engine, out_dir: Path, step: int, position: dict, run_id: str) -> Path:
     directory = checkpoint_root(out_dir) / f"step-{step:08d}"
     directory.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():  # saving again over a checkpoint (after resuming from an older one): not complete
+        (directory / MARKER).unlink(missing_ok=True)  # until this save is
+    distributed.barrier()
     if hasattr(engine, "save"):  # DeepSpeed: every rank writes its own shard
         engine.save(directory, "engine", {})
     elif distributed.is_main():
@@ -78,7 +117,7 @@ def save(engine, out_dir: Path, step: int, position: dict, run_id: str) -> Path:
     write_json_atomic(directory / f"rng-rank{distributed.rank()}.json", _rng_state())
     distributed.barrier()
     if distributed.is_main():
-        (directory / MARKER).write_text(f"step {step}\n")
+        write_json_atomic(directory / MARKER, {"step": step, "files": _manifest(directory)})
     distributed.barrier()
     return directory
 
@@ -125,29 +164,76 @@ def check_position(position, path: Path, total_steps: int | None) -> None:
         bad("metrics_before is not an object")
 
 
-def load(engine, directory: Path, run_id: str, total_steps: int | None = None) -> dict:
-    """Restore the engine and this rank's RNG from a checkpoint written by the cell `run_id`; returns the saved
-    training position (checked against the run's `total_steps`)."""
+def _read_engine(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the weights-only unpickler refuses anything but tensors and plain data
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a complete torch file (truncated or damaged: "
+                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise CheckpointError(f"refusing {path}: not tensors and plain data only "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); remove the checkpoint and "
+                              "rerun without --resume") from None
+
+
+def _check(engine, directory: Path, run_id: str, total_steps: int | None):
+    """Everything about one checkpoint that can be checked without changing the engine: (position, engine state or
+    None for DeepSpeed, this rank's RNG state)."""
     position = _read_json(directory / "position.json", "training position")
     check_position(position, directory / "position.json", total_steps)
     if position.get("run_id") != run_id:
         raise CheckpointError(f"{directory} was written by cell {position.get('run_id')}, not by this cell "
                               f"({run_id}): resume only into the same spec; move the checkpoints away or rerun "
                               "without --resume")
-    if hasattr(engine, "load"):
-        check_deepspeed_files(directory / "engine")
-        engine.load(directory, "engine")
-    else:
-        try:
-            state = torch.load(directory / "engine.pt", map_location="cpu", weights_only=True)
-        except Exception as exc:  # the weights-only unpickler refuses anything but tensors and plain data
-            raise CheckpointError(f"refusing {directory / 'engine.pt'}: not tensors and plain data only "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0]}); remove the checkpoint and "
-                                  "rerun without --resume") from None
-        engine.load_state_dict(state)
+    check_files(directory)
     rng_file = directory / f"rng-rank{distributed.rank()}.json"
     if not rng_file.exists():
         raise CheckpointError(f"{directory}: no RNG state for rank {distributed.rank()}: resume with the same world "
                               "size")
-    _set_rng_state(_read_json(rng_file, "RNG state"))
+    rng = _read_json(rng_file, "RNG state")
+    if hasattr(engine, "load"):
+        check_deepspeed_files(directory / "engine")
+        return position, None, rng
+    return position, _read_engine(directory / "engine.pt"), rng
+
+
+def _apply(engine, directory: Path, state: dict | None, rng: dict) -> None:
+    if hasattr(engine, "load"):
+        engine.load(directory, "engine")
+    else:
+        engine.load_state_dict(state)
+    _set_rng_state(rng)
+
+
+def load(engine, directory: Path, run_id: str, total_steps: int | None = None) -> dict:
+    """Restore the engine and this rank's RNG from a checkpoint written by the cell `run_id`; returns the saved
+    training position (checked against the run's `total_steps`)."""
+    position, state, rng = _check(engine, directory, run_id, total_steps)
+    _apply(engine, directory, state, rng)
     return position
+
+
+def resume(engine, out_dir: Path, run_id: str, total_steps: int | None = None,
+           device: torch.device | None = None) -> tuple[dict | None, list[str]]:
+    """Restore from the newest checkpoint that every rank finds sound; returns its position (None when there is no
+    checkpoint) and what was said about each newer one that was passed over. When none is sound, the newest one's
+    problem is raised."""
+    skipped, first = [], None
+    for directory in complete(out_dir):
+        try:
+            position, state, rng = _check(engine, directory, run_id, total_steps)
+            problem = None
+        except CheckpointError as exc:
+            problem = exc
+        if distributed.max_all(1.0 if problem else 0.0, device):  # one rank's damaged file is every rank's
+            reason = str(problem) if problem else "another rank could not use it"
+            first = first or CheckpointError(reason)
+            skipped.append(f"not resuming from {directory.name}: {reason}")
+            if distributed.is_main():
+                print(f"warning: {skipped[-1]}; trying the checkpoint before it", file=sys.stderr)
+            continue
+        _apply(engine, directory, state, rng)
+        return position, skipped
+    if first is not None:
+        raise first
+    return None, skipped

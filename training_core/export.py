@@ -142,41 +142,16 @@ def kept_model(cell_dir: Path) -> tuple[RunSpec, Path]:
     return spec, model_dir
 
 
-# What a config may claim before anything is built (the largest real models are far below these).
-CONFIG_BOUNDS = {"num_hidden_layers": 1024, "hidden_size": 65536, "intermediate_size": 262144,
-                 "vocab_size": 4_000_000, "num_attention_heads": 1024}
-
-
 def check_base(base: Path) -> None:
     """The base's config.json within sane bounds and its safetensors headers holding at least the parameters the
     config claims (a tampered config would otherwise allocate what it says: a million layers)."""
-    try:
-        config = json.loads((base / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{base / 'config.json'}: not a readable config ({exc})") from None
-    if not isinstance(config, dict):
-        raise ExportError(f"{base / 'config.json'}: not a JSON object")
-    for key, bound in CONFIG_BOUNDS.items():
-        value = config.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= bound):
-            raise ExportError(f"{base / 'config.json'}: {key} {value!r} is outside 1 .. {bound}")
-    from safetensors import safe_open
+    from training_core.model.weights import WeightsError, header_shapes, read_config, stored_parameters
 
-    stored = 0
-    files = sorted(base.glob("*.safetensors"))
-    if not files:
-        raise ExportError(f"{base}: no *.safetensors weights")
-    for path in files:
-        try:
-            with safe_open(str(path), framework="pt") as weights:
-                for key in weights.keys():
-                    shape = weights.get_slice(key).get_shape()
-                    n = 1
-                    for dim in shape:
-                        n *= int(dim)
-                    stored += n
-        except Exception as exc:  # safetensors raises its own error types for truncated files and bad headers
-            raise ExportError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    try:
+        config = read_config(base)
+        stored = stored_parameters(header_shapes(base))
+    except WeightsError as exc:
+        raise ExportError(str(exc)) from None
     h, layers = int(config.get("hidden_size") or 0), int(config.get("num_hidden_layers") or 0)
     claimed = layers * (4 * h * h + 3 * h * int(config.get("intermediate_size") or 0)) \
         + 2 * h * int(config.get("vocab_size") or 0)
@@ -201,8 +176,11 @@ def merged_model(model_dir: Path, dtype: torch.dtype | None = None) -> nn.Module
     from peft import PeftModel
 
     from training_core.model import Phi3VForCausalLM
+    from training_core.model.build import checkpoint_config
 
-    base = Phi3VForCausalLM.from_pretrained(str(adapter_base(model_dir)), dtype=dtype, attn_implementation="eager")
+    directory = adapter_base(model_dir)
+    base = Phi3VForCausalLM.from_pretrained(str(directory), config=checkpoint_config(directory), dtype=dtype,
+                                            attn_implementation="eager")
     return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
 
 

@@ -80,6 +80,17 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
     return "error", message
 
 
+REASON_LIMIT = 4000  # characters of a failure reason kept in the row; the whole message is in the cell's log
+
+
+def clip_reason(reason: str | None, limit: int = REASON_LIMIT) -> str | None:
+    """A reason of at most `limit` characters (a 50 MB exception message would otherwise ride along in every row,
+    report and summary); what was cut is counted, and stays in the log."""
+    if reason is None or len(reason) <= limit:
+        return reason
+    return reason[:limit] + f" ... ({len(reason) - limit} more characters: the whole message is in the cell's log)"
+
+
 def build_row(*, run_id, spec: dict, outcome: Outcome, env: dict, process_start: float, log: str | None = None) -> dict:
     """`started_at`/`wall_s` count from the process start (imports included): the cell's real cost."""
     if outcome.status not in STATUSES:
@@ -88,7 +99,7 @@ def build_row(*, run_id, spec: dict, outcome: Outcome, env: dict, process_start:
         "run_id": run_id,
         "matrix": None,
         "status": outcome.status,
-        "reason": outcome.reason,
+        "reason": clip_reason(outcome.reason),
         "spec": spec,
         "metrics": outcome.metrics,
         "series": outcome.series,

@@ -113,8 +113,11 @@ class Cell:
         self.total_steps = total_steps(spec, self.batches.per_epoch)
         self.engine = build_engine(self.strategy.engine, model, spec, device, self.total_steps)
         self.start_step = 0
-        if self.args.resume and (latest := checkpoint.latest(self.out)) is not None:
-            position = checkpoint.load(self.engine, latest, spec.run_id, self.total_steps)
+        position, skipped = (checkpoint.resume(self.engine, self.out, spec.run_id, self.total_steps, device.torch)
+                             if self.args.resume else (None, []))
+        if skipped:
+            self.outcome.metrics["resume_skipped_checkpoints"] = len(skipped)
+        if position is not None:
             self.start_step = position["step"]
             self.batches.epoch, self.batches.consumed = position["epoch"], position["consumed"]
             self.outcome.series = {**self.outcome.series, **position["series"]}

@@ -77,6 +77,9 @@ def test_same_seed_same_losses_and_resume_equals_uninterrupted(tmp_path):
     step = tmp_path / "c" / "checkpoints" / "step-00000003"
     marker = tmp_path / "PWNED"
     torch.save(_Payload(str(marker)), step / "engine.pt")
+    listed = json.loads((step / "COMPLETE").read_text())  # as a planter would: the sizes saved match the payload
+    listed["files"]["engine.pt"] = (step / "engine.pt").stat().st_size
+    (step / "COMPLETE").write_text(json.dumps(listed))
     (tmp_path / "c" / "result.json").unlink()
     planted = run_spec_file(tmp_path / "c" / "spec.json", tmp_path / "c", extra_args=("--resume",))
     assert not marker.exists() and planted["status"] == "error"

@@ -41,3 +41,56 @@ def test_a_tampered_training_position_is_refused_before_resuming(tmp_path):
         with pytest.raises(CheckpointError, match=said.replace("(", r"\(").replace(")", r"\)")) as exc:
             check_position(position, path, total_steps=8)
         assert str(path) in str(exc.value)
+
+
+class _Engine:
+    """The state a DDP engine saves (weights and optimiser), without a model around it."""
+
+    def __init__(self, value: float):
+        import torch
+
+        self.weight = torch.nn.Parameter(torch.full((4,), value))
+        self.optimizer = torch.optim.AdamW([self.weight], lr=0.1)
+
+    def state_dict(self):
+        return {"weight": self.weight.detach().clone(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        with __import__("torch").no_grad():
+            self.weight.copy_(state["weight"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def test_a_truncated_checkpoint_is_named_and_the_intact_one_before_it_is_resumed_from(tmp_path, capsys):
+    """Issue 24 (21): a truncated engine.pt was described as 'not tensors and plain data only' and failed the resume,
+    although the checkpoint before it was intact."""
+    import torch
+
+    from training_core import checkpoint
+
+    for step in (2, 4):
+        checkpoint.save(_Engine(float(step)), tmp_path, step, {"step": step, "epoch": 0, "consumed": 2 * step,
+                                                               "series": {"loss": [1.0] * step}}, "cell")
+    newest = tmp_path / "checkpoints" / "step-00000004" / "engine.pt"
+    saved_size = newest.stat().st_size
+    newest.write_bytes(newest.read_bytes()[: saved_size // 2])
+
+    engine = _Engine(0.0)
+    position, skipped = checkpoint.resume(engine, tmp_path, "cell", total_steps=8)
+    assert position["step"] == 2 and torch.equal(engine.weight.detach(), torch.full((4,), 2.0))
+    (said,) = skipped
+    assert f"{newest}: truncated: {saved_size // 2} bytes, {saved_size} when it was saved" in said
+    assert "not tensors and plain data" not in said
+    assert "not resuming from step-00000004" in capsys.readouterr().err
+
+    # a checkpoint of an older harness version (its COMPLETE lists no files): the torch file itself is told apart
+    (newest.parent / checkpoint.MARKER).write_text("step 4\n")
+    with pytest.raises(checkpoint.CheckpointError, match="not a complete torch file \\(truncated or damaged"):
+        checkpoint.load(_Engine(0.0), newest.parent, "cell", total_steps=8)
+    # when no checkpoint is sound, the newest one's problem is the error, and nothing was changed
+    (tmp_path / "checkpoints" / "step-00000002" / "rng-rank0.json").write_text("{")
+    engine = _Engine(9.0)
+    with pytest.raises(checkpoint.CheckpointError, match="step-00000004/engine.pt: not a complete torch file"):
+        checkpoint.resume(engine, tmp_path, "cell", total_steps=8)
+    assert torch.equal(engine.weight.detach(), torch.full((4,), 9.0))
+    assert checkpoint.resume(_Engine(0.0), tmp_path / "none", "cell") == (None, [])

@@ -78,6 +78,17 @@ def test_missing_and_unreadable_images(dataset):
     assert any(p.startswith(f"{path}:2:") and "unreadable image" in p for p in problems)
 
 
+def test_a_fifo_or_directory_named_as_an_image_is_said_to_be_one_not_missing(dataset):
+    root, write = dataset
+    os.mkfifo(root / "images" / "pipe.png")
+    (root / "images" / "folder.png").mkdir()
+    problems = _problems(write(_record("r1", images=("pipe.png",)), _record("r2", images=("folder.png",))))
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"{root / 'train.jsonl'}:1:") and "a named pipe (FIFO)" in problems[0], problems
+    assert problems[1].startswith(f"{root / 'train.jsonl'}:2:") and "a directory" in problems[1], problems
+    assert not any("missing" in p for p in problems), problems
+
+
 @pytest.mark.parametrize("escape", ["../secret.png", "sub/../../secret.png", "/etc/passwd"])
 def test_paths_escaping_the_image_root_are_rejected(dataset, escape):
     root, write = dataset

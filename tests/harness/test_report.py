@@ -475,6 +475,69 @@ def test_the_index_skips_unrelated_meta_files_and_escapes_table_text(tmp_path):
     assert rows == ["| [x/g.md](x/g.md) | - | g | a\\|b&lt;script> | 1x cpu | 1 ok |"]
 
 
+def test_a_row_of_another_grid_neither_retitles_the_report_nor_joins_its_tables(tmp_path):
+    """Issue 24 (18): a row copied in from another grid's store came first and retitled the report."""
+    store = RowStore(tmp_path / "a100_speed" / "8xA100")
+    store.append({**_row(9, "full", "eager", 99.0, "a100/full/1node/eager"), "matrix": "other<b>grid", "run_id": "x9"})
+    for row in ROWS[:2]:
+        store.append(row)
+    out = render(store.directory, tmp_path / "report.md")
+    text = out.read_text()
+    assert text.splitlines()[0] == "# Report: a100_speed / 8xA100"
+    assert [r[0] for r in _table(text, "Speed")] == ["0", "1"]
+    assert "99.000" not in text and "x9" not in text
+    assert ("Left out: 1 row(s) of another grid found in this group's store (grid other&lt;b>grid: cell 9)"
+            in _summary(text)[-1])
+    assert json.loads(out.with_suffix(".meta.json").read_text())["grid"] == "a100_speed"
+
+
+def test_a_huge_failure_reason_is_clipped_in_the_row_the_report_and_the_run_summary(tmp_path):
+    """Issue 24 (21): a 50 MB failure reason was copied whole into the report."""
+    from harness.runner import headline
+    from training_core.result import REASON_LIMIT, Outcome, build_row
+
+    huge = "boom " * 10_000_000  # 50 MB
+    row = build_row(run_id="r", spec={}, outcome=Outcome(status="error", reason=huge), env={}, process_start=0)
+    assert len(row["reason"]) < REASON_LIMIT + 100 and row["reason"].startswith("boom boom")
+    assert row["reason"].endswith(f"({len(huge) - REASON_LIMIT} more characters: the whole message is in the "
+                                  "cell's log)")
+    store = RowStore(tmp_path / "a100_speed" / "8xA100")
+    store.append(ROWS[0])
+    store.append({**_row(4, "qlora", "eager", None, "a100/qlora/1node/eager", status="error"), "reason": huge})
+    text = render(store.directory, tmp_path / "report.md").read_text()
+    assert len(text) < 20_000
+    (failure,) = _table(text, "Cells that did not finish")
+    assert failure[3].startswith("boom boom") and failure[3].endswith("characters: the whole message is in the "
+                                                                      "cell's log)")
+    assert len(headline({"status": "error", "reason": huge})) < 400
+
+
+def test_reading_a_long_store_holds_each_cells_newest_row_not_the_file(tmp_path):
+    """Issue 24 (21): 200k rows (560 MB) took 4.1 GB to report: the whole file was read, split and parsed at once.
+    Now rows are read line by line and `latest` keeps each cell's newest: the peak of Python allocations (counted by
+    tracemalloc, deterministic) does not grow with the number of reruns in the file."""
+    import tracemalloc
+
+    def peak(n: int) -> int:
+        store = RowStore(tmp_path / str(n) / "a100_speed" / "8xA100")
+        line = []
+        for i in range(n):
+            row = _row(i % 2, "full", "eager", 5.0 + i, "a100/full/1node/eager")
+            line.append(json.dumps({**row, "series": {"loss": [1.0] * 300}}) + "\n")  # ~3 KB, like a real row
+        store.directory.mkdir(parents=True)
+        store.path.write_text("".join(line))
+        tracemalloc.start()
+        rows, duplicated = store.latest()
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert sorted(r["metrics"]["images_per_s"] for r in rows) == [5.0 + n - 2, 5.0 + n - 1]
+        assert duplicated == ["id0", "id1"]
+        return top
+
+    small, large = peak(500), peak(5000)
+    assert large < 1.5 * small, (small, large)  # 10x the rows; reading it all at once made this ~10x
+
+
 @pytest.mark.slow
 def test_concurrent_reports_into_one_folder_all_succeed(group, tmp_path):
     """Issue 24 (14): reports and their index are written whole, under a lock: 6 at once, none fails."""

@@ -548,6 +548,14 @@ def test_a_store_file_that_is_a_directory_is_said(tmp_path, capsys):
     (group / "rows.jsonl").mkdir(parents=True)
     assert main(["report", str(group), "--out", str(tmp_path / "o.md")]) == 2
     assert "rows.jsonl: not a file" in capsys.readouterr().err
+    # Issue 24 (11): an env.json that is a directory: `run` refuses the group before running or writing anything
+    path = grid(tmp_path, "include:\n  - {seed: 0}\n")
+    (group / "rows.jsonl").rmdir()
+    (group / "env.json").mkdir()
+    for extra in (["--dry-run"], []):
+        assert main(["run", str(path), "--results", str(tmp_path / "r"), "--group", "cpu", *extra]) == 2
+        assert f"{group / 'env.json'}: not a file; move it aside" in capsys.readouterr().err
+    assert sorted(p.name for p in group.iterdir()) == ["env.json"]
 
 
 def test_flags_that_would_run_nothing_or_nonsense_are_refused(tmp_path, capsys):

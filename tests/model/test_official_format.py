@@ -125,3 +125,26 @@ def test_generation_across_4096_positions_is_a_documented_choice(tiny_config):
     model.longrope_generation = "other"
     with pytest.raises(ValueError, match="longrope_generation='other'"):
         _generate(model, prompt[:, :10], 1)
+
+
+def test_a_config_that_does_not_belong_to_its_weights_is_named_before_the_model_is_built(tmp_path):
+    """Issue 24 (14): a vocabulary size edited in config.json ended as transformers' size-mismatch RuntimeError;
+    a million layers would be built before anything noticed."""
+    from training_core.model.build import save_tiny_model_dir
+    from training_core.model.weights import WeightsError
+
+    directory = save_tiny_model_dir(tmp_path / "ckpt")
+    config = json.loads((directory / "config.json").read_text())
+    vocab = config["vocab_size"]
+    (directory / "config.json").write_text(json.dumps({**config, "vocab_size": vocab + 10}))
+    with pytest.raises(WeightsError) as exc:
+        build_model(None, weights=directory)
+    said = str(exc.value)
+    assert said.startswith(f"{directory / 'config.json'} does not belong to the weights beside it")
+    assert (f"model.embed_tokens.weight is [{vocab}, {config['hidden_size']}] in model.safetensors, the config "
+            f"makes it [{vocab + 10}, {config['hidden_size']}]") in said
+    (directory / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1_000_000}))
+    with pytest.raises(WeightsError, match="num_hidden_layers 1000000 is outside 1 .. 1024"):
+        build_model(None, weights=directory)
+    (directory / "config.json").write_text(json.dumps(config))
+    assert build_model(None, weights=directory).config.vocab_size == vocab  # the checkpoint's own config loads

@@ -8,6 +8,7 @@ or unreadable images, and `<|image_N|>` tags in a user text that do not match th
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
@@ -137,6 +138,17 @@ def _check_images(record: Record, where: str, root: Path, checked: dict, num_cro
     return problems
 
 
+def _file_kind(path: Path) -> str:
+    """What a path that exists but is no regular file is, in words."""
+    mode = path.stat().st_mode
+    for test, word in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return word
+    return "not a regular file"
+
+
 def _image_problem(ref: str, root: Path, num_crops: int | None = None) -> str | None:
     pure = PurePosixPath(ref)
     if pure.is_absolute() or Path(ref).is_absolute():
@@ -146,8 +158,11 @@ def _image_problem(ref: str, root: Path, num_crops: int | None = None) -> str | 
     full = (root / ref).resolve()
     if not full.is_relative_to(root.resolve()):
         return f"the path escapes the image root {root} (through a link)"
-    if not full.is_file():
+    if not full.exists():
         return f"missing: no file at {root / ref}"
+    if not full.is_file():
+        kind = _file_kind(full)
+        return f"not a regular file: {root / ref} is {kind}; replace it with the image file itself"
     try:
         with Image.open(full) as image:
             size = image.size

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from training_core.spec import RunSpec
 
-    from .fit import MARGIN_RULE, fit
+    from .fit import MARGIN_RULE, fits_for
     from .trace import estimate_cell
 
     spec = RunSpec.load(args.spec)
@@ -28,9 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # said in the row, never a crash of the runner
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 0
-    gpu = args.gpu or (None if spec.gpu.lower() == "cpu" else spec.gpu)
-    if gpu is not None:
-        verdict = fit(predicted["peak_bytes"], spec.world_size, gpu)
+    for gpu, verdict in fits_for(predicted["peak_bytes"], spec.world_size, spec.gpu,
+                                 [args.gpu] if args.gpu else []).items():
         predicted["fit"] = {"gpu": gpu, "fits": verdict.fits, "needed_bytes": verdict.needed,
                             "total_bytes": verdict.total, "reason": verdict.reason, "rule": MARGIN_RULE}
     print(json.dumps(predicted))

@@ -58,3 +58,9 @@ def fit(peak: int, world_size: int, gpu: str) -> Fit:
                                             "(add its memory to GPU_MEMORY in training_core/estimate/fit.py)")
     verdict = "fits" if needed <= total else "does not fit"
     return Fit(gpu, total, needed, needed <= total, f"{verdict} ({needed / GIB:.1f} of {total / GIB:.1f} GiB)")
+
+
+def fits_for(peak: int, world_size: int, cell_gpu: str, gpus=()) -> dict[str, Fit]:
+    """The fit on each of `gpus`, or else on the cell's own GPU (none for a CPU cell: no device memory to judge)."""
+    judged = list(gpus) or ([] if cell_gpu.lower() == "cpu" else [cell_gpu])
+    return {gpu: fit(peak, world_size, gpu) for gpu in judged}

@@ -66,13 +66,28 @@ def _random_model(config: Phi3VConfig, device, dtype: torch.dtype) -> Phi3VForCa
     return model
 
 
+def checkpoint_config(directory: Path) -> Phi3VConfig:
+    """The config of a checkpoint directory, checked against its weights before the model is built from it: sizes
+    within bounds, and every tensor the config's model has at the shape the safetensors headers hold (a tampered
+    vocabulary size is a WeightsError naming config.json and the tensors, not transformers' RuntimeError)."""
+    from .weights import check_shapes, read_config
+
+    raw = read_config(directory)
+    config = Phi3VConfig.from_pretrained(str(directory))
+    if "quantization_config" not in raw:  # a checkpoint saved quantised holds packed shapes
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in Phi3VForCausalLM(config).state_dict().items()}
+        check_shapes(expected, directory)
+    return config
+
+
 def _pretrained_model(config: Phi3VConfig | None, weights: Path, device, dtype, attn) -> Phi3VForCausalLM:
     if not (weights / "config.json").exists():
         raise ValueError(
             f"weights={str(weights)!r} is not a checkpoint directory (no config.json): download the checkpoint "
             "(e.g. microsoft/Phi-3.5-vision-instruct) into a local directory and pass that directory"
         )
-    ckpt_config = Phi3VConfig.from_pretrained(str(weights))
+    ckpt_config = checkpoint_config(weights)
     if config is not None:
         differing = [k for k in _STRUCTURE_KEYS if getattr(config, k) != getattr(ckpt_config, k)]
         if differing:

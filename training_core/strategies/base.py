@@ -115,9 +115,11 @@ def save_local(model: Phi3VForCausalLM, directory: Path) -> None:
 
 
 def _load_quantized(directory, spec, device, dtype, quantization) -> Phi3VForCausalLM:
+    from training_core.model.build import checkpoint_config
+
     model = Phi3VForCausalLM.from_pretrained(
-        str(directory), quantization_config=quantization, dtype=dtype, device_map=str(device),
-        attn_implementation=spec.attention,
+        str(directory), config=checkpoint_config(Path(directory)), quantization_config=quantization, dtype=dtype,
+        device_map=str(device), attn_implementation=spec.attention,
     )
     model._sync_vision_attention()
     return model
