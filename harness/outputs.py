@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 
 MARK = "<!-- written by python -m harness; regenerated on every run: edits are lost -->"
@@ -55,8 +56,13 @@ def check(path: Path, what: str = "--out", sidecar: Path | None = None) -> Path:
     existing = next(parent for parent in path.parents if parent.exists())  # "/" at the latest
     if not existing.is_dir():
         raise OutputError(f"{what} {path}: {existing} is not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {path}: cannot write in {existing}")
+    try:  # tried, not asked: root passes os.access on read-only mounts and on /proc, where nothing can be created
+        handle, probe = tempfile.mkstemp(prefix=".harness-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{what} {path}: cannot write in {existing} ({exc.strerror or exc}); choose a folder you "
+                          "can write to") from None
     return path
 
 

@@ -427,7 +427,7 @@ def _snapshot(root):
 
 def test_report_and_compare_outputs_never_replace_a_store_or_a_users_file(group, tmp_path, capsys):
     """Issue 24 (3, 14): --out onto the row store, a user's index.md, a directory, a link (dangling too), a file
-    under a file: each refused with an error naming it, before anything is written; the harness's own files are
+    under a file, an unwritable folder: each refused with an error naming it, before anything is written; the harness's own files are
     replaced (a rerun)."""
     from harness.cli import main
 
@@ -439,7 +439,8 @@ def test_report_and_compare_outputs_never_replace_a_store_or_a_users_file(group,
     (tmp_path / "a-file").write_text("")
     before = _snapshot(tmp_path)
     refused = ((store, "ending in .md"), (mine, "is a directory"), (mine / "link.md", "symbolic link"),
-               (tmp_path / "a-file" / "x.md", "is not a directory"))
+               (tmp_path / "a-file" / "x.md", "is not a directory"),
+               (Path("/proc/r.md"), "cannot write in /proc"))  # unwritable even for root: tried, not asked
     for out, said in (*refused, (mine / "x.md", "the reports' index")):  # the index beside it is the user's file
         assert main(["report", str(group), "--out", str(out), "--no-plots"]) == 2, out
         assert said in capsys.readouterr().err, out
