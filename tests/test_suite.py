@@ -66,14 +66,14 @@ def test_gpu_check_runs_a_lora_and_a_full_cell_first_and_leaves_rows_and_a_repor
     grid.write_text("name: check\nhardware: {gpu: cpu, gpus_per_node: 1}\n"
                     "defaults: {model: tiny, task: docvqa, precision: fp32, attention: sdpa, lora_rank: 4, "
                     "global_batch: 2, warmup_steps: 1, measured_steps: 1, num_crops: 4}\n"
-                    "axes: {strategy: [qlora, frozen_vision, full, lora]}\n")
+                    "axes: {strategy: [qlora, full, lora]}\n")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "GRID": str(grid)}
     done = subprocess.run(["bash", "scripts/gpu_check.sh", str(out)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "runs" / "check" / "cpu" / "rows.jsonl").read_text().splitlines()]
-    assert [r["spec"]["strategy"] for r in rows] == ["lora", "full", "qlora", "frozen_vision"]
+    assert [r["spec"]["strategy"] for r in rows] == ["lora", "full", "qlora"]
     assert all(r["status"] == "ok" for r in rows)
     assert (out / "doctor.json").exists() and "skipped" in (out / "test-gpu.txt").read_text()
     assert "| lora |" in (out / "report" / "cpu.md").read_text()

@@ -246,7 +246,9 @@ def test_under_slurm_a_cell_predicted_not_to_fit_is_not_submitted_unless_asked(t
     log = tmp_path / "calls.txt"
     _fake(tmp_path, monkeypatch, "sbatch", f"echo sbatch >> {log}; echo 51")
     _fake(tmp_path, monkeypatch, "sacct", 'echo "PENDING|0:0"')
-    _fake(tmp_path, monkeypatch, "squeue", 'echo "PENDING Priority"')
+    # pending until cancelled (the resubmission below cancels the earlier job and waits until squeue drops it)
+    _fake(tmp_path, monkeypatch, "scancel", f"touch {tmp_path / 'cancelled'}")
+    _fake(tmp_path, monkeypatch, "squeue", f'[ -e {tmp_path / "cancelled"} ] || echo "PENDING Priority"')
     _fake(tmp_path, monkeypatch, "scontrol", "exit 1")
     too_big = {"peak_bytes": 40 * 2**30, "phase": "backward",
                "fit": {"gpu": "V100", "fits": False, "reason": "does not fit (44.5 of 31.7 GiB)", "rule": "the rule"}}
@@ -263,8 +265,10 @@ def test_under_slurm_a_cell_predicted_not_to_fit_is_not_submitted_unless_asked(t
     assert "predicted peak 40.00 GiB per rank at the backward; V100: does not fit" in capsys.readouterr().out
     assert main([*args, "--force", "--run-predicted-oom"]) == 0
     assert log.read_text().splitlines() == ["sbatch"]
+    assert not (tmp_path / "cancelled").exists()
     assert main([*args, "--force", "--no-estimate"]) == 0  # no prediction asked: submitted
     assert log.read_text().splitlines() == ["sbatch", "sbatch"]
+    assert (tmp_path / "cancelled").exists()  # after the earlier, still pending job was cancelled
 
 
 def test_a_job_script_runs_nothing_injected_through_its_values(tmp_path):

@@ -80,7 +80,7 @@ def test_a_small_grid_writes_one_row_per_cell_with_the_environment(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
-    path = grid(tmp_path, "axes: {attention: [eager, sdpa], precision: [fp32, bf16]}\n")
+    path = grid(tmp_path, "axes: {seed: [0, 1, 2]}\n")
     results = tmp_path / "r"
     runner = harness_bg("run", str(path), "--results", str(results))
     store = RowStore(results / "g" / "cpu")
@@ -91,12 +91,12 @@ def test_sigkill_mid_grid_then_rerun_loses_and_duplicates_nothing(tmp_path):
         runner.send_signal(signal.SIGKILL)
         runner.wait()
     first = rows(results)
-    assert 1 <= len(first) < 4
+    assert 1 <= len(first) < 3
     out = harness("run", str(path), "--results", str(results))
     assert out.returncode == 0, out.stdout[-3000:]
     final = rows(results)
     ids = [r["run_id"] for r in final]
-    assert len(final) == 4 and len(set(ids)) == 4
+    assert len(final) == 3 and len(set(ids)) == 3
     assert [r["run_id"] for r in final[: len(first)]] == [r["run_id"] for r in first]  # earlier rows untouched
 
 
@@ -377,7 +377,8 @@ def test_report_and_results_problems_are_error_lines(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_one_runner_per_results_group_and_wait(tmp_path):
-    path = grid(tmp_path, "include:\n  - {measured_steps: 40}\n")
+    # the cell only has to outlast the refused runner's start (it imports torch and builds the model first)
+    path = grid(tmp_path, "include:\n  - {measured_steps: 12}\n")
     results = ["--results", str(tmp_path / "r")]
     first = harness_bg("run", str(path), *results)
     try:
