@@ -53,11 +53,6 @@ def complete(out_dir: Path) -> list[Path]:
     return sorted((p.parent for p in checkpoint_root(out_dir).glob(f"step-*/{MARKER}")), reverse=True)
 
 
-def latest(out_dir: Path) -> Path | None:
-    done = complete(out_dir)
-    return done[0] if done else None
-
-
 def _manifest(directory: Path) -> dict[str, int]:
     return {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*"))
             if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp")}

@@ -94,3 +94,29 @@ def test_a_truncated_checkpoint_is_named_and_the_intact_one_before_it_is_resumed
         checkpoint.resume(engine, tmp_path, "cell", total_steps=8)
     assert torch.equal(engine.weight.detach(), torch.full((4,), 9.0))
     assert checkpoint.resume(_Engine(0.0), tmp_path / "none", "cell") == (None, [])
+
+
+def test_a_planted_engine_file_runs_nothing_and_a_checkpoint_of_another_cell_is_refused(tmp_path):
+    """Nothing of a checkpoint is unpickled beyond tensors and plain data, even when the planter also fixed the sizes
+    COMPLETE lists; a checkpoint written by another spec (run_id) is refused. Neither changes the engine."""
+    import json
+
+    import torch
+
+    from training_core import checkpoint
+
+    from .test_cells import _Payload
+
+    position = {"step": 3, "epoch": 0, "consumed": 6, "series": {"loss": [1.0] * 3}}
+    step = checkpoint.save(_Engine(3.0), tmp_path, 3, position, "cell")
+    refused_engine = _Engine(9.0)
+    with pytest.raises(checkpoint.CheckpointError, match=f"{step} was written by cell cell, not by this cell"):
+        checkpoint.resume(refused_engine, tmp_path, "another", total_steps=8)
+    marker = tmp_path / "PWNED"
+    torch.save(_Payload(str(marker)), step / "engine.pt")
+    listed = json.loads((step / checkpoint.MARKER).read_text())
+    listed["files"]["engine.pt"] = (step / "engine.pt").stat().st_size
+    (step / checkpoint.MARKER).write_text(json.dumps(listed))
+    with pytest.raises(checkpoint.CheckpointError, match=f"refusing {step / 'engine.pt'}: not tensors and plain data"):
+        checkpoint.resume(refused_engine, tmp_path, "cell", total_steps=8)
+    assert not marker.exists() and torch.equal(refused_engine.weight.detach(), torch.full((4,), 9.0))
