@@ -214,7 +214,10 @@ def resume(engine, out_dir: Path, run_id: str, total_steps: int | None = None,
     checkpoint) and what was said about each newer one that was passed over. When none is sound, the newest one's
     problem is raised."""
     skipped, first = [], None
-    for directory in complete(out_dir):
+    # the main rank's list, on every rank: ranks that see different checkpoints (a lagging network filesystem, or
+    # node-local disks) then try the same ones in the same order and never wait on each other in max_all
+    names = distributed.gather_objects([p.name for p in complete(out_dir)])[0]
+    for directory in (checkpoint_root(out_dir) / name for name in names):
         try:
             position, state, rng = _check(engine, directory, run_id, total_steps)
             problem = None
