@@ -16,7 +16,7 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass
 
-from training_core.result import clip_reason
+from training_core.result import LINE_REASON_LIMIT, clip_reason
 
 from .compare_ref import TOLERANCE, Comparison, diff_percent
 from .measures import INPUT_BOUND_SHARE, input_bound, peak_memory_gb
@@ -218,8 +218,9 @@ def summary(rows: list[dict], comparisons: list[Comparison], doc_mfu: dict[str, 
                      "waiting: their images/s measure the input pipeline, not training.")
     diverged = [r for r in rows if r["status"] == "diverged"]
     if diverged:
-        lines.append("Diverged: " + "; ".join(f"{_describe(r)}: {clip_reason(r.get('reason'), 300) or 'non-finite loss'}"
-                                              for r in diverged) + ".")
+        lines.append("Diverged: " + "; ".join(
+            f"{_describe(r)}: {clip_reason(r.get('reason'), LINE_REASON_LIMIT) or 'non-finite loss'}" for r in diverged)
+            + ".")
     noisy = [g for g in repeats if g.noisy]
     if noisy:
         lines.append(f"Too noisy for the ±{TOLERANCE:.0%} status (coefficient of variation over {NOISY_CV:.0%}): "

@@ -103,7 +103,8 @@ def terminate(procs: Procs, grace_s: float = 10.0, reap: Callable[[], object] | 
 
 def save(path: Path, procs: Procs, marker: str) -> None:
     """The record, whole or not at all and never through a link planted there (outputs.write)."""
-    outputs.write(path, json.dumps({"marker": marker, "procs": {str(pid): created for pid, created in procs.items()}}) + "\n")
+    record = {"marker": marker, "procs": {str(pid): created for pid, created in procs.items()}}
+    outputs.write(path, json.dumps(record) + "\n")
 
 
 def load(path: Path) -> tuple[str | None, Procs]:

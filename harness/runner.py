@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from training_core.result import clip_reason
+from training_core.result import LINE_REASON_LIMIT, clip_reason
 from training_core.spec import RunSpec
 
 from . import launchers
@@ -316,7 +316,7 @@ def attach_prediction(row: dict, cell_dir: Path) -> dict:
 def headline(row: dict) -> str:
     m = row.get("metrics") or {}
     if row["status"] != "ok":
-        return clip_reason(row.get("reason"), 300) or ""
+        return clip_reason(row.get("reason"), LINE_REASON_LIMIT) or ""
     parts = []
     if "images_per_s" in m:
         parts.append(f"{m['images_per_s']:.2f} images/s")

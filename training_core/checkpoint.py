@@ -200,14 +200,6 @@ def _apply(engine, directory: Path, state: dict | None, rng: dict) -> None:
     _set_rng_state(rng)
 
 
-def load(engine, directory: Path, run_id: str, total_steps: int | None = None) -> dict:
-    """Restore the engine and this rank's RNG from a checkpoint written by the cell `run_id`; returns the saved
-    training position (checked against the run's `total_steps`)."""
-    position, state, rng = _check(engine, directory, run_id, total_steps)
-    _apply(engine, directory, state, rng)
-    return position
-
-
 def resume(engine, out_dir: Path, run_id: str, total_steps: int | None = None,
            device: torch.device | None = None) -> tuple[dict | None, list[str]]:
     """Restore from the newest checkpoint that every rank finds sound; returns its position (None when there is no

@@ -81,6 +81,7 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
 
 
 REASON_LIMIT = 4000  # characters of a failure reason kept in the row; the whole message is in the cell's log
+LINE_REASON_LIMIT = 300  # in one line of text: the run's console line, the report summary's sentences
 
 
 def clip_reason(reason: str | None, limit: int = REASON_LIMIT) -> str | None:

@@ -9,6 +9,7 @@ the tensors) are read, and every tensor the model has is compared by shape with 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 # What a config may claim before anything is built (the largest real models are far below these).
@@ -55,13 +56,7 @@ def header_shapes(directory: Path) -> dict[str, tuple[tuple[int, ...], Path]]:
 
 
 def stored_parameters(shapes: dict[str, tuple[tuple[int, ...], Path]]) -> int:
-    total = 0
-    for shape, _ in shapes.values():
-        n = 1
-        for dim in shape:
-            n *= dim
-        total += n
-    return total
+    return sum(math.prod(shape) for shape, _ in shapes.values())
 
 
 def check_shapes(expected: dict[str, tuple[int, ...]], directory: Path) -> None:
