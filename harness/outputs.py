@@ -17,10 +17,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from training_core.errors import UserError
+
 MARK = "<!-- written by python -m harness; regenerated on every run: edits are lost -->"
 
 
-class OutputError(ValueError):
+class OutputError(UserError):
     pass
 
 

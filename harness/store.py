@@ -21,16 +21,17 @@ import sys
 import time
 from pathlib import Path
 
+from training_core.errors import UserError
 from training_core.result import dumps, row_problem
 
 from . import outputs
+from .rows import newest
 
 ROWS = "rows.jsonl"
 ENV = "env.json"
-FINAL = {"ok", "oom", "error", "timeout", "unsupported", "diverged"}  # "interrupted" is not final: rerun repeats it
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     pass
 
 
@@ -103,25 +104,15 @@ class RowStore:
         return row
 
     def latest(self) -> tuple[list[dict], list[str]]:
-        """The newest row of each cell (per run_id and pass): what report, compare and baseline all use. A rerun's
-        row supersedes the earlier one (an `interrupted` row before a final `ok` is the normal state after Ctrl-C
-        and a rerun); also returns the run_ids that have more than one final row (named, never counted as repeats)."""
-        latest: dict[tuple, dict] = {}
-        finals: dict[tuple, int] = {}
-        for row in self.iter_rows():
-            key = (row["run_id"], row.get("pass"))
-            latest[key] = row
-            finals[key] = finals.get(key, 0) + (row["status"] in FINAL)
-        duplicated = sorted({key[0] for key, n in finals.items() if n > 1})
+        """The newest row of each cell (`rows.newest`: the one rule report, compare, baseline and the end-of-run
+        console use), and the run_ids that have more than one final row."""
+        latest, duplicated = newest(self.iter_rows())
         return list(latest.values()), duplicated
 
     def final_rows(self) -> dict[str, dict]:
-        """The newest final row per run_id."""
-        out = {}
-        for row in self.iter_rows():
-            if row.get("status") in FINAL and row.get("run_id"):
-                out[row["run_id"]] = row
-        return out
+        """The newest final row per run_id: the cells a run skips as done."""
+        latest, _ = newest(self.iter_rows(), final_only=True)
+        return {key[0]: row for key, row in latest.items()}
 
     # ---------------------------------------------------------------- writing
     def repair(self) -> None:

@@ -20,12 +20,16 @@ BASELINE_GROUP = ROOT / "results" / "baselines" / "regress_cpu" / "tiny-cpux1"  
 # The ML stack: no command but the cells (and doctor, export) may load any of these.
 HEAVY = ("torch", "transformers", "peft", "deepspeed", "bitsandbytes", "accelerate", "flash_attn", "tokenizers",
          "safetensors", "datasets")
-# What belongs to one command: another command loading it is loading something before it is needed.
-REPORTING = ("harness.report", "harness.plots", "harness.digest", "harness.compare_ref", "matplotlib", "jinja2")
-GRIDS = ("harness.matrix", "harness.runner", "harness.launch", "harness.launchers.base", "harness.launchers.local",
-         "harness.launchers.slurm")
-COMPARING = ("harness.compare",)
-DOCTOR = ("harness.doctor",)
+# What belongs to one command, by package: another command loading any module of it is loading something before it is
+# needed. The stages are packages (harness/grid, run, report, gate), so a module added to one is covered at once.
+REPORTING = ("harness.report", "matplotlib", "jinja2")
+GRIDS = ("harness.grid", "harness.run", "harness.plan")
+COMPARING = ("harness.gate",)
+DOCTOR = ("harness.doctor", "training_core.probes")
+# What the parser itself may load of those: the stages' package docstrings, the cell limit it states in --help, the
+# launchers' names, and the base class of user errors that main() catches.
+LIGHT = ("harness.grid", "harness.grid.limits", "harness.run", "harness.run.launchers", "training_core",
+         "training_core.errors")
 
 # command -> (its arguments, given the test's temporary directory; the modules it must not load)
 COMMANDS = {
@@ -74,8 +78,8 @@ def probe(tmp_path: Path, args: list[str], pythonpath: str = str(ROOT)) -> tuple
 
 
 def violations(modules: list[str], banned: tuple[str, ...]) -> list[str]:
-    """The loaded modules that are, or are inside, a banned package or module."""
-    return sorted(m for m in modules if any(m == b or m.startswith(b + ".") for b in banned))
+    """The loaded modules that are, or are inside, a banned package or module (but for the parser's LIGHT ones)."""
+    return sorted(m for m in modules if m not in LIGHT and any(m == b or m.startswith(b + ".") for b in banned))
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -94,9 +98,9 @@ def test_the_check_fails_when_the_cli_imports_the_report_at_module_level_again(t
     copy = tmp_path / "tree"
     shutil.copytree(ROOT / "harness", copy / "harness", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "matrices", copy / "matrices")  # shipped grids are found beside the harness package
-    cli = copy / "harness" / "cli.py"
+    cli = copy / "harness" / "cli" / "__init__.py"
     text = cli.read_text()
-    anchor = "from pathlib import Path\n"
+    anchor = "import sys\n"
     assert anchor in text
     cli.write_text(text.replace(anchor, anchor + "\nimport harness.report  # noqa: F401,E402\n", 1))
     pythonpath = os.pathsep.join([str(copy), str(ROOT)])  # the copied harness first, training_core from the tree

@@ -24,6 +24,7 @@ import importlib
 from dataclasses import dataclass
 
 from .devices import Device
+from .gpus import rule_reason
 from .model.compat import transformers_problem
 from .spec import RunSpec
 
@@ -100,25 +101,14 @@ def missing_package_reason(spec: RunSpec) -> str | None:
 
 
 def device_reason(spec: RunSpec, device: Device) -> str | None:
-    """Why this device cannot run the spec's precision, attention or strategy (None: it can)."""
-    cap = device.capability
-    if spec.precision == "fp16" and device.type == "cpu":
-        return "fp16 mixed precision needs a CUDA GPU; on a CPU it would silently train in fp32"
-    if spec.attention == "flash_attention_2":
-        if spec.precision != "bf16":
-            return f"flash attention needs bf16 (the guide's known issue: not with {spec.precision})"
-        if device.type != "cuda":
-            return "flash attention needs a CUDA GPU"
-        if cap is not None and cap < (8, 0):
-            return f"flash attention needs an Ampere or newer GPU; {device.name} is sm_{cap[0]}{cap[1]}"
-    if spec.precision == "bf16" and cap is not None and cap < (8, 0):
-        return f"bf16 needs an Ampere or newer GPU; {device.name} is sm_{cap[0]}{cap[1]}"
-    if spec.strategy == "qlora" and cap is not None and cap < (7, 5):
-        return f"QLoRA's 4-bit kernels need a Turing or newer GPU; {device.name} is sm_{cap[0]}{cap[1]}"
-    if spec.gpu != "cpu" and device.type == "cpu":
+    """Why this device cannot run the spec's precision, attention or strategy (None: it can): the catalogue's rules
+    (training_core/gpus.py, the same the grid checks) with the capability torch reports."""
+    reason = rule_reason(spec.precision, spec.attention, spec.strategy, device=device.name,
+                         capability=device.capability, cuda=device.type == "cuda")
+    if reason is None and spec.gpu != "cpu" and device.type == "cpu":
         wanted = "this machine's GPUs" if spec.gpu == "auto" else f"{spec.gpu} GPUs"
         return f"the cell is for {wanted} but no CUDA device is available here"
-    return None
+    return reason
 
 
 def unsupported_reason(spec: RunSpec, device: Device) -> str | None:

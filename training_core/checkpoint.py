@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training_core.errors import UserError
+
 from . import distributed
 from .result import write_json_atomic
 
@@ -40,7 +42,7 @@ DEEPSPEED_GLOBALS = frozenset({
 })
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is not resumed from, and why."""
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training_core.errors import UserError
 from training_core.spec import RunSpec
 
 MODEL_DIR = "model"  # under the cell directory
@@ -33,7 +34,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_PREFIX = "base_model.model."  # what peft's PeftModel.save_pretrained puts before the module names
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A cell directory without a kept model, or a kept model that cannot be written out; worded for the user."""
 
 

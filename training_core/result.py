@@ -15,7 +15,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 STATUSES = ("ok", "oom", "error", "timeout", "unsupported", "interrupted", "diverged")
+# A final row ends its cell: a rerun skips it. `interrupted` is not final: the next run repeats the cell.
+FINAL = frozenset({"ok", "oom", "error", "timeout", "unsupported", "diverged"})
+RETRYABLE = frozenset({"error", "timeout", "oom", "diverged"})  # final, but worth another try (--retry-failed)
 RESULT_FILE = "result.json"
+REASON_LIMIT = 4000  # characters of a failure reason kept in the row; the whole message is in the cell's log
+LINE_REASON_LIMIT = 300  # in one line of text: the run's console line, the report summary's sentences
+
+# The metrics' directions, for the regression gate (harness/gate): higher is better, lower is better, or exact.
+HIGHER = frozenset({"images_per_s", "images_per_s_per_gpu", "samples_per_s", "tokens_per_s", "mfu", "anls",
+                    "accuracy", "anls_standard", "auroc", "model_flops_per_s", "images_per_cpu_s",
+                    "normalized_images_per_s", "normalized_images_per_cpu_s"})
+LOWER = frozenset({"peak_mem_allocated_bytes", "peak_mem_reserved_bytes", "peak_mem_device_bytes", "peak_rss_bytes",
+                   "model_state_bytes", "step_time_s_p50", "step_time_s_p90", "loss_first", "loss_last",
+                   "energy_j_per_image", "time_to_first_step_s", "data_wait_s", "data_wait_share"})
+EXACT = frozenset({"trainable_params", "total_params", "measured_steps", "warmup_steps"})
 
 
 # Metrics that the report, compare and the gate read as numbers: in a row they are a number or null, never text.
@@ -23,6 +37,45 @@ NUMERIC_METRICS = ("images_per_s", "tokens_per_s", "step_time_s_p50", "peak_mem_
                    "peak_mem_reserved_bytes", "peak_mem_device_bytes", "peak_rss_bytes", "mfu", "loss_first",
                    "loss_last", "anls", "accuracy", "measured_steps", "trainable_params", "model_state_bytes",
                    "data_wait_share")
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """One key a row may carry: its JSON type, the part that adds it, and what it holds."""
+    name: str
+    type: str
+    added_by: str
+    meaning: str
+
+
+CELL, RUNNER, LAUNCHER, GATE = ("the cell (training_core.result.build_row)", "the runner (harness/run)",
+                                "its launcher (harness/run/launchers)", "the gate, on reading passes (harness/gate)")
+# Every key of a row (rows.jsonl, result.json), in the order a reader meets them. `row_problem` checks the ones
+# every reader relies on; the others are optional and read with .get().
+ROW_KEYS: tuple[RowKey, ...] = (
+    RowKey("run_id", "str", CELL, "stable hash of the normalised spec: the cell's identity across runs"),
+    RowKey("status", "str", CELL, f"one of {', '.join(STATUSES)}"),
+    RowKey("reason", "str | null", CELL, f"why a cell did not finish ok (at most {REASON_LIMIT} characters)"),
+    RowKey("spec", "object", CELL, "the RunSpec as JSON (training_core/spec.py)"),
+    RowKey("metrics", "object", CELL, "measured numbers, units in the names (memory in bytes); null when unmeasured"),
+    RowKey("series", "object", CELL, "per-step lists: loss, step_time_s, data_wait_s"),
+    RowKey("env", "object", CELL, "versions, GPUs, host, world size, git sha (training_core/env.py)"),
+    RowKey("started_at", "str", CELL, "ISO time the cell's process started (UTC)"),
+    RowKey("finished_at", "str", CELL, "ISO time the row was made (UTC)"),
+    RowKey("wall_s", "number", CELL, "seconds from the process start, imports included"),
+    RowKey("artifacts", "object", CELL, "kept files, e.g. {model: <cell>/model} (run --keep-model)"),
+    RowKey("unmeasured", "object", CELL, "metric -> why this cell could not measure it (e.g. mfu)"),
+    RowKey("gradients", "object", CELL, "trainable parameters without a gradient in the first optimizer step"),
+    RowKey("matrix", "str | null", RUNNER, "the grid's name (null in a result.json before the runner reads it)"),
+    RowKey("cell", "int", RUNNER, "the cell's index in its grid"),
+    RowKey("profile", "str | null", RUNNER, "the grid's profile (--profile)"),
+    RowKey("log", "str | null", RUNNER, "the cell's log file"),
+    RowKey("log_tail", "list[str]", RUNNER, "the log's last lines, for a row that is not ok"),
+    RowKey("predicted", "object", RUNNER, "the memory estimator's prediction made before the cell ran"),
+    RowKey("survivors", "list[int]", LAUNCHER, "local: processes of the cell that survived SIGKILL"),
+    RowKey("slurm", "object", LAUNCHER, "SLURM: job id, state, exit code, whether its nodes were its own"),
+    RowKey("pass", "int", GATE, "which interleaved pass of the same cells the row was measured in"),
+)
 
 
 def row_problem(row) -> str | None:
@@ -80,8 +133,6 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
     return "error", message
 
 
-REASON_LIMIT = 4000  # characters of a failure reason kept in the row; the whole message is in the cell's log
-LINE_REASON_LIMIT = 300  # in one line of text: the run's console line, the report summary's sentences
 
 
 def clip_reason(reason: str | None, limit: int = REASON_LIMIT) -> str | None:

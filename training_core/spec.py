@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from training_core.errors import UserError
+
 STRATEGIES = ("full", "frozen_vision", "lora", "qlora")
 PRECISIONS = ("bf16", "fp16", "fp32")
 ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
@@ -23,7 +25,7 @@ ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
 _LATER_FIELDS = ("cpu_threads", "longrope_generation", "recipe_revision", "require_gradients")
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """An invalid spec, worded for the user (names the field and the fix)."""
 
 

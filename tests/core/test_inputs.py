@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from harness.report import render
+from harness.report.render import render
 from harness.store import RowStore
 from training_core import inputs
 from training_core.data.collate import TrainCollator

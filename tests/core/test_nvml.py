@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from harness import doctor, hardware
+from harness.grid import hardware
 from tests.fake_nvml import FakeGPU, eight_gpus, fake_pynvml
+from training_core import probes
 from training_core.devices import Device
 from training_core.nvml import handle_for
 from training_core.trackers.energy import EnergyTracker
@@ -65,5 +66,5 @@ def test_memory_energy_and_doctor_read_the_gpu_the_rank_uses(box, monkeypatch):
     gpus[0].energy_mj += 999_000  # another job on GPU 0 must not count
     energy.__exit__(None, None, None)
     assert energy.metrics(images_total=10) == {"energy_j": 30.0, "energy_j_per_image": 3.0}
-    check = doctor.nvml(cuda(0))
+    check = probes.nvml(cuda(0))
     assert check.status == "ok" and check.detail.startswith("device memory 5.0 / 80.0 GiB used")

@@ -116,7 +116,7 @@ T4 = Device("cuda", 0, "Tesla T4", (7, 5), 16 * 2**30)
         (CPU, {"gpu": "A100"}, "the cell is for A100 GPUs but no CUDA device"),
         (A100, {"attention": "flash_attention_2", "precision": "fp16", "gpu": "A100"}, "flash attention needs bf16"),
         (V100, {"precision": "bf16", "gpu": "V100"}, "bf16 needs an Ampere or newer GPU"),
-        (V100, {"precision": "fp16", "gpu": "V100", "strategy": "qlora"}, "QLoRA's 4-bit kernels need a Turing"),
+        (V100, {"precision": "fp16", "gpu": "V100", "strategy": "qlora"}, "QLoRA's 4-bit kernels (bitsandbytes) need a Turing"),
         (T4, {"precision": "fp16", "strategy": "qlora", "gpu": "T4"}, None),
         (A100, {"precision": "bf16", "gpu": "A100"}, None),
     ],

@@ -20,7 +20,9 @@ import psutil
 import pytest
 import yaml
 
-from harness.compare import compare_rows, find_baseline, load_passes, load_rows, load_rules
+from harness.gate.baseline import find_baseline, load_passes, load_rows
+from harness.gate.compare import compare_rows
+from harness.gate.rules import load_rules
 
 pytestmark = pytest.mark.gate
 

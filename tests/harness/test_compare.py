@@ -4,7 +4,7 @@ import json
 import pytest
 
 from harness.cli import main
-from harness.compare import baseline_key
+from harness.gate.baseline import baseline_key
 from harness.store import RowStore
 
 BASE_METRICS = {"images_per_s": 10.0, "tokens_per_s": 1000.0, "accuracy": 0.80, "peak_mem_reserved_bytes": 1000,

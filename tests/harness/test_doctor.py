@@ -12,6 +12,7 @@ import torch
 
 from harness import doctor
 from tests.blocking import ROOT, env_without
+from training_core import probes
 from training_core.devices import Device
 
 
@@ -57,7 +58,9 @@ def test_doctor_verdicts_are_the_cells_own(monkeypatch):
             return "no lora today"
         return "no accuracy today" if spec.mode == "accuracy" else None
 
-    monkeypatch.setattr(doctor, "unsupported_reason", verdict)
+    import training_core.capabilities as capabilities
+
+    monkeypatch.setattr(capabilities, "unsupported_reason", verdict)  # doctor asks it when it runs
     combos = {(c.strategy, c.precision, c.attention): c for c in doctor.combinations(device)}
     assert all(c.verdict == "unsupported" and list(c.reasons) == ["no lora today"]
                for key, c in combos.items() if key[0] == "lora")
@@ -75,22 +78,22 @@ def test_gpu_listing_through_mocked_nvml_and_cuda_queries(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
     fake_nvml = types.SimpleNamespace(nvmlInit=lambda: None, nvmlSystemGetDriverVersion=lambda: b"580.65.06")
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml)
-    checks = doctor.gpus()
+    checks = probes.gpus()
     assert [c.name for c in checks] == ["GPU 0", "GPU 1"]
     assert checks[0].detail == "NVIDIA H200, 141.0 GiB, sm_90, driver 580.65.06" and checks[0].status == "ok"
     h200 = Device("cuda", 0, "NVIDIA H200", (9, 0), 141 * 2**30)
     assert doctor._local_gpu(h200) == "H200"
     v100 = Device("cuda", 0, "Tesla V100-SXM2-32GB", (7, 0), 32 * 2**30)
-    assert doctor.bf16(v100).status == "absent"
+    assert probes.bf16(v100).status == "absent"
 
 
 def test_doctor_exits_1_when_a_check_failed_and_0_when_parts_are_only_absent(monkeypatch, capsys):
     from harness.cli import main
 
-    checks = [doctor.Check("bf16", "absent", "no CUDA device"), doctor.Check("flash-attn", "ok", "2.8")]
+    checks = [probes.Check("bf16", "absent", "no CUDA device"), probes.Check("flash-attn", "ok", "2.8")]
     report = {"device": {}, "checks": checks, "combinations": []}
     monkeypatch.setattr(doctor, "run_checks", lambda: report)
     assert main(["doctor", "--json"]) == 0
-    checks.append(doctor.Check("bitsandbytes", "fail", "nf4 matmul differs from the dequantised one"))
+    checks.append(probes.Check("bitsandbytes", "fail", "nf4 matmul differs from the dequantised one"))
     assert main(["doctor", "--json"]) == 1
     assert "doctor: 1 check(s) failed: bitsandbytes" in capsys.readouterr().err

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.launchers.slurm import ENDED_BADLY as SLURM_ENDED_BADLY
-from harness.launchers.slurm import sbatch_script, slurm_account, slurm_time
+from harness.run.launchers.slurm import ENDED_BADLY as SLURM_ENDED_BADLY
+from harness.run.launchers.slurm import sbatch_script, slurm_account, slurm_time
 from training_core.spec import RunSpec
 
 
@@ -127,7 +127,7 @@ NODES = ("NodeName=n1 Arch=x86_64 CPUTot=2 Gres=(null) NodeAddr=127.0.1.11 Parti
 
 
 def test_a_cell_that_could_never_start_on_its_partition_is_named_before_submission(tmp_path, monkeypatch):
-    from harness.launchers.slurm import never_starts, node_gpus, partitions, requested_partition
+    from harness.run.launchers.slurm import never_starts, node_gpus, partitions, requested_partition
 
     (tmp_path / "parts.txt").write_text(PARTITIONS)
     (tmp_path / "nodes.txt").write_text(NODES)
@@ -178,7 +178,7 @@ def _inline_launcher():
     """A third launcher, as a newcomer would add one: the runner drives it through the interface alone."""
     import time as _time
 
-    from harness.launchers.base import Job, Launcher, State
+    from harness.run.launchers.base import Job, Launcher, State
     from training_core.result import Outcome, build_row
 
     class Inline(Launcher):
@@ -189,9 +189,9 @@ def _inline_launcher():
             return "inline"
 
         def dry_run(self, cell, cell_dir, spec_path):
-            self.ctx.console.print(f"    would run {cell.spec.run_id} inline")
+            self.console.print(f"    would run {cell.spec.run_id} inline")
 
-        def resume(self, cell, cell_dir, spec_path):
+        def resume(self, cell, cell_dir, spec_path, afresh):
             return None
 
         def submit(self, cell, cell_dir, spec_path):
@@ -206,8 +206,8 @@ def _inline_launcher():
 
         def collect(self, job):
             row = build_row(run_id=job.cell.spec.run_id, spec=job.cell.spec.model_dump(mode="json"),
-                            outcome=Outcome(status="ok"), env=self.ctx.env(1), process_start=_time.time())
-            return self.ctx.finish_row(job.cell, {**row, "polls": job.data["polls"]}, job.log)
+                            outcome=Outcome(status="ok"), env=self.rows.env, process_start=_time.time())
+            return self.rows.finish(job.cell, {**row, "polls": job.data["polls"]}, job.log)
     return Inline
 
 
@@ -215,8 +215,8 @@ def test_a_third_launcher_is_one_module_the_runner_drives_through_the_interface(
     import sys as _sys
     import types
 
-    from harness import launchers
     from harness.cli import main
+    from harness.run import launchers
     from harness.store import RowStore
 
     module = types.ModuleType("inline_launcher")
@@ -239,7 +239,7 @@ def test_a_third_launcher_is_one_module_the_runner_drives_through_the_interface(
 
 def test_under_slurm_a_cell_predicted_not_to_fit_is_not_submitted_unless_asked(tmp_path, monkeypatch, capsys):
     """The SLURM default for a predicted OOM (the prediction itself is faked here; the real one: test_runner.py)."""
-    import harness.runner
+    import harness.run.runner
     from harness.cli import main
     from harness.store import RowStore
 
@@ -252,7 +252,7 @@ def test_under_slurm_a_cell_predicted_not_to_fit_is_not_submitted_unless_asked(t
     _fake(tmp_path, monkeypatch, "scontrol", "exit 1")
     too_big = {"peak_bytes": 40 * 2**30, "phase": "backward",
                "fit": {"gpu": "V100", "fits": False, "reason": "does not fit (44.5 of 31.7 GiB)", "rule": "the rule"}}
-    monkeypatch.setattr(harness.runner, "estimate", lambda spec_path, cell_dir: too_big)
+    monkeypatch.setattr(harness.run.runner, "predict", lambda spec_path, cell_dir: too_big)
     grid = tmp_path / "g.yaml"
     grid.write_text("name: g\nhardware: {gpu: V100, gpus_per_node: 1}\n"
                     "defaults: {model: tiny, task: docvqa, strategy: lora, precision: fp16, global_batch: 2}\n")

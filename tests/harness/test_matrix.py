@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.matrix import GridError, load_grid
+from harness.grid.file import GridError, load_grid
 
 MATRICES = Path(__file__).resolve().parents[2] / "matrices"
 GRIDS = sorted(MATRICES.glob("*.yaml"))
@@ -118,7 +118,7 @@ exclude:
     assert by[("full", "fp16", "sdpa")].status == "excluded"
     assert by[("full", "fp16", "sdpa")].reason == "covered by the v100 grid"
     assert "V100 has no bf16" in by[("full", "bf16", "sdpa")].reason
-    assert "QLoRA's bitsandbytes 4-bit kernels need Turing" in by[("qlora", "fp16", "sdpa")].reason
+    assert "QLoRA's 4-bit kernels (bitsandbytes) need a Turing or newer GPU; V100 is sm_70" in by[("qlora", "fp16", "sdpa")].reason
     assert "flash attention needs bf16" in by[("lora", "fp16", "flash_attention_2")].reason
     bad_batch = [c for c in grid.cells if c.fields.get("global_batch") == 12][0]
     assert bad_batch.status == "invalid" and "global_batch: 12 is not a multiple" in bad_batch.reason
@@ -178,7 +178,7 @@ profiles:
 
 
 def test_gpu_smoke_takes_the_gpus_of_the_machine():
-    from harness.hardware import Machine
+    from harness.grid.hardware import Machine
 
     two_h200 = load_grid(MATRICES / "gpu_smoke.yaml", machine=Machine(("NVIDIA H200",) * 2))
     specs = [c.spec for c in two_h200.runnable]
@@ -246,7 +246,7 @@ def test_a_long_throughput_cell_does_not_synthesise_a_twin_per_step():
 
 
 def test_a_results_group_counts_the_gpus_its_cells_use_not_the_machines():
-    from harness.hardware import Machine, group_label
+    from harness.grid.hardware import Machine, group_label
 
     box = Machine(("NVIDIA A100-SXM4-80GB",) * 8)
     assert group_label(box, "A100", 2) == "2xA100"  # 2-GPU cells on an 8-GPU box

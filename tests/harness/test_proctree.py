@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from harness import proctree
+from harness.run import proctree
 
 # A launcher whose worker moves to its own session and ignores SIGTERM (as a stuck torchrun worker may).
 LAUNCHER = """

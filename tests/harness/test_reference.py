@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.reference import load_references
+from harness.report.documented import load_references
 
 ROOT = Path(__file__).resolve().parents[2]
 GUIDES = [p for p in (ROOT.parent / "shared" / "seed" / "FineTuning_Vision.en.md",
@@ -79,7 +79,7 @@ def test_accuracy_tables(guide):
 
 
 def test_every_reference_key_is_used_by_a_shipped_grid():
-    from harness.matrix import load_grid
+    from harness.grid.file import load_grid
 
     used = {c.spec.reference for p in (ROOT / "matrices").glob("*.yaml") for c in load_grid(p).runnable}
     assert set(load_references()) <= used

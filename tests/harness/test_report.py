@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report import render
+from harness.report.render import render
 from harness.store import RowStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,7 +233,7 @@ def test_the_summary_comes_first_and_states_the_rows_numbers(group, tmp_path):
     assert not [line for line in lines if line.startswith("Implausible documented rows")]
     import dataclasses
 
-    from harness.reference import load_references
+    from harness.report.documented import load_references
 
     refs = load_references()
     key = "a100/frozen_vision/1node/flash"
@@ -347,7 +347,7 @@ def test_the_index_lists_every_report_newest_first(tmp_path, capsys):
         store = RowStore(tmp_path / "runs" / matrix / group)
         for row in (_cpu_rows(4) if matrix == "cpu_smoke" else ROWS):
             store.append({**row, "finished_at": finished})
-    import harness.report as report
+    import harness.report.render as report
 
     original = report.REPORTS
     report.REPORTS = tmp_path / "reports"
@@ -378,8 +378,8 @@ def test_the_a100_grid_as_planned_is_comparable_only_under_the_revision_that_mea
     """Rows for every cell `plan a100_speed` lists (synthetic: the documented images/s, measured on 8xA100): today's
     recipe is not comparable with the table and says why; the recipe-2024-06 profile is, and the report explains the
     frozen rows."""
-    from harness.matrix import load_grid
-    from harness.reference import load_references
+    from harness.grid.file import load_grid
+    from harness.report.documented import load_references
 
     refs = load_references()
     grid = load_grid(ROOT / "matrices" / "a100_speed.yaml", profile)
@@ -462,7 +462,7 @@ def test_report_and_compare_outputs_never_replace_a_store_or_a_users_file(group,
 def test_the_index_skips_unrelated_meta_files_and_escapes_table_text(tmp_path):
     """Issue 24 (11, 21): an unrelated *.meta.json in the reports folder is not listed (and crashes nothing); a
     group name with | or HTML stays in its cell of the index table."""
-    from harness.report import write_index
+    from harness.report.index import write_index
 
     root = tmp_path / "reports"
     (root / "x").mkdir(parents=True)
@@ -495,7 +495,7 @@ def test_a_row_of_another_grid_neither_retitles_the_report_nor_joins_its_tables(
 
 def test_a_huge_failure_reason_is_clipped_in_the_row_the_report_and_the_run_summary(tmp_path):
     """Issue 24 (21): a 50 MB failure reason was copied whole into the report."""
-    from harness.runner import headline
+    from harness.run.console import headline
     from training_core.result import REASON_LIMIT, Outcome, build_row
 
     huge = "boom " * 10_000_000  # 50 MB

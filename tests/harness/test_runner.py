@@ -335,8 +335,8 @@ def test_runs_that_would_run_nothing_are_errors(tmp_path, capsys):
     assert main(["plan", str(path), "--filter", "strategy=qlora"]) == 2
     invalid = grid(tmp_path, "axes: {precision: [fp16]}\n", name="invalid")
     assert main(["run", str(invalid), *results]) == 2
-    assert "none of the grid's 1 cell(s) can run (invalid: fp16 mixed precision needs a CUDA GPU)" in \
-        capsys.readouterr().err
+    assert ("none of the grid's 1 cell(s) can run (invalid: fp16 mixed precision needs a CUDA GPU; on a CPU it would "
+            "silently train in fp32)") in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -453,7 +453,7 @@ def test_run_predicts_each_cells_memory_and_records_a_predicted_oom_without_runn
 def test_a_planted_procs_json_gets_no_process_killed(tmp_path):
     """Issue 24 (1): a procs.json naming a process the runner did not start (its true PID and start time, readable
     from /proc), in the old format or with a made-up marker, kills nothing: not under --dry-run, not under run."""
-    from harness.matrix import load_grid
+    from harness.grid.file import load_grid
 
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
@@ -525,21 +525,19 @@ def test_a_row_of_the_wrong_shape_is_named_by_file_and_line_in_every_command(tmp
 def test_a_stub_or_foreign_result_json_is_not_a_finished_cell(tmp_path):
     """Issue 24 (12): {"status": "ok"}, another cell's result, a list or a directory: the cell is not finished, so it
     runs (no row without run_id or spec is appended)."""
-    from harness.launchers.base import Context
-
-    ctx = Context(grid=None, options=None, console=None, env=lambda n: {}, afresh=lambda run_id: False)
+    from harness.run.launchers.base import finished_result
     cell = tmp_path / "cell"
     cell.mkdir()
     real = {"run_id": "abc", "status": "ok", "spec": {}, "metrics": {"images_per_s": 1.0}}
     for text in ('{"status": "ok"}', json.dumps({**real, "run_id": "other"}), "[1]", "\xff"):
         (cell / "result.json").write_text(text, encoding="latin-1")
-        assert ctx.finished_result(cell, "abc") is None, text
+        assert finished_result(cell, "abc") is None, text
     (cell / "result.json").unlink()
     (cell / "result.json").mkdir()
-    assert ctx.finished_result(cell, "abc") is None
+    assert finished_result(cell, "abc") is None
     (cell / "result.json").rmdir()
     (cell / "result.json").write_text(json.dumps(real))
-    assert ctx.finished_result(cell, "abc") == real
+    assert finished_result(cell, "abc") == real
 
 
 def test_a_store_file_that_is_a_directory_is_said(tmp_path, capsys):
@@ -583,7 +581,7 @@ def test_links_inside_a_results_group_are_refused_and_nothing_is_written_through
     """Issue 24 (4): cells/<id> linked to another folder, or log.txt, spec.json, .lock, .env.json.tmp linked to a
     user's file: run (and --force, and a dry run) refuses the group before writing; the victims are unchanged."""
     from harness.cli import main
-    from harness.matrix import load_grid
+    from harness.grid.file import load_grid
 
     path = grid(tmp_path, "include:\n  - {seed: 0}\n")
     run_id = load_grid(path).cells[0].spec.run_id
@@ -609,8 +607,8 @@ def test_links_inside_a_results_group_are_refused_and_nothing_is_written_through
 def test_the_pre_run_check_names_bad_data_and_model_paths(tmp_path):
     """Issue 24 (20): DATA=/etc/hostname, a data directory with no data, a MODEL directory without config.json are
     named before anything runs (they passed the check and failed as an error row per cell); a real jsonl passes."""
-    from harness.matrix import load_grid
-    from harness.preflight import missing_inputs
+    from harness.grid.file import load_grid
+    from harness.grid.preflight import missing_inputs
     from training_core.data.synth import synthesize
 
     (tmp_path / "empty").mkdir()

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+from training_core.errors import UserError
 
 ImageRef = str | Callable[[], Image.Image]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset problem, worded for the user: names the file, the line and the fix."""
 
     def __init__(self, problems: Sequence[str], limit: int = 50):

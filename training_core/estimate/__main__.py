@@ -19,19 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from training_core.spec import RunSpec
 
-    from .fit import MARGIN_RULE, fits_for
-    from .trace import estimate_cell
+    from .predict import predict
 
-    spec = RunSpec.load(args.spec)
-    try:
-        predicted = estimate_cell(spec, args.data_root, cell_dir=args.cell_dir)
-    except Exception as exc:  # said in the row, never a crash of the runner
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        return 0
-    for gpu, verdict in fits_for(predicted["peak_bytes"], spec.world_size, spec.gpu,
-                                 [args.gpu] if args.gpu else []).items():
-        predicted["fit"] = {"gpu": gpu, "fits": verdict.fits, "needed_bytes": verdict.needed,
-                            "total_bytes": verdict.total, "reason": verdict.reason, "rule": MARGIN_RULE}
+    predicted = predict(RunSpec.load(args.spec), args.data_root, cell_dir=args.cell_dir,
+                        gpus=[args.gpu] if args.gpu else [])
     print(json.dumps(predicted))
     return 0
 

@@ -1,4 +1,5 @@
-"""Does a predicted peak fit a GPU? The GPUs' memory as torch reports it, and the margin rule, stated.
+"""Does a predicted peak fit a GPU? The GPU's memory from the catalogue (training_core/gpus.py), and the margin
+rule, stated.
 
 The margin rule (assumptions, not fitted to anything; to be calibrated against measured rows on a GPU):
 - caching-allocator slack: what the allocator reserves beyond what is allocated (fragmentation, rounding to its
@@ -12,18 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from training_core.gpus import memory_bytes, memory_names
+
 GIB = 2**30
-# total memory as torch.cuda.get_device_properties reports it (bytes)
-GPU_MEMORY = {
-    "A100": 85_899_345_920,  # A100-SXM4-80GB
-    "A100-40GB": 42_505_273_344,
-    "H100": 85_520_809_984,  # H100 80GB HBM3
-    "H200": 150_754_820_096,  # H200 141GB HBM3e
-    "V100": 34_089_730_048,  # V100-SXM2-32GB
-    "V100-16GB": 16_945_512_448,
-    "L40S": 47_697_362_944,
-    "A10": 23_677_960_192,
-}
 SLACK = 0.10
 CONTEXT = GIB // 2
 NCCL = GIB // 4
@@ -52,10 +44,10 @@ MARGIN_RULE = (f"fits if peak x {1 + SLACK:.2f} (caching-allocator slack) + {CON
 
 def fit(peak: int, world_size: int, gpu: str) -> Fit:
     needed = needed_bytes(peak, world_size)
-    total = GPU_MEMORY.get(gpu) or GPU_MEMORY.get(gpu.upper())
+    total = memory_bytes(gpu)
     if total is None:
-        return Fit(gpu, None, needed, None, f"unknown GPU {gpu!r}: known are {', '.join(GPU_MEMORY)} "
-                                            "(add its memory to GPU_MEMORY in training_core/estimate/fit.py)")
+        return Fit(gpu, None, needed, None, f"unknown GPU {gpu!r}: known are {', '.join(memory_names())} "
+                                            "(add it to the GPU catalogue, CATALOGUE in training_core/gpus.py)")
     verdict = "fits" if needed <= total else "does not fit"
     return Fit(gpu, total, needed, needed <= total, f"{verdict} ({needed / GIB:.1f} of {total / GIB:.1f} GiB)")
 

@@ -12,12 +12,14 @@ import json
 import math
 from pathlib import Path
 
+from training_core.errors import UserError
+
 # What a config may claim before anything is built (the largest real models are far below these).
 CONFIG_BOUNDS = {"num_hidden_layers": 1024, "hidden_size": 65536, "intermediate_size": 262144,
                  "vocab_size": 4_000_000, "num_attention_heads": 1024}
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A checkpoint directory whose config and weights do not go together, worded for the user (names the file)."""
 
 

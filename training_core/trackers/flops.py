@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from training_core.gpus import lookup
 from training_core.model.presets import CLIP_L14_336_NAME, CLIP_VIT_L14_336
 
 
@@ -32,38 +33,43 @@ class Peak:
     means true fp32 (PyTorch's default: TF32 off for matmuls)."""
 
     key: str
-    match: tuple[str, ...]  # every one of these appears in the upper-cased device name
+    gpu: str  # the GPU's short name in the catalogue (training_core/gpus.py)
+    variant: tuple[str, ...]  # words that also appear in the upper-cased device name (PCIE, NVL, V100S)
     flops: dict[str, float]
     source: str
+
+    @property
+    def match(self) -> tuple[str, ...]:
+        return (self.gpu, *self.variant)
 
 
 # First match wins: the more specific names come first. Figures given with sparsity in a data sheet are halved.
 PEAKS: tuple[Peak, ...] = (
-    Peak("H200 NVL", ("H200", "NVL"), {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60.0e12},
+    Peak("H200 NVL", "H200", ("NVL",), {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60.0e12},
          "NVIDIA H200 NVL data sheet: BF16/FP16 1,671 TFLOPS with sparsity, FP32 60 TFLOPS"),
-    Peak("H200 SXM", ("H200",), {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
+    Peak("H200 SXM", "H200", (), {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
          "NVIDIA H200 SXM data sheet: BF16/FP16 1,979 TFLOPS with sparsity, FP32 67 TFLOPS"),
-    Peak("H100 NVL", ("H100", "NVL"), {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60.0e12},
+    Peak("H100 NVL", "H100", ("NVL",), {"bf16": 835.5e12, "fp16": 835.5e12, "fp32": 60.0e12},
          "NVIDIA H100 NVL data sheet: BF16/FP16 1,671 TFLOPS with sparsity, FP32 60 TFLOPS"),
-    Peak("H100 PCIe", ("H100", "PCIE"), {"bf16": 756.5e12, "fp16": 756.5e12, "fp32": 51.2e12},
+    Peak("H100 PCIe", "H100", ("PCIE",), {"bf16": 756.5e12, "fp16": 756.5e12, "fp32": 51.2e12},
          "NVIDIA H100 PCIe data sheet: BF16/FP16 1,513 TFLOPS with sparsity, FP32 51 TFLOPS"),
-    Peak("H100 SXM", ("H100",), {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
+    Peak("H100 SXM", "H100", (), {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
          "NVIDIA H100 SXM5 data sheet: BF16/FP16 1,979 TFLOPS with sparsity, FP32 67 TFLOPS"),
-    Peak("H800 PCIe", ("H800", "PCIE"), {"bf16": 756.5e12, "fp16": 756.5e12, "fp32": 51.2e12},
+    Peak("H800 PCIe", "H800", ("PCIE",), {"bf16": 756.5e12, "fp16": 756.5e12, "fp32": 51.2e12},
          "NVIDIA H800 PCIe data sheet: BF16/FP16 1,513 TFLOPS with sparsity, FP32 51 TFLOPS"),
-    Peak("H800 SXM", ("H800",), {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
+    Peak("H800 SXM", "H800", (), {"bf16": 989.4e12, "fp16": 989.4e12, "fp32": 66.9e12},
          "NVIDIA H800 SXM5 data sheet: BF16/FP16 1,979 TFLOPS with sparsity, FP32 67 TFLOPS"),
-    Peak("A800", ("A800",), {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+    Peak("A800", "A800", (), {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
          "NVIDIA A800 40/80 GB data sheet: BF16/FP16 312 TFLOPS, FP32 19.5 TFLOPS (the A100's figures)"),
-    Peak("A100", ("A100",), {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
+    Peak("A100", "A100", (), {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
          "NVIDIA A100 40/80 GB SXM and PCIe data sheet: BF16/FP16 312 TFLOPS, FP32 19.5 TFLOPS"),
-    Peak("V100S PCIe", ("V100S",), {"fp16": 130e12, "fp32": 16.4e12},
+    Peak("V100S PCIe", "V100", ("V100S",), {"fp16": 130e12, "fp32": 16.4e12},
          "NVIDIA V100S PCIe data sheet: tensor FP16 130 TFLOPS, FP32 16.4 TFLOPS; no bf16"),
-    Peak("V100 PCIe", ("V100", "PCIE"), {"fp16": 112e12, "fp32": 14.0e12},
+    Peak("V100 PCIe", "V100", ("PCIE",), {"fp16": 112e12, "fp32": 14.0e12},
          "NVIDIA V100 PCIe data sheet: tensor FP16 112 TFLOPS, FP32 14 TFLOPS; no bf16"),
-    Peak("V100 SXM2", ("V100",), {"fp16": 125e12, "fp32": 15.7e12},
+    Peak("V100 SXM2", "V100", (), {"fp16": 125e12, "fp32": 15.7e12},
          "NVIDIA V100 SXM2 data sheet: tensor FP16 125 TFLOPS, FP32 15.7 TFLOPS; no bf16"),
-    Peak("L40S", ("L40S",), {"bf16": 362.05e12, "fp16": 362.05e12, "fp32": 91.6e12},
+    Peak("L40S", "L40S", (), {"bf16": 362.05e12, "fp16": 362.05e12, "fp32": 91.6e12},
          "NVIDIA L40S data sheet: BF16/FP16 362.05 TFLOPS (733 with sparsity), FP32 91.6 TFLOPS"),
 )
 
@@ -72,9 +78,10 @@ def peak_entry(gpu_name: str) -> Peak | None:
     """The table's entry for a device name; None for unknown devices and for MIG slices (a slice has a fraction of
     the SMs: the whole GPU's peak would make its MFU several times too low)."""
     name = gpu_name.upper()
-    if "MIG" in name:
+    known = lookup(gpu_name)
+    if "MIG" in name or known is None:
         return None
-    return next((p for p in PEAKS if all(part in name for part in p.match)), None)
+    return next((p for p in PEAKS if p.gpu == known.name and all(part in name for part in p.variant)), None)
 
 
 def peak_flops(gpu_name: str, precision: str) -> float | None:
@@ -92,7 +99,7 @@ def no_peak_reason(gpu_name: str, precision: str) -> str | None:
         return f"{gpu_name} is a MIG slice: its share of the GPU's peak FLOP/s is not known"
     if entry is not None:
         return f"{entry.key} has no {precision} peak in its data sheet"
-    return f"no peak FLOP/s known for {gpu_name}: add its data-sheet figures to PEAKS in training_core/trackers/flops.py"
+    return f"no peak FLOP/s known for {gpu_name}: add its data-sheet figures to PEAKS in training_core/trackers/flops.py (and the GPU to training_core/gpus.py)"
 
 
 @dataclass(frozen=True)

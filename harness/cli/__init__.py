@@ -1,0 +1,49 @@
+"""`python -m harness ...` (also the `phi3v-bench` console script).
+
+doctor         what this machine can run (GPUs, bf16, flash-attn, SDPA, bitsandbytes, DeepSpeed, NCCL, NVML, which
+               cells of the shipped grids run here) and what to install
+compare B C    regression gate: C against baseline B (exit 1 on a regression); several C: interleaved passes
+export CELL    write a cell's kept model (official layout) or adapter (peft layout; --merge: folded into the base)
+baseline DIR   store a clean run as a baseline
+report DIR     markdown reports of stored rows beside the guide's documented numbers
+plan MATRIX    the expanded cells of a grid (a table, or --json) and their launch commands; runs nothing
+run MATRIX     run a grid's cells (one torchrun process group each), rows to results/runs/<matrix>/<group>/
+data synth     write a synthetic twin of a task (deterministic by seed)
+data convert   convert UCF-101 videos or a Hugging Face layout to the conversation-format jsonl
+data validate  check every record of a dataset (file and line for each problem) and print its shape
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# Nothing heavy at module level: each command imports what it needs when it runs, so `--help` and the light commands
+# never load torch or transformers (tests/test_cli_imports.py holds this).
+from training_core.errors import UserError
+
+from . import data, grids, machine, results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for commands in (grids, machine, results, data):
+        commands.add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a command; a mistake in what the user gave (any UserError) is `error: ...` and exit 2, anything else a
+    bug with its traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""`harness plan | estimate | run`: the commands that take a grid. Each parses, calls the library (harness.plan,
+harness.run), prints, and chooses the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.grid.limits import MAX_CELLS
+
+from .args import positive, ranged
+
+
+def add(sub) -> None:
+    plan = sub.add_parser("plan", help="expand a grid and print its cells and launch commands")
+    plan.add_argument("matrix", help="a grid file (matrices/NAME.yaml) or a shipped grid's NAME")
+    plan.add_argument("--json", action="store_true", help="print the runnable cells as a JSON list of RunSpecs")
+    plan.add_argument("--profile", help="a profile of the grid (e.g. tiny)")
+    plan.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
+    plan.add_argument("--repeats", type=int, default=1, help="each cell N times with consecutive seeds")
+    plan.add_argument("--max-cells", type=positive(int), default=MAX_CELLS,
+                      help=f"refuse a grid that expands to more cells (default {MAX_CELLS:,})")
+    plan.add_argument("--estimate", action="store_true",
+                      help="add each cell's predicted peak memory and its fit on the cell's GPU (loads torch; "
+                           "`harness estimate` gives the breakdown)")
+    plan.set_defaults(func=cmd_plan)
+
+    estimate = sub.add_parser("estimate", help="predict each cell's peak GPU memory per rank and whether it fits "
+                                               "(one optimizer step traced with fake tensors; no GPU needed)")
+    estimate.add_argument("matrix", help="a grid file or a shipped grid's NAME")
+    estimate.add_argument("--profile", help="a profile of the grid")
+    estimate.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
+    estimate.add_argument("--gpu", action="append", default=[], metavar="NAME",
+                          help="judge the fit on this GPU (repeatable; default: the cell's own GPU), e.g. A100, "
+                               "H100, V100")
+    estimate.add_argument("--json", action="store_true", help="the predictions as JSON")
+    estimate.add_argument("--data-root", type=Path, default=Path("build/estimate"),
+                          help="where the cells' synthetic twins are written to find their longest examples")
+    estimate.add_argument("--out", type=Path, metavar="FILE.md",
+                          help="also write the table as a markdown report (predicted beside documented, with what "
+                               "each number is)")
+    estimate.set_defaults(func=cmd_estimate)
+
+    run = sub.add_parser("run", help="run a grid's cells")
+    run.add_argument("matrix")
+    run.add_argument("--profile", help="a profile of the grid (e.g. tiny)")
+    run.add_argument("--results", type=Path, default=Path("results/runs"), help="results root (default results/runs)")
+    run.add_argument("--group", help="results group (default: this machine, e.g. 8xA100 or cpu)")
+    run.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
+    run.add_argument("--repeats", type=int, default=1, help="each cell N times with consecutive seeds")
+    run.add_argument("--max-cells", type=positive(int), default=MAX_CELLS,
+                     help=f"refuse a grid that expands to more cells (default {MAX_CELLS:,})")
+    run.add_argument("--force", action="store_true", help="rerun cells that already have a final row")
+    run.add_argument("--wait", action="store_true",
+                     help="when another runner holds the results group, wait for it instead of refusing")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="rerun only the cells whose final row is error, timeout, oom or diverged")
+    run.add_argument("--keep-model", action="store_true",
+                     help="each cell keeps its trained model (full, frozen_vision: official layout) or adapter (lora, "
+                          "qlora: peft layout) in cells/<run_id>/model; cells already recorded need --force")
+    run.add_argument("--timeout", type=positive(float), help="per-cell timeout in seconds (default: the grid's limits)")
+    run.add_argument("--allow-hardware-mismatch", action="store_true",
+                     help="run although this machine does not match the grid's GPU type or count")
+    run.add_argument("--nnodes", type=positive(int), default=1,
+                     help="nodes of a multi-node run (start the same command on each)")
+    run.add_argument("--node-rank", type=ranged(0, 1023), default=0, help="this node's rank, 0 .. --nnodes - 1")
+    run.add_argument("--master-addr", help="the first node's address (multi-node)")
+    run.add_argument("--master-port", type=ranged(1, 65535),
+                     help="rendezvous port (local multi-node default 29500; SLURM default: one per job, from its id)")
+    from harness.run.launchers import NAMES as LAUNCHERS  # names only: no launcher is imported for the parser
+
+    run.add_argument("--launcher", choices=tuple(LAUNCHERS), default="local",
+                     help="how each cell runs: local (torchrun here) or slurm (one sbatch job per cell)")
+    run.add_argument("--sbatch-arg", action="append", default=[], help="extra #SBATCH directive, e.g. --partition=gpu")
+    run.add_argument("--slurm-shared", action="store_true",
+                     help="SLURM: let a cell's job share its nodes with other jobs (default: its nodes to itself, so "
+                          "that nothing else runs beside a measurement)")
+    run.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=None,
+                     help="predict each cell's peak memory before it starts and record it in its row (default: for "
+                          "GPU cells; see `harness estimate`)")
+    oom = run.add_mutually_exclusive_group()
+    oom.add_argument("--skip-predicted-oom", dest="skip_predicted_oom", action="store_true", default=None,
+                     help="record a cell predicted not to fit its GPU as `unsupported` (a prediction) instead of "
+                          "running it (the default under SLURM)")
+    oom.add_argument("--run-predicted-oom", dest="skip_predicted_oom", action="store_false",
+                     help="run (or submit) a cell even when it is predicted not to fit")
+    run.add_argument("--dry-run", action="store_true", help="print commands / write sbatch scripts, run nothing")
+    run.set_defaults(func=cmd_run)
+
+
+def _grid(args, **extra):
+    from harness.grid.file import load_grid
+    from harness.paths import grid_path
+
+    return load_grid(grid_path(args.matrix), args.profile, **extra)
+
+
+def cmd_plan(args) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from harness import plan as planning
+    from harness.grid.select import check_selection, matches, parse_filters
+
+    grid = _grid(args, repeats=args.repeats, max_cells=args.max_cells)
+    filters = parse_filters(args.filter)
+    check_selection(grid, filters, to_run=False)
+    cells = [c for c in grid.cells if not c.runnable or matches(c, filters)]
+    if args.json:
+        specs = [{**c.spec.model_dump(mode="json"), "run_id": c.spec.run_id} for c in cells if c.runnable]
+        print(json.dumps(specs, indent=2))
+        return 0
+    console = Console(highlight=False, width=200)
+    console.print(f"[bold]{grid.name}[/bold]{' (profile ' + grid.profile + ')' if grid.profile else ''}: "
+                  f"{escape(grid.file.description.strip())}")
+    for patch in grid.patches:
+        settings = ", ".join(f"{k}={v}" for k, v in patch.set.items())
+        console.print(escape(f"  profile patch: cells with {patch.match} get {settings}"
+                             + (f" ({patch.reason})" if patch.reason else "")))
+    predicted = planning.predicted_peaks(cells) if args.estimate else None
+    table = Table(show_lines=False)
+    for column in (*planning.PLAN_COLUMNS, *(["predicted peak"] if args.estimate else [])):
+        table.add_column(column)
+    for row in planning.plan_rows(cells, predicted):
+        table.add_row(*map(escape, row))
+    console.print(table)
+    console.print("[bold]launch commands[/bold] (results/runs/<matrix>/<group>/cells/<run_id>/):")
+    for index, command in planning.launch_commands(grid, cells):
+        console.print(f"  cell {index}: " + escape(command), soft_wrap=True)
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from harness import outputs
+    from harness import plan as planning
+    from harness.grid.select import check_selection, parse_filters
+    from harness.report.documented import load_references
+    from training_core.estimate.fit import GIB, MARGIN_RULE
+
+    if args.out is not None:
+        outputs.check(args.out)
+    grid = _grid(args)
+    filters = parse_filters(args.filter)
+    check_selection(grid, filters, to_run=False)
+    console = Console(highlight=False, width=240)
+
+    def progress(entry):
+        if not args.json:
+            p = entry["predicted"]
+            console.print(f"  cell {entry['cell']}: {p['peak_bytes'] / GIB:.2f} GiB at the {p['phase']} "
+                          f"({p['seconds']:.0f} s)")
+
+    out = planning.estimate_grid(grid, filters, args.gpu, args.data_root, progress)
+    refs = load_references()
+    if args.out is not None:
+        outputs.write(args.out, planning.markdown(grid, out, refs), marked=True)
+    failed = 1 if any(e["status"] == "error" for e in out) else 0
+    if args.json:
+        print(json.dumps({"grid": grid.name, "profile": grid.profile, "margin_rule": MARGIN_RULE, "cells": out},
+                         indent=1))
+        return failed
+    header, body = planning.rows(out, refs)
+    table = Table(title=escape(f"{grid.name}: predicted peak allocated memory per rank (GiB)"))
+    for column in header:
+        table.add_column(escape(column))
+    for row in body:
+        table.add_row(*[escape(v) for v in row])
+    console.print(table)
+    for line in (f"Predicted: {planning.PREDICTED_IS}.", f"Documented: {planning.DOCUMENTED_IS}.",
+                 f"Margin rule: {MARGIN_RULE}.", *[f"  cell {e['cell']}: {e['reason']}" for e in out if "reason" in e],
+                 *([f"wrote {args.out}"] if args.out is not None else [])):
+        console.print(escape(line))
+    return failed
+
+
+def cmd_run(args) -> int:
+    from rich.console import Console
+
+    from harness.grid import hardware
+    from harness.grid.select import parse_filters
+    from harness.run.options import Nodes, RunOptions
+    from harness.run.prepare import prepare
+    from harness.run.runner import Runner
+
+    machine = hardware.detect()
+    grid = _grid(args, repeats=args.repeats, machine=machine, max_cells=args.max_cells)
+    options = RunOptions(results=args.results, group=args.group, force=args.force, filters=parse_filters(args.filter),
+                         timeout_s=args.timeout, nodes=Nodes(args.nnodes, args.node_rank, args.master_addr,
+                                                             args.master_port or 29500),
+                         master_port=args.master_port, slurm_shared=args.slurm_shared,
+                         launcher=args.launcher, dry_run=args.dry_run, sbatch_args=tuple(args.sbatch_arg),
+                         check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed,
+                         wait=args.wait, keep_model=args.keep_model, estimate=args.estimate,
+                         skip_predicted_oom=args.skip_predicted_oom)
+    refusal = prepare(grid, options, machine)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    runner = Runner(grid, options, machine, console)
+    outcome = runner.run()
+    _print_outcome(console, outcome, runner, grid, args.dry_run)
+    if outcome.interrupted_by is not None:
+        return 128 + int(outcome.interrupted_by)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports
+    return 1 if outcome.failed else 0
+
+
+def _print_outcome(console, outcome, runner, grid, dry_run: bool) -> None:
+    from rich.markup import escape
+
+    from harness.run.console import print_summary
+
+    if outcome.main_node and not dry_run and (runner.launcher.waits or outcome.rows):
+        print_summary(console, outcome.store, grid)
+    for cell, job, state, why in outcome.waiting:  # queued jobs that have not ended, with the scheduler's reason
+        console.print(escape(f"  cell {cell.index}: job {job} {state.lower()}" + (f" ({why})" if why else "")
+                             + "; run this command again once it has ended to record its row"))
+    for problem in outcome.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if outcome.kept_failures:
+        cells = ", ".join(f"{c.index} ({status})" for c, status in outcome.kept_failures)
+        console.print(f"[red]{len(outcome.kept_failures)} cell(s) failed in an earlier run and were not rerun: "
+                      f"{cells}; --retry-failed reruns only those, --force reruns every cell[/red]")

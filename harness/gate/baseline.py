@@ -1,0 +1,99 @@
+"""Baselines: what makes runs comparable (grid, model, GPU type and count: the baseline key), finding the stored
+baseline of a run, reading one or more results groups as passes, and storing a clean run as a baseline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from training_core.gpus import short_name
+from training_core.result import dumps
+
+from .. import outputs
+from ..store import RowStore, StoreError, check_component
+from .rules import CompareError
+
+
+def baseline_key(rows: list[dict]) -> str:
+    """What makes runs comparable: grid, model, GPU type and count ('a100_speed/phi-3.5-vision-A100x8'). The GPU
+    is named by the catalogue's short name, as results groups name it (8xA100)."""
+    row = rows[0]
+    env, spec = row.get("env") or {}, row["spec"]
+    gpus = env.get("gpus") or []
+    gpu = short_name(gpus[0]["name"]) if gpus else "cpu"
+    model = Path(spec.get("model", "")).name
+    return f"{row.get('matrix') or 'adhoc'}/{model}-{gpu}x{env.get('world_size', 1)}"
+
+
+def find_baseline(root: Path, current_rows: list[dict]) -> Path:
+    if (root / "rows.jsonl").exists():
+        return root
+    key = baseline_key(current_rows)
+    candidate = root / key
+    if not (candidate / "rows.jsonl").exists():
+        known = sorted(str(p.parent.relative_to(root)) for p in root.glob("*/*/rows.jsonl"))
+        raise CompareError(
+            f"no baseline for {key} under {root} (have: {', '.join(known) or 'none'}); the comparison is not "
+            f"possible: record one with `make regress-baseline` on a comparable machine"
+        )
+    return candidate
+
+
+def load_passes(paths: list[Path]) -> list[dict]:
+    """The rows of one or more results groups, each group one pass (`pass` 1, 2, ...): the same cells run again,
+    interleaved (every cell once per pass). Rows that carry a pass already (a stored baseline) keep it."""
+    if len(paths) == 1:
+        return load_rows(paths[0])
+    rows = []
+    for number, path in enumerate(paths, start=1):
+        rows += [{**row, "pass": number} for row in load_rows(path)]
+    return rows
+
+
+def load_rows(path: Path) -> list[dict]:
+    path = Path(path)
+    directory = path.parent if path.name == "rows.jsonl" else path
+    rows, duplicated = RowStore(directory).latest()
+    if not rows:
+        raise CompareError(f"{path}: no rows (expected a results group with rows.jsonl)")
+    if duplicated:
+        print(f"warning: {directory / 'rows.jsonl'}: {len(duplicated)} cell(s) have more than one final row "
+              f"({', '.join(duplicated[:5])}{' ...' if len(duplicated) > 5 else ''}); the newest of each is used, "
+              "as the report does (repeats are cells of their own: --repeats)", file=sys.stderr)
+    return rows
+
+
+def hardware_of(rows: list[dict]) -> str:
+    """The key's hardware part (model-GPUxcount): what two runs must share to be compared."""
+    return baseline_key(rows).split("/", 1)[1]
+
+
+def store_baseline(groups: list[Path], root: Path, replace: bool = False) -> tuple[str, Path, int]:
+    """Store a clean run (one group per pass) as the baseline of its grid, model and hardware under `root`: every
+    row must be ok and of one key; an existing baseline is replaced only with `replace`. Written whole, never
+    through a link. Returns (key, folder, rows)."""
+    named = ", ".join(map(str, groups))
+    rows = load_passes(groups)
+    bad = [r["run_id"] for r in rows if r["status"] != "ok"]
+    if bad:
+        raise CompareError(f"{named}: cells {bad} did not finish ok; a baseline must be a clean run")
+    keys = {baseline_key([row]) for row in rows}
+    if len(keys) > 1:
+        raise CompareError(f"{named}: the groups are runs of different grids, models or hardware "
+                           f"({', '.join(sorted(keys))}); store one baseline at a time")
+    key = baseline_key(rows)
+    for part in key.split("/", 1):  # the grid's name, then model-GPUxN: one folder each, inside root
+        try:
+            check_component(part, "the baseline's folder")
+        except StoreError as exc:
+            raise CompareError(f"{groups[0]}: {exc} (from the rows' matrix, model and GPUs)") from None
+    if root.exists() and not root.is_dir():
+        raise CompareError(f"--root {root}: not a directory")
+    target = root / key
+    if (target / "rows.jsonl").exists() and not replace:
+        raise CompareError(f"{target}: a baseline is already stored for {key}; pass --replace to replace it "
+                           "(compare the new run against it first: harness compare)")
+    outputs.write(target / "rows.jsonl", "".join(dumps(row) + "\n" for row in rows))
+    if (groups[0] / "env.json").is_file():
+        outputs.write(target / "env.json", (groups[0] / "env.json").read_text())
+    return key, target, len(rows)

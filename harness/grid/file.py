@@ -1,0 +1,185 @@
+"""Grid files (`matrices/*.yaml`): validate, expand and constrain into cells.
+
+```yaml
+name: a100_speed                    # the results folder name (results/runs/<name>/...)
+description: ...
+hardware: {gpu: A100, gpus_per_node: 8, nodes: 1}
+defaults: {task: docvqa, strategy: full, ...}   # RunSpec fields shared by every cell
+axes: {precision: [fp32, bf16], attention: [eager, sdpa]}   # crossed
+include:                            # extra cells (over the defaults), e.g. the documented rows one by one
+  - {strategy: lora, attention: flash_attention_2, reference: a100/lora/1n/fa}
+exclude:                            # rules: a cell matching every key is listed as excluded with the reason
+  - {match: {strategy: qlora, precision: fp32}, reason: ...}
+limits: {timeout_s: 1800, memory_gb: null}       # per cell, runner-side (not part of the spec)
+profiles:                           # `--profile NAME` variants, e.g. the tiny CPU twin of an accuracy grid
+  tiny:
+    hardware: {gpu: cpu}
+    override: {model: tiny, lr: 3.0e-3}            # over every cell
+    patches:                                       # over the cells they match (each must match one)
+      - {match: {strategy: full}, set: {lr: 3.0e-4}, reason: ...}
+```
+
+String values may use `${VAR}` or `${VAR:-default}` (environment). Each cell becomes a `RunSpec`; the built-in
+validity rules (flash attention needs bf16; V100 has neither bf16 nor flash attention; QLoRA needs a Turing or
+newer GPU) mark cells invalid with their reason. Nothing is dropped silently: `plan` lists every cell.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from training_core.spec import RunSpec
+
+from ..paths import MATRICES
+from .cells import BATCH_PER_GPU, LIMIT_KEYS, Cell, expand
+from .hardware import AUTO, Machine
+from .limits import MAX_CELLS
+from .schema import GridError, GridFile, Patch, resolve_hardware
+
+
+@dataclass
+class Grid:
+    path: Path
+    file: GridFile
+    profile: str | None = None
+    cells: list[Cell] = field(default_factory=list)
+    patches: list[Patch] = field(default_factory=list)  # the chosen profile's, for `plan` to show
+    auto_hardware: bool = False  # the grid's hardware was `auto` (resolved from the machine that loaded it)
+
+    @property
+    def name(self) -> str:
+        return self.file.name
+
+    @property
+    def runnable(self) -> list[Cell]:
+        return [c for c in self.cells if c.runnable]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice in one mapping is an error (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+MAX_VALUES = 100_000  # values in a grid after expansion (the shipped ones hold a few hundred)
+MAX_DEPTH = 32  # nesting of mappings and lists
+
+
+def _expand_env(value, where: str, budget: list[int] | None = None, depth: int = 0):
+    """${VAR} and ${VAR:-default} in every string. YAML aliases become copies here, so the expanded size is bounded
+    (a "billion laughs" grid is an error, not minutes of work), as is the nesting."""
+    budget = budget if budget is not None else [MAX_VALUES]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise GridError(f"{where}: the grid expands to more than {MAX_VALUES} values (YAML aliases repeat what they "
+                        "point at); a grid holds a few hundred")
+    if depth > MAX_DEPTH:
+        raise GridError(f"{where}: nested more than {MAX_DEPTH} levels deep; a grid is a few levels deep")
+    if isinstance(value, str):
+        def sub(match):
+            name, default = match.group(1), match.group(2)
+            if os.environ.get(name):  # as the shell: an empty variable counts as unset
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise GridError(f"{where}: ${{{name}}} is not set; export {name}=... or write ${{{name}:-default}}")
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}", budget, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]", budget, depth + 1) for i, v in enumerate(value)]
+    return value
+
+
+def _grid_text(path: Path) -> str:
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise GridError(f"{path}: is UTF-16 text; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise GridError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, machine: Machine | None = None,
+              max_cells: int = MAX_CELLS) -> Grid:
+    """A validated, expanded grid; `machine` (default: detected when the grid asks for `auto` hardware) resolves
+    `gpu: auto` / `gpus_per_node: auto`."""
+    path = Path(path)
+    if not path.is_file():
+        candidates = sorted(p.stem for p in MATRICES.glob("*.yaml")) if MATRICES.is_dir() else []
+        hint = f" (shipped grids: {', '.join(candidates)})" if candidates else ""
+        raise GridError(f"{path}: no such grid file{hint}")
+    try:
+        raw = yaml.load(_grid_text(path), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise GridError(f"{path}: nested too deeply to read; a grid is a few levels deep") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise GridError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise GridError(f"{path}: a grid must be a YAML mapping with at least 'name'")
+    try:
+        grid_file = GridFile.model_validate(_expand_env(raw, path.name))
+    except ValidationError as exc:
+        raise GridError(_grid_error(path, exc)) from None
+    _check_spec_keys(path, grid_file)
+    chosen = grid_file.profiles.get(profile) if profile is not None else None
+    grid_file = grid_file.with_profile(profile, path)
+    auto = AUTO in (grid_file.hardware.gpu, grid_file.hardware.gpus_per_node)
+    grid_file = grid_file.model_copy(update={"hardware": resolve_hardware(grid_file.hardware, machine)})
+    grid = Grid(path, grid_file, profile=profile, patches=list(chosen.patches) if chosen else [], auto_hardware=auto)
+    grid.cells = expand(grid_file, path, chosen, repeats, where=f"profiles.{profile}", max_cells=max_cells)
+    return grid
+
+
+def _grid_error(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = f"unknown key; a grid has {', '.join(GridFile.model_fields)}"
+        lines.append(f"{path}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def _check_spec_keys(path: Path, grid: GridFile) -> None:
+    valid = set(RunSpec.model_fields) | set(LIMIT_KEYS) | {BATCH_PER_GPU}
+    places = [("defaults", grid.defaults), ("axes", grid.axes)]
+    places += [(f"include[{i}]", c) for i, c in enumerate(grid.include)]
+    places += [(f"exclude[{i}].match", r.match) for i, r in enumerate(grid.exclude)]
+    places += [(f"references[{i}].match", r.match) for i, r in enumerate(grid.references)]
+    for name, profile in grid.profiles.items():
+        places += [(f"profiles.{name}.defaults", profile.defaults), (f"profiles.{name}.override", profile.override)]
+        for i, patch in enumerate(profile.patches):
+            places += [(f"profiles.{name}.patches[{i}].match", patch.match),
+                       (f"profiles.{name}.patches[{i}].set", patch.set)]
+    for where, mapping in places:
+        for key in mapping:
+            if key not in valid:
+                close = [v for v in sorted(valid) if v.startswith(key[:3])]
+                fix = f"did you mean {' or '.join(close)}?" if close else f"valid keys: {', '.join(sorted(valid))}"
+                raise GridError(f"{path}: {where}.{key}: not a cell setting; {fix}")
+    for key, values in grid.axes.items():
+        if not values:
+            raise GridError(f"{path}: axes.{key}: an axis needs at least one value")

@@ -1,0 +1,73 @@
+"""How a stored row is read, by every part that reads one (report, plots, the end-of-run console, the gate): the one
+peak-memory rule, input-bound, the newest row of each cell, a cell's label, sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from training_core.result import FINAL
+
+GIB = 2**30
+INPUT_BOUND_SHARE = 0.05  # a cell whose loop waited for data longer than this share of its step time
+# The peak memory of a row, most telling first: NVML's device peak (what nvidia-smi shows: everything the process
+# holds on the GPU), torch's reserved then allocated peak, and on a CPU the process's RSS.
+PEAK_KEYS = (("peak_mem_device_bytes", "device"), ("peak_mem_reserved_bytes", "reserved"),
+             ("peak_mem_allocated_bytes", "allocated"), ("peak_rss_bytes", "RSS"))
+
+
+def peak_memory(metrics: dict) -> tuple[int | float, str] | None:
+    """(bytes, which counter) of the row's peak memory by the rule above, or None when nothing was measured."""
+    for key, kind in PEAK_KEYS:
+        if metrics.get(key) is not None:
+            return metrics[key], kind
+    return None
+
+
+def peak_memory_gb(metrics: dict) -> float | None:
+    """The peak memory (the rule above) in GiB."""
+    peak = peak_memory(metrics)
+    return None if peak is None else peak[0] / GIB
+
+
+def size_text(n: int) -> str:
+    """Bytes as GiB, or MiB below one GiB (a tiny cell's peak)."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
+
+
+def input_bound(metrics: dict) -> bool:
+    return (metrics.get("data_wait_share") or 0.0) > INPUT_BOUND_SHARE  # None: not measured (strict JSON null)
+
+
+def cell_key(row: dict) -> tuple:
+    """What identifies a cell's rows in a store: its spec (run_id) and, in a stored baseline of several passes, its
+    pass."""
+    return row["run_id"], row.get("pass")
+
+
+def newest(rows: Iterable[dict], final_only: bool = False) -> tuple[dict[tuple, dict], list[str]]:
+    """The newest row of each cell (by `cell_key`), or with `final_only` its newest final one: a rerun's row
+    supersedes the earlier one (an `interrupted` row before a final `ok` is the normal state after Ctrl-C and a
+    rerun). Also the run_ids that have more than one final row (named, never counted as repeats). Keeps one row per
+    cell, never the whole store."""
+    latest: dict[tuple, dict] = {}
+    finals: dict[tuple, int] = {}
+    for row in rows:
+        key, final = cell_key(row), row["status"] in FINAL
+        if final or not final_only:
+            latest[key] = row
+        finals[key] = finals.get(key, 0) + final
+    return latest, sorted({key[0] for key, n in finals.items() if n > 1})
+
+
+def spec_label(spec: dict) -> str:
+    """A cell's settings in one line: 'docvqa lora bf16 sdpa 1 8' (task, strategy, precision, attention, nodes,
+    GPUs per node)."""
+    keys = ("task", "strategy", "precision", "attention", "nodes", "gpus_per_node")
+    return " ".join(str(spec.get(k)) for k in keys)
+
+
+def cell_label(row: dict) -> str:
+    """'cell 3 (lora, flash, bf16)': a row as the report's sentences name it."""
+    s = row["spec"]
+    attention = "flash" if s.get("attention") == "flash_attention_2" else s.get("attention")
+    return f"cell {row.get('cell', '?')} ({s.get('strategy')}, {attention}, {s.get('precision')})"
