@@ -1,4 +1,4 @@
-"""Evaluation as the recipe does it (fact sheet 1.11): greedy generation (max_new_tokens 64 by default), stopping
+"""Evaluation as the recipe does it (docs/RECIPE.md §1.11): greedy generation (max_new_tokens 64 by default), stopping
 at the tokenizer's EOS `<|endoftext|>`, only the new tokens decoded with special tokens skipped; records sharded
 over ranks and gathered; the task's metric on rank 0. DocVQA adds the standard (case-insensitive) ANLS beside the
 recipe's, under its own name."""

@@ -1,4 +1,4 @@
-"""Evaluation metrics with the recipe's exact semantics (fact sheet 1.11), plus clearly named standard variants.
+"""Evaluation metrics with the recipe's exact semantics (docs/RECIPE.md §1.11), plus clearly named standard variants.
 
 - `anls`: the recipe's DocVQA ANLS. Case-sensitive; the prediction is only `.strip().strip('.')`-ed, gold answers
   are used as given; normalised Levenshtein distance = distance / length of the longer string; a score counts only

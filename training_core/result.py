@@ -1,4 +1,5 @@
-"""The result row of one cell (DESIGN.md's schema), written atomically as `DIR/result.json` by rank 0.
+"""The result row of one cell and its vocabulary (docs/ARCHITECTURE.md, "The row"), written atomically as
+`DIR/result.json` by rank 0.
 
 Statuses: ok, oom, error, timeout, unsupported, interrupted, diverged (a non-finite loss). Failures carry their
 reason and whatever metrics were gathered before them. Per-step series (losses, step times) ride along under
@@ -55,7 +56,7 @@ CELL, RUNNER, LAUNCHER, GATE = ("the cell (training_core.result.build_row)", "th
 ROW_KEYS: tuple[RowKey, ...] = (
     RowKey("run_id", "str", CELL, "stable hash of the normalised spec: the cell's identity across runs"),
     RowKey("status", "str", CELL, f"one of {', '.join(STATUSES)}"),
-    RowKey("reason", "str | null", CELL, f"why a cell did not finish ok (at most {REASON_LIMIT} characters)"),
+    RowKey("reason", "str or null", CELL, f"why a cell did not finish ok (at most {REASON_LIMIT} characters)"),
     RowKey("spec", "object", CELL, "the RunSpec as JSON (training_core/spec.py)"),
     RowKey("metrics", "object", CELL, "measured numbers, units in the names (memory in bytes); null when unmeasured"),
     RowKey("series", "object", CELL, "per-step lists: loss, step_time_s, data_wait_s"),
@@ -66,10 +67,10 @@ ROW_KEYS: tuple[RowKey, ...] = (
     RowKey("artifacts", "object", CELL, "kept files, e.g. {model: <cell>/model} (run --keep-model)"),
     RowKey("unmeasured", "object", CELL, "metric -> why this cell could not measure it (e.g. mfu)"),
     RowKey("gradients", "object", CELL, "trainable parameters without a gradient in the first optimizer step"),
-    RowKey("matrix", "str | null", RUNNER, "the grid's name (null in a result.json before the runner reads it)"),
+    RowKey("matrix", "str or null", RUNNER, "the grid's name (null in a result.json before the runner reads it)"),
     RowKey("cell", "int", RUNNER, "the cell's index in its grid"),
-    RowKey("profile", "str | null", RUNNER, "the grid's profile (--profile)"),
-    RowKey("log", "str | null", RUNNER, "the cell's log file"),
+    RowKey("profile", "str or null", RUNNER, "the grid's profile (--profile)"),
+    RowKey("log", "str or null", RUNNER, "the cell's log file"),
     RowKey("log_tail", "list[str]", RUNNER, "the log's last lines, for a row that is not ok"),
     RowKey("predicted", "object", RUNNER, "the memory estimator's prediction made before the cell ran"),
     RowKey("survivors", "list[int]", LAUNCHER, "local: processes of the cell that survived SIGKILL"),

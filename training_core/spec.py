@@ -1,6 +1,6 @@
 """`RunSpec`: the frozen, validated description of one benchmark cell (defined once; the matrix runner imports it).
 
-Every field has the recipe's default where the recipe has one (fact sheet 1.3-1.8). A spec is validated at the
+Every field has the recipe's default where the recipe has one (docs/RECIPE.md §1.3-1.8). A spec is validated at the
 boundary: unknown keys, wrong types and impossible combinations fail with a message that names the field.
 `run_id` is a stable hash of the normalised spec, so the same cell always has the same id.
 """

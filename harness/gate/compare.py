@@ -24,7 +24,8 @@ from typing import Literal
 from training_core.result import EXACT, HIGHER, LOWER
 
 from ..rows import spec_label
-from .rules import NORMALISED, CompareError, OrderRule, Rules, Tolerance, check_rules
+from .baseline import find_baseline, hardware_of, load_passes, load_rows
+from .rules import NORMALISED, CompareError, OrderRule, Rules, Tolerance, check_rules, load_rules
 
 
 @dataclass
@@ -252,9 +253,6 @@ def render_markdown(result: GateResult, baseline: Path, current: Path) -> str:
 def check(baseline: Path, current: list[Path], rules_path: Path | None) -> tuple[GateResult, Path]:
     """The gate: CURRENT (one group per pass) against BASELINE (a group, or a baselines root where CURRENT's key is
     looked up) under the rules; runs of other hardware are refused. Returns the result and the baseline folder."""
-    from .baseline import find_baseline, hardware_of, load_passes, load_rows
-    from .rules import load_rules
-
     current_rows = load_passes(current)
     baseline_dir = find_baseline(Path(baseline), current_rows)
     baseline_rows = load_rows(baseline_dir)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from training_core.errors import UserError
 
-from ..paths import REFERENCE
+from .. import paths
 
 VALUE_UNITS = {
     "images_per_s": "images/s",
@@ -96,7 +96,9 @@ class RefRow:
         return int(self.settings.get("gpus", self.gpus_per_node))
 
 
-def load_references(directory: Path = REFERENCE) -> dict[str, RefRow]:
+def load_references(directory: Path | None = None) -> dict[str, RefRow]:
+    """Every documented row by key, from `directory` (default: the repository's results/reference)."""
+    directory = directory if directory is not None else paths.REFERENCE
     rows: dict[str, RefRow] = {}
     files = sorted(Path(directory).glob("*.yaml"))
     if not files:

@@ -11,7 +11,7 @@ from rich.table import Table
 from training_core.result import LINE_REASON_LIMIT, clip_reason
 
 from ..grid.file import Grid
-from ..rows import input_bound, peak_memory, size_text
+from ..rows import GIB, input_bound, peak_memory, size_text
 from ..store import RowStore
 
 
@@ -32,7 +32,7 @@ def print_summary(console: Console, store: RowStore, grid: Grid) -> None:
         table.add_row(*map(escape, (str(cell.index), s.strategy, s.precision, s.attention,
                                     f"{s.nodes}x{s.gpus_per_node}", str(row["status"]), _num(m.get("images_per_s")),
                                     _num(m.get("step_time_s_p50"), 3), _wait(m),
-                                    f"{peak[0] / 2**30:.2f} ({peak[1]})" if peak else "", loss, _note(row))))
+                                    f"{peak[0] / GIB:.2f} ({peak[1]})" if peak else "", loss, _note(row))))
     console.print(table)
 
 

@@ -95,17 +95,24 @@ def test_a_job_slurm_ended_badly_is_never_an_ok_row_whatever_its_result_says(tmp
 
 
 def test_a_head_node_name_that_does_not_resolve_on_a_node_is_the_cells_error_naming_it(tmp_path):
-    """The in-job check (python -m harness.launchers.slurm_node check) as every node runs it before torchrun."""
+    """The in-job check (python -m harness.run.launchers.slurm_node check) as every node runs it before torchrun; jobs
+    queued before the harness moved into stages name the old path, which still runs the same check."""
     import json
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[2]
     RunSpec(model="tiny").save(tmp_path / "spec.json")
-    check = [sys.executable, "-m", "harness.launchers.slurm_node", "check", "--spec", str(tmp_path / "spec.json"),
-             "--out", str(tmp_path)]
-    ok = subprocess.run([*check, "--head-node=localhost"], cwd=root, capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0 and not (tmp_path / "result.json").exists()
+    old = [sys.executable, "-m", "harness.launchers.slurm_node", "check", "--spec", str(tmp_path / "spec.json"),
+           "--out", str(tmp_path)]
+    check = [sys.executable, "-m", "harness.run.launchers.slurm_node", *old[3:]]
+    for command in (check, old):
+        ok = subprocess.run([*command, "--head-node=localhost"], cwd=root, capture_output=True, text=True, timeout=300)
+        assert ok.returncode == 0 and not (tmp_path / "result.json").exists()
+    shim = subprocess.run([*old, "--head-node=n9.nowhere.invalid"], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert shim.returncode == 1 and "'n9.nowhere.invalid' does not resolve" in shim.stderr
+    (tmp_path / "result.json").unlink()
     bad = subprocess.run([*check, "--head-node=n9.nowhere.invalid"], cwd=root, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 1

@@ -186,10 +186,10 @@ def test_slurm_dry_run_writes_the_sbatch_scripts(tmp_path):
         assert line in text.splitlines(), line
     check, srun = [line for line in text.splitlines() if line.startswith("srun ")]
     node_step = "srun --ntasks-per-node=1 --cpus-per-task=$SLURM_CPUS_ON_NODE "  # the node's CPUs, not one
-    assert check.startswith(node_step) and '-m harness.launchers.slurm_node check --head-node="$head_node" --gpu=A100 ' \
+    assert check.startswith(node_step) and '-m harness.run.launchers.slurm_node check --head-node="$head_node" --gpu=A100 ' \
         "--gpus-per-node=8" in check  # every node checks the head node's name and its GPUs inside the job
-    assert srun.startswith(node_step) and "-m torch.distributed.run --nnodes=$SLURM_NNODES --nproc_per_node=8" in srun
-    assert '--rdzv_backend=c10d --rdzv_endpoint="$head_node:$rdzv_port"' in srun
+    assert srun.startswith(node_step) and "-m torch.distributed.run --nnodes=$SLURM_NNODES --rdzv_id=$SLURM_JOB_ID" in srun
+    assert '--rdzv_backend=c10d --rdzv_endpoint="$head_node:$rdzv_port" --nproc_per_node=8 -m training_core.run' in srun
     assert f"-m training_core.run --spec {cell_dir}/spec.json --out {cell_dir} --save-model" in srun  # --keep-model
     assert json.loads((cell_dir / "spec.json").read_text())["nodes"] == 2
     assert not (cell_dir / "slurm_job_id").exists() and rows(tmp_path / "r") == []
@@ -239,7 +239,7 @@ def test_slurm_submission_and_collection_of_finished_and_failed_jobs(tmp_path):
     cells = {json.loads((d / "spec.json").read_text())["seed"]: d for d in (results / "g" / "8xA100" / "cells").iterdir()}
     assert [(cells[s] / "slurm_job_id").read_text().strip() for s in (1, 2, 3)] == ["1001", "1002", "1003"]
     # job 1003 ran its in-job hardware check on a node without A100s (this machine): it writes the cell's row
-    check = subprocess.run([sys.executable, "-m", "harness.launchers.slurm_node", "check", "--gpu=A100", "--gpus-per-node=8",
+    check = subprocess.run([sys.executable, "-m", "harness.run.launchers.slurm_node", "check", "--gpu=A100", "--gpus-per-node=8",
                             "--spec", str(cells[3] / "spec.json"), "--out", str(cells[3])], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 1 and "hardware mismatch on compute node" in check.stderr

@@ -8,7 +8,7 @@ from training_core.model.rope_factors import PHI35_VISION_LONG, PHI35_VISION_SHO
 
 
 def official_layout() -> dict[str, tuple[int, ...]]:
-    """The checkpoint's parameter names and shapes, written out from the fact sheet (section 2.3)."""
+    """The checkpoint's parameter names and shapes, written out from docs/RECIPE.md §2.3."""
     shapes = {
         "model.embed_tokens.weight": (32064, 3072),
         "model.norm.weight": (3072,),

@@ -63,7 +63,7 @@ def test_images_reach_the_language_model(tiny_model, tiny_processor, tiny_tokeni
 
 
 def _reference_layout(feats, h_crop, w_crop, glb_gn, sub_gn):
-    """Token-by-token construction of the sub_glb layout (fact sheet 2.9), independent of the model's reshapes."""
+    """Token-by-token construction of the sub_glb layout (docs/RECIPE.md §2.9), independent of the model's reshapes."""
     n_patch, c = feats.shape[1], feats.shape[2]
     side = int(n_patch**0.5)
     g = side // 2
@@ -236,7 +236,7 @@ def test_generation_computes_image_features_once(tiny_model, tiny_processor, tin
 
 
 def test_longrope_scaling_matches_the_fact_sheet(tiny_model):
-    # cos/sin are multiplied by sqrt(1 + ln(131072/4096) / ln(4096)) ~ 1.1902 (fact sheet 2.9)
+    # cos/sin are multiplied by sqrt(1 + ln(131072/4096) / ln(4096)) ~ 1.1902 (docs/RECIPE.md §2.9)
     assert tiny_model.model.rotary_emb.attention_scaling == pytest.approx(1.1902, abs=1e-4)
     rotary = tiny_model.model.rotary_emb
     x = torch.zeros(1, 1, 16)

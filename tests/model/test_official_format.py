@@ -9,7 +9,7 @@ import torch
 from training_core.model import PRESETS, Phi3VConfig, Phi3VForCausalLM, build_config, build_model
 from training_core.model.rope_factors import PHI35_VISION_LONG, PHI35_VISION_SHORT
 
-# The official config.json's values (fact sheet 2.1) that a reader of the official format needs to rebuild the model.
+# The official config.json's values (docs/RECIPE.md §2.1) that a reader of the official format needs to rebuild the model.
 OFFICIAL_PHI35 = {
     "model_type": "phi3_v",
     "architectures": ["Phi3VForCausalLM"],

@@ -1,4 +1,4 @@
-"""Batch collators: right padding for training, left padding for batched generation (fact sheet 1.10)."""
+"""Batch collators: right padding for training, left padding for batched generation (docs/RECIPE.md §1.10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Turn a record into model inputs the way the recipe's collators do (fact sheet 1.10).
+"""Turn a record into model inputs the way the recipe's collators do (docs/RECIPE.md §1.10).
 
 Training: each selected turn is chat-templated on its own (`<|user|>\n{content}<|end|>\n<|assistant|>\n`) and run
 through the processor with that turn's images; the answer `{answer}<|end|>\n<|endoftext|>` is tokenised without

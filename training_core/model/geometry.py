@@ -1,6 +1,6 @@
 """Where an image lands in the HD transform, and how many image tokens it becomes: arithmetic only (no torch, no
 PIL), so the data checks, the sequence-length statistics and the FLOPs model share it with the transform itself
-(`image_processing.py`) without importing a tensor library (fact sheet 2.6/2.7)."""
+(`image_processing.py`) without importing a tensor library (docs/RECIPE.md §2.6/2.7)."""
 
 from __future__ import annotations
 

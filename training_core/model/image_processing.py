@@ -1,4 +1,4 @@
-"""The HD image transform of Phi-3(.5)-vision (fact sheet 2.6/2.7), on PIL and torch only.
+"""The HD image transform of Phi-3(.5)-vision (docs/RECIPE.md §2.6/2.7), on PIL and torch only.
 
 Per image: RGB; portrait images are transposed to landscape; the largest `scale` with
 `scale * ceil(scale / ratio) <= num_crops` sets the width `scale * crop` (images are always rescaled to it,

@@ -1,4 +1,4 @@
-"""The `<|image_N|>` tags of a prompt (fact sheet 2.3): the pattern and the check that they number the images
+"""The `<|image_N|>` tags of a prompt (docs/RECIPE.md §2.3): the pattern and the check that they number the images
 1..n in order. Plain `re`, so the data checks use it without importing the processor's tokenizer stack."""
 
 from __future__ import annotations

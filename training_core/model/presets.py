@@ -1,6 +1,6 @@
 """Model presets: the official configurations and a tiny one with every structural path of the real model.
 
-- `phi-3.5-vision`: the exact values of `microsoft/Phi-3.5-vision-instruct`'s config.json (fact sheet 2.1).
+- `phi-3.5-vision`: the exact values of `microsoft/Phi-3.5-vision-instruct`'s config.json (docs/RECIPE.md §2.1).
 - `phi-3-vision-128k`: `microsoft/Phi-3-vision-128k-instruct`. Same architecture; its LongRoPE factors and
   `sliding_window` come from a public copy of the config, not from the checkpoint itself (see UNCONFIRMED): a
   checkpoint directory's config.json always overrides a preset when weights are loaded.
@@ -23,7 +23,7 @@ from .tiny_vocab import TINY_SPECIAL_IDS, TINY_VOCAB_SIZE
 CLIP_L14_336_NAME = "openai/clip-vit-large-patch14-336"
 
 # The CLIP architecture the official remote code builds in code for `openai/clip-vit-large-patch14-336`
-# (fact sheet 2.5). Weights come from the Phi checkpoint, never from OpenAI's.
+# (docs/RECIPE.md §2.5). Weights come from the Phi checkpoint, never from OpenAI's.
 CLIP_VIT_L14_336: dict[str, Any] = {
     "hidden_size": 1024,
     "image_size": 336,

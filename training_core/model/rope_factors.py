@@ -1,7 +1,7 @@
 """LongRoPE ("su") factor lists of the official checkpoints' config.json files (facts, 48 values each).
 
 Phi-3.5-vision-instruct: the long factors equal Phi-3.5-mini-instruct's; the short factors start 1.08, 1.1, 1.13
-and end 9.0 (fact sheet section 2.1). Phi-3-vision-128k-instruct: long factors start 1.03 (fact sheet section 2.1);
+and end 9.0 (docs/RECIPE.md §2.1). Phi-3-vision-128k-instruct: long factors start 1.03 (docs/RECIPE.md §2.1);
 the values below were read from a public copy of its config.json and are overridden by the config.json of any
 checkpoint directory that is loaded.
 """

@@ -15,7 +15,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from .tiny_vocab import CHAT_SPECIALS, HEAD, TINY_SPECIAL_IDS
 
-# The Phi-3 chat template (fact sheet 2.2): no BOS in the template, the tokenizer adds it.
+# The Phi-3 chat template (docs/RECIPE.md §2.2): no BOS in the template, the tokenizer adds it.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n' }}"

@@ -1,10 +1,10 @@
 """The image embedder `model.vision_embed_tokens`: CLIP tower, HD feature layout, separators, MLP projector.
 
-Parameter names follow the official checkpoint (fact sheet 2.3): `img_processor.vision_model.*` (CLIP),
+Parameter names follow the official checkpoint (docs/RECIPE.md §2.3): `img_processor.vision_model.*` (CLIP),
 `img_projection.{0,2}`, `glb_GN`, `sub_GN`, and `wte`, which *is* the decoder's `embed_tokens` module (shared,
 as in the official code, so freezing this embedder freezes the token embedding too, the recipe's behaviour).
 
-Features follow fact sheet 2.9: the CLIP hidden state after layer `num_layers + layer_idx` (penultimate for -2,
+Features follow docs/RECIPE.md §2.9: the CLIP hidden state after layer `num_layers + layer_idx` (penultimate for -2,
 computed by running only the layers needed; the last layer and `post_layernorm` stay as parameters for checkpoint
 compatibility but, as in the official forward, never influence the output), CLS dropped, 2x2 patch merge with
 channel order (row offset, column offset, channel), a `sub_GN` column after every row, then `glb_GN`, then the

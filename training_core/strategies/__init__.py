@@ -1,4 +1,4 @@
-"""Fine-tuning strategies, a registry by name, as the recipe does them (fact sheet 1.4-1.7):
+"""Fine-tuning strategies, a registry by name, as the recipe does them (docs/RECIPE.md §1.4-1.7):
 
 - `full`: every parameter trains; DeepSpeed ZeRO-2 with the recipe's settings (no offload).
 - `frozen_vision`: the image embedder is frozen (CLIP, projector, separators and, through the shared `wte`, the

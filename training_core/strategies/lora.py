@@ -1,4 +1,4 @@
-"""`lora` and `qlora` (fact sheet 1.5): peft LoRA on the recipe's targets, attached without wrapping the model
+"""`lora` and `qlora` (docs/RECIPE.md §1.5): peft LoRA on the recipe's targets, attached without wrapping the model
 (peft's `inject_adapter_in_model`, what transformers' `add_adapter` does), trained with DDP."""
 
 from __future__ import annotations

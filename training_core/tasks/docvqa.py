@@ -1,4 +1,4 @@
-"""DocVQA (fact sheet 1.9-1.11). `docvqa`: the 1000/200 mini split, prompt `<|image_1|>\n{question}\nAnswer briefly.`,
+"""DocVQA (docs/RECIPE.md §1.9-1.11). `docvqa`: the 1000/200 mini split, prompt `<|image_1|>\n{question}\nAnswer briefly.`,
 a gold answer drawn at random every time the example is used; `docvqa_full`: the Cauldron's full DocVQA train set,
 one random QA pair per use without the suffix, evaluated on the same 200-example mini test split. Metric: the
 recipe's case-sensitive ANLS. Both collators drop the attention mask (batch size 1)."""

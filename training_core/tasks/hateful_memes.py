@@ -1,4 +1,4 @@
-"""Hateful Memes (fact sheet 1.9-1.11): the Cauldron's `hateful_memes`, `train[500:]` for training and the first 500
+"""Hateful Memes (docs/RECIPE.md §1.9-1.11): the Cauldron's `hateful_memes`, `train[500:]` for training and the first 500
 training examples for evaluation; the first QA pair, `<|image_1|>\n{user}`; exact-match accuracy. The collator
 drops the attention mask (batch size 1)."""
 

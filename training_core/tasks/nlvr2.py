@@ -1,4 +1,4 @@
-"""NLVR2 (fact sheet 1.9-1.11): the Cauldron's `nlvr2`, two images per example; every QA turn is trained (turn 0
+"""NLVR2 (docs/RECIPE.md §1.9-1.11): the Cauldron's `nlvr2`, two images per example; every QA turn is trained (turn 0
 `<|image_1|><|image_2|>\n{user}` with both images, later turns `{user}`); evaluation on the first 500 training
 examples, first QA pair, exact-match accuracy. Batches keep an attention mask (right padding)."""
 

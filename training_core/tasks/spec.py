@@ -1,4 +1,4 @@
-"""`TaskSpec`: what a task adapter declares, and how a record becomes prompts (fact sheet 1.10-1.11).
+"""`TaskSpec`: what a task adapter declares, and how a record becomes prompts (docs/RECIPE.md §1.10-1.11).
 
 Every task writes a turn's content the same way: the turn's image tags concatenated (`<|image_1|><|image_2|>`),
 a newline, the user text, then the task's suffix (`\nAnswer briefly.` for DocVQA). A user text that already

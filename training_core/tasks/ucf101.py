@@ -1,4 +1,4 @@
-"""UCF-101 (fact sheet 1.9-1.12): the converted jsonl (`ucf101_train.jsonl`, `ucf101_val.jsonl`, images/), 8 frames
+"""UCF-101 (docs/RECIPE.md §1.9-1.12): the converted jsonl (`ucf101_train.jsonl`, `ucf101_val.jsonl`, images/), 8 frames
 per video, `num_crops` 4; every turn trained with its own frames (`<|image_1|>...<|image_8|>\n{user}`); evaluation
 builds the prompt from all earlier turns and asks the last one; exact-match accuracy."""
 

@@ -1,4 +1,4 @@
-"""UCF-101 subset -> conversation-format jsonl, as the recipe's `convert_ucf101.py` (fact sheet 1.12).
+"""UCF-101 subset -> conversation-format jsonl, as the recipe's `convert_ucf101.py` (docs/RECIPE.md §1.12).
 
 Input: the extracted `UCF101_subset` directory (`{train,val,test}/{Class}/*.avi`), its parent, or the
 `UCF101_subset.tar.gz` archive (extracted to a temporary directory that is removed afterwards). Classes are the
