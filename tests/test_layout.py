@@ -28,7 +28,7 @@ HEAVY = ("torch", "transformers", "peft", "deepspeed", "bitsandbytes", "accelera
 
 # The layer of each part of harness/ (longest prefix wins); a module may import its own part or a lower layer.
 LAYERS = {
-    "harness.paths": 1, "harness.outputs": 1, "harness.rows": 1,
+    "harness.paths": 1, "harness.outputs": 1, "harness.rows": 1, "harness.readers": 1,
     "harness.store": 2,
     "harness.grid": 3,
     "harness.run": 4, "harness.report": 4, "harness.gate": 4,

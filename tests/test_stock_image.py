@@ -13,7 +13,7 @@ from harness.store import RowStore
 from tests.blocking import OPTIONAL, ROOT, env_without
 
 # Modules that exist to use one optional package (imported only by the command that needs it).
-NEEDS = {"harness.plots": "matplotlib"}
+NEEDS = {"harness.report.plots": "matplotlib"}
 
 IMPORT_ALL = """
 import importlib, pkgutil, sys

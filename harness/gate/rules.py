@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from training_core.errors import UserError
 from training_core.result import EXACT, HIGHER, LOWER
 
+from ..readers import schema_problems, yaml_problem
+
 
 class CompareError(UserError):
     pass
@@ -57,8 +59,13 @@ def load_rules(path: Path | None) -> Rules:
         return Rules()
     try:
         return Rules.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-    except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise CompareError(f"{path}: invalid rules: {exc}") from None
+    except OSError as exc:
+        raise CompareError(f"{path}: cannot read the rules ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise CompareError(yaml_problem(Path(path), exc)) from None
+    except ValidationError as exc:
+        raise CompareError(f"{path}: invalid rules: " + "; ".join(schema_problems(exc, Rules, "a rules file"))) \
+            from None
 
 
 def check_rules(rules: Rules, current_rows: list[dict]) -> None:

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from training_core.spec import RunSpec
 
 from ..paths import MATRICES
+from ..readers import schema_problems, yaml_problem
 from .cells import BATCH_PER_GPU, LIMIT_KEYS, Cell, expand
 from .hardware import AUTO, Machine
 from .limits import MAX_CELLS
@@ -133,9 +134,7 @@ def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, ma
     except RecursionError:
         raise GridError(f"{path}: nested too deeply to read; a grid is a few levels deep") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise GridError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise GridError(yaml_problem(path, exc)) from None
     if not isinstance(raw, dict):
         raise GridError(f"{path}: a grid must be a YAML mapping with at least 'name'")
     try:
@@ -153,14 +152,7 @@ def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, ma
 
 
 def _grid_error(path: Path, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = f"unknown key; a grid has {', '.join(GridFile.model_fields)}"
-        lines.append(f"{path}: {key}: {message}")
-    return "\n".join(lines)
+    return "\n".join(f"{path}: {problem}" for problem in schema_problems(exc, GridFile, "a grid"))
 
 
 def _check_spec_keys(path: Path, grid: GridFile) -> None:

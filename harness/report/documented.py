@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from training_core.errors import UserError
 
 from .. import paths
+from ..readers import schema_problems, yaml_problem
 
 VALUE_UNITS = {
     "images_per_s": "images/s",
@@ -129,13 +130,11 @@ def _read_table(path: Path) -> _Table:
     except UnicodeDecodeError:
         raise DocumentedError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise DocumentedError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise DocumentedError(yaml_problem(path, exc)) from None
     if not isinstance(raw, dict):
         raise DocumentedError(f"{path}: a reference table is a YAML mapping with {', '.join(_Table.model_fields)}")
     try:
         return _Table.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        problems = schema_problems(exc, _Table, "a reference table")
         raise DocumentedError(f"{path}: invalid reference table: " + "; ".join(problems)) from None
