@@ -87,6 +87,8 @@ def locked(folder: Path):
     """An exclusive lock on `folder` (its `.lock` file) while the block runs."""
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / ".harness-output.lock"
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):  # a pipe would block the open, a link redirect it
+        raise OutputError(f"{lock}: is not the lock file the harness keeps there; remove it")
     with open(lock, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

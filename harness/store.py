@@ -25,10 +25,23 @@ from training_core.errors import UserError
 from training_core.result import dumps, row_problem
 
 from . import outputs
+from .readers import UnreadableError, kind_of, open_regular
 from .rows import newest
 
 ROWS = "rows.jsonl"
 ENV = "env.json"
+LOCK = ".lock"
+ROW_LINE_LIMIT = 256 * 2**20  # a row the harness writes is kilobytes; a hand-made 50 MB reason is still read (and clipped)
+# A cell's own files (cells/<run_id>/...): a directory, pipe or link under one of these names is refused.
+CELL_FILE = re.compile(r"^(result|spec|predicted|procs(\.node\d+)?)\.json$|^log(\.node\d+)?\.txt$|^slurm_job_id$"
+                       r"|^job\.sbatch$|^slurm-\d+\.log$")
+
+
+def _own_file(folder: Path, name: str, group: Path) -> bool:
+    """Whether `folder/name` is where the store keeps a file of its own."""
+    if folder == group:
+        return name in (ROWS, ENV, LOCK)
+    return folder.parent == group / "cells" and bool(CELL_FILE.match(name))
 
 
 class StoreError(UserError):
@@ -71,13 +84,22 @@ class RowStore:
     def iter_rows(self):
         """The rows one at a time, read line by line (a store of 200k rows is never held as text and rows at once:
         `latest` keeps only each cell's newest)."""
-        if not self.path.exists():
+        if self.directory.is_symlink():
+            raise StoreError(f"{self.directory}: the results group is a symbolic link; give the group itself")
+        if not self.path.exists() and not self.path.is_symlink():
             return
-        if not self.path.is_file():
+        if self.path.is_dir():
             raise StoreError(f"{self.path}: not a file; move it aside (the store is re-created from "
                              "cells/*/result.json on the next run)")
-        with self.path.open("rb") as handle:
-            for number, line in enumerate(handle, start=1):
+        try:
+            handle = open_regular(self.path, "rows file")
+        except UnreadableError as exc:
+            raise StoreError(str(exc)) from None
+        with handle:
+            for number, line in enumerate(iter(lambda: handle.readline(ROW_LINE_LIMIT + 1), b""), start=1):
+                if len(line) > ROW_LINE_LIMIT:
+                    raise StoreError(f"{self.path}:{number}: a line of more than {ROW_LINE_LIMIT // 2**20} MiB is no "
+                                     "row the harness wrote; remove it or move the file aside")
                 if not line.endswith(b"\n"):  # the file must end with a newline; anything after the last is torn
                     print(f"warning: {self.path}: ignoring a torn last line ({len(line)} bytes) from an "
                           "interrupted write", file=sys.stderr)
@@ -137,29 +159,49 @@ class RowStore:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def links(self) -> list[Path]:
-        """Symbolic links anywhere in the group (the group folder itself included): a group holds only its own
-        files, so a link (cells/<id> to another folder, log.txt to a user's file) would make a run write or delete
-        through it."""
-        found = [self.directory] if self.directory.is_symlink() else []
-        if self.directory.is_dir() and not found:
+    def strangers(self) -> list[tuple[Path, str]]:
+        """What a group must not hold, with what it is: a symbolic link anywhere (the group folder itself included:
+        a run would write or delete through it, a read would read another file), a named pipe, socket or device
+        anywhere (a read of it hangs), and a directory where the harness keeps a file of its own (rows.jsonl,
+        env.json, .lock; a cell's result.json, spec.json, log, process record, job id)."""
+        if self.directory.is_symlink():
+            return [(self.directory, "a symbolic link")]
+        found = []
+        if self.directory.is_dir():
             for root, folders, files in os.walk(self.directory, followlinks=False):
-                found += [Path(root) / name for name in [*folders, *files] if (Path(root) / name).is_symlink()]
+                here = Path(root)
+                for name in [*folders, *files]:
+                    kind = kind_of(here / name)
+                    if kind is None or (kind == "a directory" and not _own_file(here, name, self.directory)):
+                        continue
+                    found.append((here / name, kind))
         return sorted(found)
 
     def check_no_links(self) -> None:
-        """No symbolic links anywhere in the group, and its own files (rows.jsonl, env.json) are files: checked
-        before anything is run or written."""
-        found = self.links()
+        """Nothing strange in the group (`strangers`): checked before anything is run, written or read."""
+        found = self.strangers()
+        own = [(p, k) for p, k in found if k == "a directory" and p.parent == self.directory]
+        if own:  # the store's own files, as the message has always said
+            raise StoreError(f"{own[0][0]}: not a file; move it aside (rows.jsonl is re-created from "
+                             "cells/*/result.json and env.json on the next run)")
         if found:
-            shown = ", ".join(str(p) for p in found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
-            raise StoreError(f"{self.directory}: holds symbolic links ({shown}); a results group holds only its own "
-                             "files: remove the links (or copy the files in) and run again")
-        for name in (ROWS, ENV):
-            path = self.directory / name
-            if path.exists() and not path.is_file():
-                raise StoreError(f"{path}: not a file; move it aside (rows.jsonl is re-created from "
-                                 "cells/*/result.json and env.json on the next run)")
+            shown = ", ".join(f"{p} ({k})" for p, k in found[:5]) + (f" and {len(found) - 5} more"
+                                                                      if len(found) > 5 else "")
+            links = " symbolic links" if all(k == "a symbolic link" for _, k in found) else " what it should not"
+            raise StoreError(f"{self.directory}: holds{links}: {shown}; a results group holds only its own "
+                             "regular files: remove them (or copy the files in) and run again")
+
+    def held_by(self) -> str | None:
+        """Who holds the group's lock now (a run in progress), or None. Asked without creating or changing anything."""
+        path = self.directory / LOCK
+        if kind_of(path) is not None or not path.exists():
+            return None
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return _holder(path)
+        return None
 
     @contextlib.contextmanager
     def lock(self, wait: bool = False, poll_s: float = 1.0):
@@ -167,7 +209,7 @@ class RowStore:
         block until it is free. A group holding links is refused first (nothing is written through one)."""
         self.check_no_links()
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / ".lock"
+        path = self.directory / LOCK
         handle = path.open("a+")
         try:
             while True:

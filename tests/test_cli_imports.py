@@ -93,7 +93,7 @@ def test_a_light_command_loads_nothing_it_does_not_need(tmp_path, command):
 
 
 def test_the_check_fails_when_the_cli_imports_the_report_at_module_level_again(tmp_path):
-    """The same check on a copy of the harness whose cli.py imports harness.report at the top, as it once did:
+    """The same check on a copy of the harness whose cli/__init__.py imports harness.report at the top, as it once did:
     `--help` and `plan` are caught loading the report and, through it, what the report needs."""
     copy = tmp_path / "tree"
     shutil.copytree(ROOT / "harness", copy / "harness", ignore=shutil.ignore_patterns("__pycache__"))

@@ -101,6 +101,9 @@ def row_problem(row) -> str | None:
         value = metrics.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             return f"metrics.{key} is {value!r}, not a number"
+    for key, value in metrics.items():  # the harness writes strict JSON: NaN and Infinity are never its own
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"metrics.{key} is {value!r}, not a finite number"
     return None
 
 

@@ -3,6 +3,7 @@ baseline of a run, reading one or more results groups as passes, and storing a c
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from training_core.gpus import short_name
 from training_core.result import dumps
 
 from .. import outputs
+from ..readers import UnreadableError, read_text
 from ..store import RowStore, StoreError, check_component
 from .rules import CompareError
 
@@ -73,7 +75,13 @@ def store_baseline(groups: list[Path], root: Path, replace: bool = False) -> tup
     row must be ok and of one key; an existing baseline is replaced only with `replace`. Written whole, never
     through a link. Returns (key, folder, rows)."""
     named = ", ".join(map(str, groups))
+    for group in groups:
+        holder = RowStore(group).held_by()
+        if holder is not None:
+            raise CompareError(f"{group}: a run is still writing this group ({holder}); store the baseline once it "
+                               "has finished")
     rows = load_passes(groups)
+    env = _env_text(groups[0])
     bad = [r["run_id"] for r in rows if r["status"] != "ok"]
     if bad:
         raise CompareError(f"{named}: cells {bad} did not finish ok; a baseline must be a clean run")
@@ -94,6 +102,22 @@ def store_baseline(groups: list[Path], root: Path, replace: bool = False) -> tup
         raise CompareError(f"{target}: a baseline is already stored for {key}; pass --replace to replace it "
                            "(compare the new run against it first: harness compare)")
     outputs.write(target / "rows.jsonl", "".join(dumps(row) + "\n" for row in rows))
-    if (groups[0] / "env.json").is_file():
-        outputs.write(target / "env.json", (groups[0] / "env.json").read_text())
+    if env is not None:
+        outputs.write(target / "env.json", env)
     return key, target, len(rows)
+
+
+def _env_text(group: Path) -> str | None:
+    """The group's env.json as text, checked before anything is stored (a regular file, never a link, UTF-8 JSON
+    of an object); None when the group has none."""
+    path = group / "env.json"
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        text = read_text(path, "environment file", limit=2**20)
+        if not isinstance(json.loads(text), dict):
+            raise ValueError("not a JSON object")
+    except (UnreadableError, ValueError, RecursionError) as exc:
+        raise CompareError(f"{path}: not the environment a run records ({exc}); move it aside, or rerun the "
+                           "group") from None
+    return text

@@ -69,6 +69,9 @@ class GateResult:
 def judge(metric: str, base: float, cur: float, tol: Tolerance) -> tuple[str, str]:
     if metric in EXACT:
         return ("unchanged" if base == cur else "regression"), "exact"
+    if tol.absolute is not None and base and tol.absolute > abs(base):
+        raise CompareError(f"rules: the absolute tolerance {tol.absolute:g} of {metric} is more than the baseline's "
+                           f"value itself ({base:g}): it would pass anything; use a relative tolerance (at most 1)")
     allowed = max(tol.relative * abs(base) if tol.relative is not None else 0.0, tol.absolute or 0.0)
     text = " / ".join(filter(None, [f"±{tol.relative:.0%}" if tol.relative is not None else "",
                                     f"±{tol.absolute:g}" if tol.absolute is not None else ""]))

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from training_core.errors import UserError
 from training_core.result import EXACT, HIGHER, LOWER
 
-from ..readers import schema_problems, yaml_problem
+from ..readers import load_yaml, schema_problems
 
 
 class CompareError(UserError):
@@ -24,7 +23,7 @@ NORMALISED = {"images_per_s": "normalized_images_per_s", "images_per_cpu_s": "no
 
 class Tolerance(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    relative: float | None = Field(default=None, ge=0, allow_inf_nan=False)  # .inf would pass anything
+    relative: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)  # above 100% passes anything
     absolute: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     ignore: bool = False
 
@@ -57,12 +56,9 @@ class Rules(BaseModel):
 def load_rules(path: Path | None) -> Rules:
     if path is None:
         return Rules()
+    raw = load_yaml(Path(path), "rules file", CompareError, limit=2**20) or {}
     try:
-        return Rules.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-    except OSError as exc:
-        raise CompareError(f"{path}: cannot read the rules ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise CompareError(yaml_problem(Path(path), exc)) from None
+        return Rules.model_validate(raw)
     except ValidationError as exc:
         raise CompareError(f"{path}: invalid rules: " + "; ".join(schema_problems(exc, Rules, "a rules file"))) \
             from None

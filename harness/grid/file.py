@@ -31,13 +31,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from training_core.spec import RunSpec
 
 from ..paths import MATRICES
-from ..readers import schema_problems, yaml_problem
+from ..readers import MAX_DEPTH, MAX_VALUES, load_yaml, schema_problems
 from .cells import BATCH_PER_GPU, LIMIT_KEYS, Cell, expand
 from .hardware import AUTO, Machine
 from .limits import MAX_CELLS
@@ -62,25 +61,9 @@ class Grid:
         return [c for c in self.cells if c.runnable]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, but a key given twice in one mapping is an error (YAML would keep the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}); keep one", key_node.start_mark)
-            seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep)
-
-
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-MAX_VALUES = 100_000  # values in a grid after expansion (the shipped ones hold a few hundred)
-MAX_DEPTH = 32  # nesting of mappings and lists
 
 
 def _expand_env(value, where: str, budget: list[int] | None = None, depth: int = 0):
@@ -109,32 +92,16 @@ def _expand_env(value, where: str, budget: list[int] | None = None, depth: int =
     return value
 
 
-def _grid_text(path: Path) -> str:
-    data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise GridError(f"{path}: is UTF-16 text; save it as UTF-8")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise GridError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-
-
 def load_grid(path: str | Path, profile: str | None = None, repeats: int = 1, machine: Machine | None = None,
               max_cells: int = MAX_CELLS) -> Grid:
     """A validated, expanded grid; `machine` (default: detected when the grid asks for `auto` hardware) resolves
     `gpu: auto` / `gpus_per_node: auto`."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         candidates = sorted(p.stem for p in MATRICES.glob("*.yaml")) if MATRICES.is_dir() else []
         hint = f" (shipped grids: {', '.join(candidates)})" if candidates else ""
         raise GridError(f"{path}: no such grid file{hint}")
-    try:
-        raw = yaml.load(_grid_text(path), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except RecursionError:
-        raise GridError(f"{path}: nested too deeply to read; a grid is a few levels deep") from None
-    except yaml.YAMLError as exc:
-        raise GridError(yaml_problem(path, exc)) from None
+    raw = load_yaml(path.resolve() if path.is_symlink() else path, "grid", GridError)
     if not isinstance(raw, dict):
         raise GridError(f"{path}: a grid must be a YAML mapping with at least 'name'")
     try:

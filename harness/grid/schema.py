@@ -22,7 +22,7 @@ class Hardware(BaseModel):
     when the grid is loaded (see `resolve_hardware`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    gpu: str = "cpu"
+    gpu: str = Field(default="cpu", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")  # a word: it names a folder
     gpus_per_node: int | Literal["auto"] = 1
     nodes: int = Field(default=1, ge=1)
 

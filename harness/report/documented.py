@@ -10,13 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from training_core.errors import UserError
 
 from .. import paths
-from ..readers import schema_problems, yaml_problem
+from ..readers import load_yaml, schema_problems
 
 VALUE_UNITS = {
     "images_per_s": "images/s",
@@ -125,12 +124,7 @@ def load_references(directory: Path | None = None) -> dict[str, RefRow]:
 
 def _read_table(path: Path) -> _Table:
     """One table, or DocumentedError naming the file, the line (YAML) or the key (schema) and what is wrong."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise DocumentedError(f"{path}: not UTF-8 text; save it as UTF-8") from None
-    except yaml.YAMLError as exc:
-        raise DocumentedError(yaml_problem(path, exc)) from None
+    raw = load_yaml(path, "reference table", DocumentedError, limit=2**20)
     if not isinstance(raw, dict):
         raise DocumentedError(f"{path}: a reference table is a YAML mapping with {', '.join(_Table.model_fields)}")
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import outputs
 from ..outputs import table_cell
+from ..readers import UnreadableError, read_text
 
 META_SUFFIX = ".meta.json"  # beside each report: what the index lists
 
@@ -27,8 +28,8 @@ def index_path(root: Path) -> Path:
 def _meta(meta_path: Path) -> dict | None:
     """A report's .meta.json as render writes it, or None (an unrelated or damaged file is not listed)."""
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = json.loads(read_text(meta_path, "report's metadata", limit=2**20))
+    except (UnreadableError, ValueError, RecursionError):  # a pipe, a link, too large, not JSON: not listed
         return None
     keys = {"report": str, "grid": str, "group": str, "hardware": str, "statuses": dict}
     if not isinstance(meta, dict) or any(not isinstance(meta.get(k), t) for k, t in keys.items()):

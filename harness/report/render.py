@@ -22,7 +22,7 @@ from .. import outputs
 from ..outputs import table_cell
 from ..paths import REPORTS, TEMPLATES
 from ..rows import INPUT_BOUND_SHARE, input_bound, peak_memory_gb, size_text
-from ..store import RowStore
+from ..store import RowStore, check_component
 from .documented import RefRow, load_references
 from .guide import Comparability, compare, diff_percent, documented_mfu, measured_gpu, model_family, status
 from .index import META_SUFFIX
@@ -320,7 +320,10 @@ def group_dirs(path: Path) -> list[Path]:
 
 
 def default_out(group_dir: Path) -> Path:
-    return REPORTS / group_dir.parent.name / f"{group_dir.name}.md"
+    """reports/<grid>/<group>.md, from the group's real location (`G/../G` names no folder above reports/)."""
+    group_dir = group_dir.resolve()
+    return REPORTS / check_component(group_dir.parent.name, "the grid's folder") / \
+        f"{check_component(group_dir.name, 'the results group')}.md"
 
 
 def write_reports(results_dir: Path, out: Path | None = None, plots: bool = True) -> list[Path]:

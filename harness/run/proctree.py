@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from .. import outputs
+from ..readers import UnreadableError, read_text
 
 Procs = dict[int, float]  # PID -> creation time
 MARKER = "PHI3V_CELL_MARKER"  # in the environment of every process of a cell the runner started
@@ -101,17 +103,39 @@ def terminate(procs: Procs, grace_s: float = 10.0, reap: Callable[[], object] | 
     return alive(procs)
 
 
+def owner(path: Path) -> dict:
+    """Who wrote a record: this host and the cell directory it lies in (resolved). A copy of a results group carries
+    the records of the group it was copied from, which name that group's cells: they are not this group's to act on."""
+    return {"host": socket.gethostname(), "cell": str(path.parent.resolve())}
+
+
 def save(path: Path, procs: Procs, marker: str) -> None:
     """The record, whole or not at all and never through a link planted there (outputs.write)."""
-    record = {"marker": marker, "procs": {str(pid): created for pid, created in procs.items()}}
+    record = {"marker": marker, "owner": owner(path), "procs": {str(pid): created for pid, created in procs.items()}}
     outputs.write(path, json.dumps(record) + "\n")
 
 
 def load(path: Path) -> tuple[str | None, Procs]:
-    """(marker, processes) of a record; (None, {}) for one that cannot be read or has no marker (nothing to end)."""
+    """(marker, processes) of a record this group wrote; (None, {}) for one that cannot be read, has no marker (nothing
+    to end) or names another host's or another directory's cell (a copied group: nothing of it is ours to end). A
+    record written before records named their owner is read as this group's (the marker still guards it)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path, "process record", limit=2**20))
         marker, procs = data["marker"], data["procs"]
+        if data.get("owner", owner(path)) != owner(path):
+            return None, {}
         return (marker if isinstance(marker, str) else None), {int(pid): float(c) for pid, c in procs.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (UnreadableError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None, {}
+
+
+def describe(procs: Procs) -> str:
+    """'PID 123 (python -m torch.distributed.run ...), ...': what is about to be signalled, named."""
+    parts = []
+    for pid in sorted(procs):
+        try:
+            command = " ".join(psutil.Process(pid).cmdline())[:80] or psutil.Process(pid).name()
+        except psutil.Error:
+            command = "gone"
+        parts.append(f"PID {pid} ({command})")
+    return ", ".join(parts)

@@ -22,7 +22,7 @@ from ..grid.file import Grid
 from ..grid.hardware import Machine
 from ..grid.select import matches
 from ..rows import size_text
-from ..store import RowStore
+from ..store import RowStore, check_component
 from . import launchers
 from .child import PREDICTED_FILE, attach_prediction, capture_env, predict
 from .console import clock, headline
@@ -55,6 +55,7 @@ class Runner:
         # rows are grouped by the hardware that ran them (this machine's; under SLURM the grid's, e.g. 8xA100)
         label = self.launcher_class.group_label(machine, grid.file.hardware)
         group = options.group or label + (f"-{grid.profile}" if grid.profile else "")
+        check_component(group, "the results group (--group, or the grid's hardware and profile)")
         self.outcome = RunOutcome(RowStore(options.results / grid.name / group), options.nodes.node_rank == 0)
         self.store = self.outcome.store
         self.launcher: Launcher | None = None  # built once the run's environment is captured

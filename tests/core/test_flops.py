@@ -49,7 +49,7 @@ def test_the_2024_06_frozen_step_runs_only_the_forward_and_the_head_backward():
     checkpointing recomputes nothing), the LM head x3. Against a full step with its recompute, that is the 26% (bound
     3.84x) the report states; a freeze that trains the decoder (current) bounds the speedup at 1.21x."""
     cfg = model_shape(preset_dict("phi-3-vision-128k"))
-    length, crops, image_tokens = 2443, 17, 2400  # the report's documented example (compare_ref.DOC_*)
+    length, crops, image_tokens = 2443, 17, 2400  # the report's documented example (harness/report/guide.py DOC_*)
     w, a = decoder_forward_flops(cfg, length)
     head = 2 * length * cfg.hidden_size * cfg.vocab_size
     vw, va, p = vision_forward_flops(cfg, crops, image_tokens)

@@ -271,7 +271,7 @@ def test_an_alias_bomb_a_deep_grid_and_other_encodings_are_errors_in_millisecond
     (tmp_path / "utf16.yaml").write_bytes("name: g\n".encode("utf-16"))
     (tmp_path / "latin1.yaml").write_bytes(b"name: g\ndescription: caf\xe9\n")
     said = {"bomb": "expands to more than 100000 values", "deep": "nested too deeply",
-            "utf16": "is UTF-16 text; save it as UTF-8", "latin1": "latin1.yaml:2: not UTF-8 text"}
+            "utf16": "is UTF-16 text; save the grid as UTF-8", "latin1": "latin1.yaml:2: not UTF-8 text"}
     for name, text in said.items():
         started = time.monotonic()
         with pytest.raises(GridError, match=text.replace("(", r"\(")):

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from training_core.result import FINAL, Outcome, build_row, row_problem
 
+from ...readers import UnreadableError, read_text
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -67,8 +69,8 @@ def finished_result(cell_dir: Path, run_id: str) -> dict | None:
     if not path.exists():
         return None
     try:
-        result = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):  # a directory, a link loop, not UTF-8, not JSON
+        result = json.loads(read_text(path, "result"))
+    except (UnreadableError, ValueError, RecursionError):  # a directory, a link, a pipe, not UTF-8, not JSON
         return None
     if row_problem(result) is not None or result.get("run_id") != run_id:
         return None

@@ -99,6 +99,8 @@ class LocalLauncher(Launcher):
                 self.console.print(f"    processes {sorted(left)} left by an earlier run of this cell would be "
                                        "ended (not in a dry run)")
             return
+        if left:
+            self.console.print(escape(f"    ending what an earlier, killed run of this cell left: {proctree.describe(left)}"))
         survivors = proctree.terminate(left, grace_s=2.0)
         if survivors:
             proctree.save(record, survivors, marker)

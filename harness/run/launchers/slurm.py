@@ -26,11 +26,14 @@ from training_core.spec import RunSpec
 
 from ...grid.cells import Cell
 from ...paths import ROOT
+from ...readers import UnreadableError, read_text
+from ...store import StoreError
 from ..command import node_check_line, slurm_torchrun_line
 from ..options import RunOptions, SlurmOptions
 from .base import Job, Launcher, State, finished_result
 
 # --------------------------------------------------------------------------------------------------- job scripts
+JOB_ID = re.compile(r"^[0-9]{1,20}$")  # what sbatch --parsable prints (a federation suffix is cut before it is kept)
 
 
 def slurm_time(timeout_s: float) -> str:
@@ -116,20 +119,22 @@ class SlurmAccount:
     state: str | None = None
     exit_code: str | None = None
     error: str | None = None  # sacct could not say: what failed
+    name: str | None = None  # the job's name (the cell's: phi3v-<grid>-<run_id>), when sacct lists the job
 
 
 def slurm_account(job: str) -> SlurmAccount:
     """The job's state and exit code from `sacct` (accounting: slurmdbd). When sacct cannot answer, `error` says
     what failed and how to enable accounting; a job sacct does not list yet (records appear a few seconds after
     submission and after the end) is PENDING."""
-    out = _command(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State,ExitCode"])
+    out = _command(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State,ExitCode,JobName"])
     if out.returncode:
         return SlurmAccount(error=f"sacct failed ({_message(out)}); the runner needs SLURM accounting to see how a "
                                   "job ended: AccountingStorageType=accounting_storage/slurmdbd with a running "
                                   "slurmdbd")
     fields = (out.stdout.strip().splitlines() or ["PENDING"])[0].split("|")
     state = fields[0].split()[0] if fields[0] else "PENDING"  # 'CANCELLED by 0' -> CANCELLED
-    return SlurmAccount(state=state, exit_code=fields[1] if len(fields) > 1 else None)
+    return SlurmAccount(state=state, exit_code=fields[1] if len(fields) > 1 else None,
+                        name=fields[2] if len(fields) > 2 and fields[2] else None)
 
 
 def slurm_reason(job: str) -> str:
@@ -244,7 +249,7 @@ class SlurmLauncher(Launcher):
     def _script(self, cell: Cell, cell_dir: Path, spec_path: Path) -> str:
         options = self.options
         return sbatch_script(cell.spec, spec_path.resolve(), cell_dir.resolve(),
-                             job_name=f"phi3v-{self.rows.grid}-{cell.spec.run_id}",
+                             job_name=self._name(cell),
                              timeout_s=options.timeout_s or cell.limits.timeout_s, workdir=ROOT,
                              extra=options.sbatch_args, check_hardware=options.check_hardware,
                              keep_model=options.keep_model, port=options.master_port,
@@ -262,7 +267,15 @@ class SlurmLauncher(Launcher):
         job_file = cell_dir / "slurm_job_id"
         if not job_file.exists():
             return None
-        job = self._job(cell, cell_dir, spec_path, job_file.read_text().strip(), job_file.stat().st_mtime)
+        try:
+            job_id = read_text(job_file, "SLURM job id", limit=64).strip()
+        except UnreadableError as exc:
+            raise StoreError(str(exc)) from None
+        if not JOB_ID.match(job_id):  # never an argument list for scancel or sacct: `-u root`, `1,2 --signal=KILL`
+            raise StoreError(f"{job_file}: {job_id[:40]!r} is not a SLURM job id (digits only); the file was edited: "
+                             "remove it to submit the cell again")
+        job = self._job(cell, cell_dir, spec_path, job_id, job_file.stat().st_mtime)
+        job.data["name"] = self._name(cell)
         if not afresh:
             return job
         # --force / --retry-failed: an earlier job still queued or running would write into this cell beside the new
@@ -288,9 +301,15 @@ class SlurmLauncher(Launcher):
         if out.returncode:  # this cell's error row; the other cells are still submitted
             return self._refused(cell, cell_dir, spec_path, f"sbatch refused {path}: {_message(out)}")
         job = out.stdout.strip().split(";")[0]
+        if not JOB_ID.match(job):
+            return self._refused(cell, cell_dir, spec_path, f"sbatch printed {job[:40]!r}, not a job id")
         job_file.write_text(job + "\n")
         self.console.print(escape(f"    submitted {path} as job {job}"))
         return self._job(cell, cell_dir, spec_path, job, job_file.stat().st_mtime)
+
+    def _name(self, cell: Cell) -> str:
+        """The cell's job name: what identifies its job to SLURM (sacct's JobName)."""
+        return f"phi3v-{self.rows.grid}-{cell.spec.run_id}"
 
     def _refused(self, cell: Cell, cell_dir: Path, spec_path: Path, reason: str) -> Job:
         script = cell_dir / "job.sbatch"
@@ -313,6 +332,11 @@ class SlurmLauncher(Launcher):
         account = slurm_account(job.id)
         if account.error:
             return State(ended=False, problem=f"cell {job.cell.index} (job {job.id}): {account.error}")
+        expected = job.data.get("name") or self._name(job.cell)
+        if account.name is not None and account.name != expected:  # another job's id: never cancelled or collected
+            return State(ended=False, problem=f"cell {job.cell.index}: job {job.id} in {job.cell_dir / 'slurm_job_id'} "
+                                              f"is {account.name!r}, not this cell's job ({expected}); remove the file "
+                                              "to submit the cell again")
         if account.state in WAITING:
             return State(ended=False, state=account.state, reason=slurm_reason(job.id))
         job.data["account"] = account

@@ -1,0 +1,278 @@
+"""Reliability, round 3 (issue 31): what the harness reads is checked as strictly as what it writes. One helper per
+rule (harness/readers.py: regular files only, never through a link, bounded, UTF-8; RowStore.strangers: nothing but
+the store's own regular files in a group; proctree.owner: a process record is honoured only by the group and host
+that wrote it), and a test per instance. Each expects `error:` naming the file or key, exit 2, no traceback, nothing
+recorded lost, and no hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.store import RowStore
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "before_stages"
+GRID = FIXTURE / "before_stages.yaml"
+
+
+def _group(tmp_path: Path, name: str = "results") -> Path:
+    shutil.copytree(FIXTURE / "results", tmp_path / name)
+    return tmp_path / name / "before_stages" / "cpu"
+
+
+def _cell(group: Path) -> Path:
+    return sorted((group / "cells").iterdir())[0]
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def _fake(tmp_path, monkeypatch, name: str, body: str) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+    (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+# ------------------------------------------------------------------------------------- 1. another run's records
+def test_a_copied_groups_process_record_ends_nothing_of_the_original(tmp_path):
+    """`cp -r A B; run --group B` ended A's running cell: B honoured A's procs.json. A record names its owner (host
+    and cell directory); a copy's record is not B's to act on, while A itself still ends its own leftovers."""
+    from rich.console import Console
+
+    from harness.run import proctree
+    from harness.run.launchers.base import RowFinisher
+    from harness.run.launchers.local import LocalLauncher
+    from harness.run.options import LocalOptions
+
+    a = _group(tmp_path, "a")
+    marker = proctree.new_marker()
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                              env={**os.environ, proctree.MARKER: marker})
+    try:
+        proctree.save(_cell(a) / "procs.json", {victim.pid: proctree.snapshot(victim.pid)[victim.pid]}, marker)
+        b = tmp_path / "b" / "before_stages" / "cpu"
+        shutil.copytree(a, b)
+        launcher = LocalLauncher(LocalOptions(), RowFinisher("before_stages", None, {}), Console(quiet=True))
+        launcher.prepare(None, _cell(b))
+        time.sleep(0.3)
+        assert victim.poll() is None, "the copy's record ended the original's process"
+        launcher.prepare(None, _cell(a))  # the group that wrote it: ends it, as before
+        victim.wait(timeout=10)
+        assert victim.returncode is not None
+    finally:
+        victim.kill()
+
+
+@pytest.mark.parametrize("planted", ["-u root", "1,2,3 --signal=KILL", "777\n--user=root"])
+def test_a_slurm_job_id_file_that_holds_options_is_refused_before_any_scancel(tmp_path, monkeypatch, capsys,
+                                                                              planted):
+    log = tmp_path / "calls.txt"
+    for command in ("scancel", "sacct", "squeue", "sbatch", "scontrol"):
+        _fake(tmp_path, monkeypatch, command, f'echo "{command} $*" >> {log}; exit 1')
+    group = _group(tmp_path)
+    # the SLURM group of this grid is named by its hardware ('cpu'): the fixture's folder
+    (_cell(group) / "slurm_job_id").write_text(planted + "\n")
+    assert main(["run", str(GRID), "--results", str(tmp_path / "results"), "--launcher", "slurm", "--force"]) == 2
+    assert "is not a SLURM job id (digits only)" in _err(capsys)
+    assert not log.exists() or "scancel" not in log.read_text()
+
+
+def test_another_jobs_id_is_neither_cancelled_nor_collected(tmp_path, monkeypatch, capsys):
+    """`777` in slurm_job_id: sacct says job 777 is someone else's (its name), so it is not scancelled on --force and
+    its state is not collected as the cell's row."""
+    log = tmp_path / "calls.txt"
+    _fake(tmp_path, monkeypatch, "sacct", f'echo "sacct $*" >> {log}; echo "RUNNING|0:0|someone-elses-job"')
+    _fake(tmp_path, monkeypatch, "scancel", f'echo "scancel $*" >> {log}')
+    _fake(tmp_path, monkeypatch, "squeue", 'echo "RUNNING None"')
+    _fake(tmp_path, monkeypatch, "sbatch", f'echo "sbatch $*" >> {log}; echo 4242')
+    _fake(tmp_path, monkeypatch, "scontrol", "exit 1")
+    group = _group(tmp_path)
+    (group / "rows.jsonl").write_bytes(b"")  # the cells are not done: a job of theirs would be collected
+    (_cell(group) / "slurm_job_id").write_text("777\n")
+    results = ["--results", str(tmp_path / "results"), "--launcher", "slurm"]
+    assert main(["run", str(GRID), *results]) == 1
+    err = _err(capsys)
+    assert f"job 777 in {_cell(group) / 'slurm_job_id'} is 'someone-elses-job', not this cell's job" in err
+    assert RowStore(group).rows() == []  # job 777's state is no row of this cell
+    assert main(["run", str(GRID), *results, "--force"]) == 1
+    assert "not this cell's job" in _err(capsys)
+    assert "scancel" not in log.read_text()  # never cancelled: it is not ours
+
+
+def test_a_grids_hardware_gpu_cannot_name_a_path(tmp_path, capsys):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\nhardware: {gpu: x/../../../../escaped, gpus_per_node: 1}\n"
+                    "defaults: {model: tiny, task: docvqa, strategy: lora, precision: fp32, gpu: cpu, global_batch: 2}\n")
+    assert main(["run", str(grid), "--results", str(tmp_path / "r"), "--launcher", "slurm", "--dry-run"]) == 2
+    assert "hardware.gpu: String should match pattern" in _err(capsys)
+    assert not list(tmp_path.rglob("job.sbatch")) and not (tmp_path / "escaped").exists()
+
+
+def test_report_of_a_dotted_group_path_writes_under_reports(tmp_path, monkeypatch, capsys):
+    import harness.report.render as render
+
+    monkeypatch.setattr(render, "REPORTS", tmp_path / "reports")
+    group = _group(tmp_path)
+    dotted = group / ".." / "cpu"
+    assert main(["report", str(dotted), "--no-plots"]) == 0
+    assert (tmp_path / "reports" / "before_stages" / "cpu.md").is_file()
+    assert not (tmp_path / "cpu.md").exists() and not (tmp_path / "reports" / "..").resolve().joinpath("cpu.md").exists()
+
+
+@pytest.mark.parametrize("linked", ["rows.jsonl", "group"])
+def test_report_compare_and_baseline_do_not_read_through_links(tmp_path, capsys, linked):
+    group = _group(tmp_path)
+    if linked == "rows.jsonl":
+        (tmp_path / "elsewhere.jsonl").write_bytes((group / "rows.jsonl").read_bytes())
+        (group / "rows.jsonl").unlink()
+        (group / "rows.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+        target = group
+    else:
+        target = tmp_path / "link-group"
+        target.symlink_to(group, target_is_directory=True)
+    for command in (["report", str(target), "--out", str(tmp_path / "r.md"), "--no-plots"],
+                    ["compare", str(target), str(target)], ["baseline", str(target), "--root", str(tmp_path / "bl")]):
+        assert main(command) == 2, command
+        assert "symbolic link" in _err(capsys), command
+    assert not (tmp_path / "r.md").exists() and not (tmp_path / "bl").exists()
+
+
+def test_baseline_never_copies_a_linked_or_undecodable_env_json(tmp_path, capsys):
+    group = _group(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password=hunter2\n")
+    (group / "env.json").unlink()
+    (group / "env.json").symlink_to(secret)
+    assert main(["baseline", str(group), "--root", str(tmp_path / "bl")]) == 2
+    assert "symbolic link" in _err(capsys)
+    (group / "env.json").unlink()
+    (group / "env.json").write_bytes(b'{"host": "caf\xe9"}')
+    assert main(["baseline", str(group), "--root", str(tmp_path / "bl")]) == 2
+    assert "env.json" in _err(capsys)
+    assert not (tmp_path / "bl").exists()  # nothing half-stored: a retry after the fix is not refused
+    (group / "env.json").write_text('{"host": "x"}')
+    assert main(["baseline", str(group), "--root", str(tmp_path / "bl")]) == 0
+    assert "hunter2" not in "".join(p.read_text() for p in (tmp_path / "bl").rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------------- 2. wrong records
+def test_the_gate_refuses_non_finite_rows_and_tolerances_that_pass_anything(tmp_path, capsys):
+    group = _group(tmp_path)
+    text = (group / "rows.jsonl").read_text()
+    row = json.loads(text.splitlines()[0])
+    infinite = tmp_path / "inf" / "before_stages" / "cpu"
+    infinite.mkdir(parents=True)
+    (infinite / "rows.jsonl").write_text(json.dumps(row).replace(
+        f'"images_per_s": {row["metrics"]["images_per_s"]}', '"images_per_s": Infinity') + "\n")
+    assert main(["compare", str(group), str(infinite)]) == 2
+    assert "metrics.images_per_s is inf, not a finite number" in _err(capsys)
+    assert main(["compare", str(infinite), str(group)]) == 2  # a baseline holding Infinity passes nothing either
+    _err(capsys)
+    for rules, said in (("default: {relative: 1.0e9}\n", "default.relative: Input should be less than or equal to 1"),
+                        ("metrics: {images_per_s: {absolute: 1.0e300}}\n", "would pass anything")):
+        (tmp_path / "rules.yaml").write_text(rules)
+        assert main(["compare", str(group), str(group), "--rules", str(tmp_path / "rules.yaml")]) == 2
+        assert said in _err(capsys)
+
+
+def test_baseline_refuses_a_group_a_run_is_still_writing(tmp_path, capsys):
+    group = _group(tmp_path)
+    with RowStore(group).lock():
+        assert main(["baseline", str(group), "--root", str(tmp_path / "bl")]) == 2
+        assert "a run is still writing this group (PID" in _err(capsys)
+    assert not (tmp_path / "bl").exists()
+    assert main(["baseline", str(group), "--root", str(tmp_path / "bl")]) == 0
+
+
+# ------------------------------------------------------------------------------------- 3. hangs
+def _in_time(args: list[str], seconds: float = 60) -> subprocess.CompletedProcess:
+    """A command in a fresh interpreter that must end on its own (a hang fails the test instead of stalling it)."""
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=root, capture_output=True, text=True,
+                          timeout=seconds, env={**os.environ, "PYTHONPATH": str(root)})
+
+
+@pytest.mark.slow  # `run` without --dry-run (refused before any cell starts)
+@pytest.mark.parametrize("where", ["cell/result.json", "cell/procs.json", ".lock"])
+def test_a_named_pipe_in_a_group_is_refused_not_waited_on(tmp_path, where):
+    group = _group(tmp_path)
+    path = _cell(group) / where.split("/")[1] if where.startswith("cell/") else group / where
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+    for extra in (["--dry-run"], ["--force"]):
+        out = _in_time(["run", str(GRID), "--results", str(tmp_path / "results"), *extra])
+        assert out.returncode == 2 and f"{path} (a named pipe (FIFO))" in out.stderr, out.stderr[-2000:]
+
+
+def test_a_directory_where_a_result_belongs_is_an_error_not_a_traceback(tmp_path, capsys):
+    group = _group(tmp_path)
+    (_cell(group) / "result.json").unlink()
+    (_cell(group) / "result.json").mkdir()
+    for extra in ([], ["--force"]):
+        assert main(["run", str(GRID), "--results", str(tmp_path / "results"), *extra]) == 2
+        assert f"{_cell(group) / 'result.json'} (a directory)" in _err(capsys)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "bomb", "deep", "utf16", "latin1"])
+def test_a_rules_file_is_read_as_strictly_as_a_grid(tmp_path, kind):
+    group = _group(tmp_path)
+    rules = tmp_path / "rules.yaml"
+    if kind == "fifo":
+        os.mkfifo(rules)
+    elif kind == "dev-zero":
+        rules = Path("/dev/zero")
+    elif kind == "bomb":
+        lines = ['a0: &a0 ["x","x","x","x","x","x","x","x","x"]']
+        lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+        rules.write_text("\n".join([*lines, "only: *a9"]) + "\n")
+    elif kind == "deep":
+        rules.write_text("only: " + "[" * 5000 + "]" * 5000 + "\n")
+    elif kind == "utf16":
+        rules.write_bytes("only: [images_per_s]\n".encode("utf-16"))
+    else:
+        rules.write_bytes(b"# caf\xe9\nonly: [images_per_s]\n")
+    said = {"fifo": "named pipe", "dev-zero": "character device", "bomb": "expands to more than 100000 values",
+            "deep": "nested too deeply", "utf16": "is UTF-16 text", "latin1": "not UTF-8 text"}[kind]
+    started = time.monotonic()
+    out = _in_time(["compare", str(group), str(group), "--rules", str(rules)])
+    assert out.returncode == 2 and said in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert time.monotonic() - started < 30
+
+
+def test_a_named_pipe_among_the_reports_is_skipped_or_refused(tmp_path, capsys):
+    group = _group(tmp_path)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    os.mkfifo(reports / "stale.meta.json")
+    out = _in_time(["report", str(group), "--out", str(reports / "r.md"), "--no-plots"])
+    assert out.returncode == 0, out.stderr[-2000:]  # an unreadable .meta.json is not listed, never waited on
+    os.mkfifo(reports / ".harness-output.lock.tmp")
+    (reports / ".harness-output.lock").unlink()
+    os.rename(reports / ".harness-output.lock.tmp", reports / ".harness-output.lock")
+    out = _in_time(["report", str(group), "--out", str(reports / "r.md"), "--no-plots"])
+    assert out.returncode == 2 and "is not the lock file the harness keeps there" in out.stderr
+
+
+def test_a_named_pipe_or_huge_file_as_a_grid_is_said(tmp_path, capsys):
+    fifo = tmp_path / "g.yaml"
+    os.mkfifo(fifo)
+    out = _in_time(["plan", str(fifo)])
+    assert out.returncode == 2 and "named pipe" in out.stderr and "no such grid file" not in out.stderr
+    big = tmp_path / "big.yaml"
+    big.write_text("name: g\ndescription: '" + "x" * (5 * 2**20) + "'\n")
+    started = time.monotonic()
+    assert main(["plan", str(big)]) == 2
+    assert "larger than 4 MiB" in _err(capsys) and time.monotonic() - started < 10
