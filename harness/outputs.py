@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -26,9 +27,20 @@ class OutputError(UserError):
     pass
 
 
+# Characters that act on a terminal or reorder text instead of showing: C0/C1 controls (escape sequences clear the
+# screen or set the window title), NUL, and the bidirectional overrides (U+202E turns text around).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def plain(text) -> str:
+    """User text as it can be shown on a terminal or in a report: every control or reordering character written out
+    as its escape (`\\x1b`, `\\u202e`); line breaks and tabs kept."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
 def table_cell(text) -> str:
-    """Text for a markdown table cell: no column breaks, no HTML, one line."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+    """Text for a markdown table cell: no column breaks, no HTML, one line, no control characters."""
+    return plain(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
 
 
 def ours(path: Path, sidecar: Path | None = None) -> bool:

@@ -23,6 +23,8 @@ ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
 
 # Fields added after run ids were first recorded; a None value is left out of the id.
 _LATER_FIELDS = ("cpu_threads", "longrope_generation", "recipe_revision", "require_gradients")
+# What the later fields mean when unset: written out explicitly they are the same cell, so the same run id.
+_LATER_DEFAULTS = {"longrope_generation": "official", "recipe_revision": "current", "require_gradients": False}
 
 
 class SpecError(UserError):
@@ -88,7 +90,7 @@ class RunSpec(BaseModel):
     cpu_threads: int | None = Field(default=None, ge=1)
     image_ablation: Literal["none", "blank"] = "none"  # "blank": every image replaced by a white one (a control)
     checkpoint_every: int | None = Field(default=None, ge=1)  # optimizer steps between checkpoints
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # what numpy and torch's generators take
     reference: str | None = None  # key of the documented row this cell reproduces
 
     @field_validator("task")
@@ -162,8 +164,8 @@ class RunSpec(BaseModel):
     def run_id(self) -> str:
         """A hash of the normalised spec and the data version: a cell measured on other data has another id."""
         identity = {**self.model_dump(mode="json"), "data_version": self.data_version}
-        for name in _LATER_FIELDS:  # added later: at their default they leave earlier ids (and rows) valid
-            if identity[name] is None:
+        for name in _LATER_FIELDS:  # added later: at their default (unset or written out) ids stay as they were
+            if identity[name] is None or (name in _LATER_DEFAULTS and identity[name] == _LATER_DEFAULTS[name]):
                 del identity[name]
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

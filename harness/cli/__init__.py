@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from harness.outputs import plain  # text from files and flags: no control characters reach the terminal
+
+        print(f"error: {plain(exc)}", file=sys.stderr)
         return 2
 
 

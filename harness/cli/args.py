@@ -31,3 +31,9 @@ def ranged(low: int, high: int):
         return value
     parse.__name__ = f"number in {low} .. {high}"
     return parse
+
+
+def nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value names nothing")
+    return text.strip()

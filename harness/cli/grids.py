@@ -10,7 +10,7 @@ from pathlib import Path
 
 from harness.grid.limits import MAX_CELLS
 
-from .args import positive, ranged
+from .args import nonempty, positive, ranged
 
 
 def add(sub) -> None:
@@ -32,7 +32,7 @@ def add(sub) -> None:
     estimate.add_argument("matrix", help="a grid file or a shipped grid's NAME")
     estimate.add_argument("--profile", help="a profile of the grid")
     estimate.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
-    estimate.add_argument("--gpu", action="append", default=[], metavar="NAME",
+    estimate.add_argument("--gpu", action="append", default=[], metavar="NAME", type=nonempty,
                           help="judge the fit on this GPU (repeatable; default: the cell's own GPU), e.g. A100, "
                                "H100, V100")
     estimate.add_argument("--json", action="store_true", help="the predictions as JSON")
@@ -104,6 +104,7 @@ def cmd_plan(args) -> int:
 
     from harness import plan as planning
     from harness.grid.select import check_selection, matches, parse_filters
+    from harness.outputs import plain
 
     grid = _grid(args, repeats=args.repeats, max_cells=args.max_cells)
     filters = parse_filters(args.filter)
@@ -115,17 +116,17 @@ def cmd_plan(args) -> int:
         return 0
     console = Console(highlight=False, width=200)
     console.print(f"[bold]{grid.name}[/bold]{' (profile ' + grid.profile + ')' if grid.profile else ''}: "
-                  f"{escape(grid.file.description.strip())}")
+                  f"{escape(plain(grid.file.description.strip()))}")
     for patch in grid.patches:
         settings = ", ".join(f"{k}={v}" for k, v in patch.set.items())
-        console.print(escape(f"  profile patch: cells with {patch.match} get {settings}"
-                             + (f" ({patch.reason})" if patch.reason else "")))
+        console.print(escape(plain(f"  profile patch: cells with {patch.match} get {settings}"
+                                   + (f" ({patch.reason})" if patch.reason else ""))))
     predicted = planning.predicted_peaks(cells) if args.estimate else None
     table = Table(show_lines=False)
     for column in (*planning.PLAN_COLUMNS, *(["predicted peak"] if args.estimate else [])):
         table.add_column(column)
     for row in planning.plan_rows(cells, predicted):
-        table.add_row(*map(escape, row))
+        table.add_row(*[escape(plain(value)) for value in row])
     console.print(table)
     console.print("[bold]launch commands[/bold] (results/runs/<matrix>/<group>/cells/<run_id>/):")
     for index, command in planning.launch_commands(grid, cells):
@@ -141,6 +142,7 @@ def cmd_estimate(args) -> int:
     from harness import outputs
     from harness import plan as planning
     from harness.grid.select import check_selection, parse_filters
+    from harness.outputs import plain
     from harness.report.documented import load_references
     from training_core.estimate.fit import GIB, MARGIN_RULE
 
@@ -171,12 +173,12 @@ def cmd_estimate(args) -> int:
     for column in header:
         table.add_column(escape(column))
     for row in body:
-        table.add_row(*[escape(v) for v in row])
+        table.add_row(*[escape(plain(v)) for v in row])
     console.print(table)
     for line in (f"Predicted: {planning.PREDICTED_IS}.", f"Documented: {planning.DOCUMENTED_IS}.",
                  f"Margin rule: {MARGIN_RULE}.", *[f"  cell {e['cell']}: {e['reason']}" for e in out if "reason" in e],
                  *([f"wrote {args.out}"] if args.out is not None else [])):
-        console.print(escape(line))
+        console.print(escape(plain(line)))
     return failed
 
 
@@ -201,7 +203,9 @@ def cmd_run(args) -> int:
                          skip_predicted_oom=args.skip_predicted_oom)
     refusal = prepare(grid, options, machine)
     if refusal:
-        print(f"error: {refusal}", file=sys.stderr)
+        from harness.outputs import plain
+
+        print(f"error: {plain(refusal)}", file=sys.stderr)
         return 2
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     runner = Runner(grid, options, machine, console)
@@ -215,15 +219,16 @@ def cmd_run(args) -> int:
 def _print_outcome(console, outcome, runner, grid, dry_run: bool) -> None:
     from rich.markup import escape
 
+    from harness.outputs import plain
     from harness.run.console import print_summary
 
     if outcome.main_node and not dry_run and (runner.launcher.waits or outcome.rows):
         print_summary(console, outcome.store, grid)
     for cell, job, state, why in outcome.waiting:  # queued jobs that have not ended, with the scheduler's reason
-        console.print(escape(f"  cell {cell.index}: job {job} {state.lower()}" + (f" ({why})" if why else "")
-                             + "; run this command again once it has ended to record its row"))
+        console.print(escape(plain(f"  cell {cell.index}: job {job} {state.lower()}" + (f" ({why})" if why else "")
+                                   + "; run this command again once it has ended to record its row")))
     for problem in outcome.problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {plain(problem)}", file=sys.stderr)
     if outcome.kept_failures:
         cells = ", ".join(f"{c.index} ({status})" for c, status in outcome.kept_failures)
         console.print(f"[red]{len(outcome.kept_failures)} cell(s) failed in an earlier run and were not rerun: "

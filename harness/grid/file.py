@@ -79,6 +79,9 @@ def _expand_env(value, where: str, budget: list[int] | None = None, depth: int =
     if isinstance(value, str):
         def sub(match):
             name, default = match.group(1), match.group(2)
+            if default is not None and "${" in default:
+                raise GridError(f"{where}: a ${{...}} inside a default ({match.group(0)}...) is not supported; write "
+                                "the default out, e.g. ${DATA:-synthetic}")
             if os.environ.get(name):  # as the shell: an empty variable counts as unset
                 return os.environ[name]
             if default is not None:

@@ -56,8 +56,8 @@ def resolve_hardware(hardware: Hardware, machine: Machine | None = None) -> Hard
 
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    timeout_s: float = Field(default=3600, gt=0)
-    memory_gb: float | None = Field(default=None, gt=0)
+    timeout_s: float = Field(default=3600, gt=0, le=30 * 24 * 3600, allow_inf_nan=False)  # at most 30 days
+    memory_gb: float | None = Field(default=None, gt=0, le=2**20, allow_inf_nan=False)  # at most 1 PiB
 
 
 class ExcludeRule(BaseModel):

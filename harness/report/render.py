@@ -19,7 +19,7 @@ from training_core.errors import UserError
 from training_core.result import clip_reason
 
 from .. import outputs
-from ..outputs import table_cell
+from ..outputs import plain, table_cell
 from ..paths import REPORTS, TEMPLATES
 from ..rows import INPUT_BOUND_SHARE, input_bound, peak_memory_gb, size_text
 from ..store import RowStore, check_component
@@ -265,7 +265,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
 
         images = write_plots(lines, out.parent / assets, refs)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, finalize=_shown)
     env.filters["reason"] = lambda text: table_cell(clip_reason(text or "", REPORT_REASON_LIMIT))
     from .revisions import frozen_rows_explained, measured_gradients
 
@@ -290,7 +290,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         environment=environment(rows), rows=rows, images=[f"{assets}/{name}" for name in images],
         measured_gpu=measured_gpu, model_family=model_family,
         kept=[r for r in rows if (r.get("artifacts") or {}).get("model")],
-        summary=opening, comparability=grouped_comparability(comparisons),
+        summary=[table_cell(line) for line in opening], comparability=grouped_comparability(comparisons),
         revision_notes=revision_notes, gradient_notes=gradient_notes, memory=memory_table(rows, refs),
         variability=repeats, noisy_cv=NOISY_CV, cell_ranges=cell_ranges,
     )
@@ -301,6 +301,12 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
             "statuses": dict(sorted(Counter(r["status"] for r in rows).items()))}
     outputs.write(out.with_suffix(META_SUFFIX), json.dumps(meta, sort_keys=True, indent=1) + "\n")
     return out
+
+
+def _shown(value):
+    """Every value the template prints: text from rows (a reference, a reason, a path) carries no HTML and no control
+    characters into the markdown."""
+    return plain(value).replace("<", "&lt;") if isinstance(value, str) else value
 
 
 def check_out(out: Path) -> Path:

@@ -11,6 +11,7 @@ from rich.table import Table
 from training_core.result import LINE_REASON_LIMIT, clip_reason
 
 from ..grid.file import Grid
+from ..outputs import plain
 from ..rows import GIB, input_bound, peak_memory, size_text
 from ..store import RowStore
 
@@ -29,7 +30,7 @@ def print_summary(console: Console, store: RowStore, grid: Grid) -> None:
         peak = peak_memory(m)
         loss = (f"{m['loss_first']:.3f} -> {m['loss_last']:.3f}"
                 if m.get("loss_first") is not None and m.get("loss_last") is not None else "")
-        table.add_row(*map(escape, (str(cell.index), s.strategy, s.precision, s.attention,
+        table.add_row(*map(lambda v: escape(plain(v)), (str(cell.index), s.strategy, s.precision, s.attention,
                                     f"{s.nodes}x{s.gpus_per_node}", str(row["status"]), _num(m.get("images_per_s")),
                                     _num(m.get("step_time_s_p50"), 3), _wait(m),
                                     f"{peak[0] / GIB:.2f} ({peak[1]})" if peak else "", loss, _note(row))))

@@ -21,6 +21,7 @@ from ..grid.cells import Cell
 from ..grid.file import Grid
 from ..grid.hardware import Machine
 from ..grid.select import matches
+from ..outputs import plain
 from ..rows import size_text
 from ..store import RowStore, check_component
 from . import launchers
@@ -108,7 +109,7 @@ class Runner:
         self._start_launcher()
         todo, skipped = self.cells()
         for cell, why in skipped:
-            self.console.print(f"[dim]skip cell {cell.index}: {escape(why)}[/dim]")
+            self.console.print(f"[dim]skip cell {cell.index}: {escape(plain(why))}[/dim]")
         previous = {sig: signal.signal(sig, self._on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         started = time.monotonic()
         try:
@@ -143,7 +144,7 @@ class Runner:
     def _report(self, row: dict) -> None:
         status = row["status"]
         colour = {"ok": "green", "unsupported": "yellow"}.get(status, "red")
-        self.console.print(f"    [{colour}]{status}[/{colour}] {escape(headline(row))}")
+        self.console.print(f"    [{colour}]{status}[/{colour}] {escape(plain(headline(row)))}")
 
     def _run_one(self, cell: Cell) -> dict | None:
         """The cell through the launcher: an earlier run's job or row, else a new job; watched to its end when the
@@ -189,7 +190,7 @@ class Runner:
         predicted = predict(spec_path, cell_dir)
         path.write_text(json.dumps(predicted, sort_keys=True) + "\n")
         if "error" in predicted:
-            self.console.print(f"    predicted peak: not estimated ({escape(str(predicted['error']))})")
+            self.console.print(f"    predicted peak: not estimated ({escape(plain(predicted['error']))})")
             return None
         verdict = predicted.get("fit") or {}
         self.console.print(f"    predicted peak {size_text(predicted['peak_bytes'])} per rank at the {predicted['phase']}"

@@ -276,3 +276,75 @@ def test_a_named_pipe_or_huge_file_as_a_grid_is_said(tmp_path, capsys):
     started = time.monotonic()
     assert main(["plan", str(big)]) == 2
     assert "larger than 4 MiB" in _err(capsys) and time.monotonic() - started < 10
+
+
+# ------------------------------------------------------------------------------------- 4. tracebacks, 6. messages
+def test_infinite_limits_and_out_of_range_seeds_are_refused_when_the_grid_is_read(tmp_path, capsys):
+    from harness.grid.file import load_grid
+
+    grid = tmp_path / "g.yaml"
+    base = "name: g\nhardware: {gpu: cpu, gpus_per_node: 1}\ndefaults: {model: tiny, task: docvqa, strategy: lora}\n"
+    for limits, said in (("{memory_gb: .inf}", "limits.memory_gb: Input should be a finite number"),
+                         ("{timeout_s: .inf}", "limits.timeout_s: Input should be a finite number")):
+        grid.write_text(base + f"limits: {limits}\n")
+        assert main(["plan", str(grid)]) == 2
+        assert said in _err(capsys)
+    grid.write_text(base + "axes: {seed: [-1, 99999999999999999999, 7]}\n")
+    cells = load_grid(grid).cells
+    assert [c.status for c in cells] == ["invalid", "invalid", "planned"]
+    assert "seed" in cells[0].reason and "greater than or equal to 0" in cells[0].reason
+    assert "less than or equal to 4294967295" in cells[1].reason
+
+
+def test_writing_a_default_out_keeps_the_cells_run_id():
+    from training_core.spec import RunSpec
+
+    plain = RunSpec(model="tiny")
+    for field, default in (("recipe_revision", "current"), ("require_gradients", False),
+                           ("longrope_generation", "official")):
+        assert RunSpec(model="tiny", **{field: default}).run_id == plain.run_id, field
+    assert RunSpec(model="tiny", recipe_revision="2024-06", strategy="full").run_id != \
+        RunSpec(model="tiny", strategy="full").run_id  # a setting that changes the cell still changes its id
+    assert plain.run_id == RunSpec(model="tiny").run_id
+
+
+def test_a_nested_default_is_refused_not_left_literal(tmp_path, monkeypatch):
+    from harness.grid.file import load_grid
+    from harness.grid.schema import GridError
+
+    monkeypatch.delenv("A", raising=False)
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\nhardware: {gpu: cpu}\ndefaults: {model: tiny, data: '${A:-${B:-synthetic}}'}\n")
+    with pytest.raises(GridError, match=r"a \$\{\.\.\.\} inside a default .* is not supported"):
+        load_grid(grid)
+
+
+def test_estimate_takes_a_gpus_device_name_and_refuses_an_empty_one(capsys):
+    from training_core.estimate.fit import fit
+
+    assert fit(2**30, 1, "H100 80GB HBM3").total == fit(2**30, 1, "H100").total is not None
+    with pytest.raises(SystemExit) as exit_:
+        main(["estimate", "cpu_smoke", "--gpu", ""])
+    assert exit_.value.code == 2 and "an empty value names nothing" in capsys.readouterr().err
+
+
+def test_control_characters_from_files_never_reach_the_terminal_or_the_report(tmp_path, capsys):
+    grid = tmp_path / "g.yaml"
+    grid.write_text('name: g\ndescription: "clear \\e[2J title \\e]0;pwned\\a reversed \\u202e txt"\n'
+                    "hardware: {gpu: cpu, gpus_per_node: 1}\n"
+                    "defaults: {model: tiny, task: docvqa, strategy: lora, precision: fp32, global_batch: 2}\n")
+    assert main(["plan", str(grid)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "\x07" not in out
+    assert "\\x1b[2J" in out and "\\u202e" in out
+    assert main(["plan", str(grid), "--filter", "strategy=\x1b]0;pwned\x07"]) == 2
+    err = _err(capsys)
+    assert "\x1b" not in err and "\\x1b]0;pwned\\x07" in err
+    group = _group(tmp_path)
+    rows = [json.loads(line) for line in (group / "rows.jsonl").read_text().splitlines()]
+    for row in rows:
+        row["spec"]["reference"] = "<img src=x onerror=alert(1)>\u202e"
+    (group / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["report", str(group), "--out", str(tmp_path / "r.md"), "--no-plots"]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert "<img" not in text and "\u202e" not in text and "&lt;img src=x" in text
