@@ -9,6 +9,7 @@ MATRICES = ROOT / "matrices"  # the shipped grids (`harness run NAME`)
 REFERENCE = ROOT / "results" / "reference"  # the guide's documented numbers as data
 REPORTS = ROOT / "reports"  # generated reports (and their index)
 TEMPLATES = REPORTS / "templates"  # the reports' jinja2 templates
+ESTIMATE_DATA = ROOT / "build" / "estimate"  # synthetic twins the estimator writes (never the current directory)
 
 
 def grid_path(name: str) -> Path:

@@ -22,6 +22,7 @@ from training_core.estimate.fit import GIB, MARGIN_RULE
 from .grid.file import Grid
 from .grid.select import matches
 from .outputs import table_cell
+from .paths import ESTIMATE_DATA
 from .run.command import shell, torchrun_command
 from .run.options import Nodes
 
@@ -141,7 +142,7 @@ def plan_rows(cells, predicted: dict[int, str] | None = None) -> list[list[str]]
     return out
 
 
-def predicted_peaks(cells, data_root: Path = Path("build/estimate")) -> dict[int, str]:
+def predicted_peaks(cells, data_root: Path = ESTIMATE_DATA) -> dict[int, str]:
     """`plan --estimate`: each runnable cell's predicted peak and phase, with its fit on the cell's GPU."""
     from training_core.estimate.predict import predict
 

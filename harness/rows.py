@@ -44,17 +44,21 @@ def cell_key(row: dict) -> tuple:
     return row["run_id"], row.get("pass")
 
 
-def newest(rows: Iterable[dict], final_only: bool = False) -> tuple[dict[tuple, dict], list[str]]:
+UNREAD = ("series", "log_tail")  # per-step series and log lines: kept in the store, read by neither report nor gate
+
+
+def newest(rows: Iterable[dict], final_only: bool = False, drop: tuple[str, ...] = ()) -> tuple[dict[tuple, dict],
+                                                                                            list[str]]:
     """The newest row of each cell (by `cell_key`), or with `final_only` its newest final one: a rerun's row
     supersedes the earlier one (an `interrupted` row before a final `ok` is the normal state after Ctrl-C and a
     rerun). Also the run_ids that have more than one final row (named, never counted as repeats). Keeps one row per
-    cell, never the whole store."""
+    cell, never the whole store, and of it not the keys in `drop` (e.g. UNREAD)."""
     latest: dict[tuple, dict] = {}
     finals: dict[tuple, int] = {}
     for row in rows:
         key, final = cell_key(row), row["status"] in FINAL
         if final or not final_only:
-            latest[key] = row
+            latest[key] = {k: v for k, v in row.items() if k not in drop} if drop else row
         finals[key] = finals.get(key, 0) + final
     return latest, sorted({key[0] for key, n in finals.items() if n > 1})
 

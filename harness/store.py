@@ -125,10 +125,10 @@ class RowStore:
                              "store is re-created from cells/*/result.json when it is moved aside)")
         return row
 
-    def latest(self) -> tuple[list[dict], list[str]]:
+    def latest(self, drop: tuple[str, ...] = ()) -> tuple[list[dict], list[str]]:
         """The newest row of each cell (`rows.newest`: the one rule report, compare, baseline and the end-of-run
-        console use), and the run_ids that have more than one final row."""
-        latest, duplicated = newest(self.iter_rows())
+        console use), without the keys in `drop`, and the run_ids that have more than one final row."""
+        latest, duplicated = newest(self.iter_rows(), drop=drop)
         return list(latest.values()), duplicated
 
     def final_rows(self) -> dict[str, dict]:

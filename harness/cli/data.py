@@ -26,7 +26,7 @@ def add(sub) -> None:
     convert.add_argument("--src", type=Path, help="ucf101: the UCF101_subset directory or its .tar.gz")
     convert.add_argument("--data-dir", type=Path, help="HF layouts: a local save_to_disk or parquet directory "
                          "(default: the local Hugging Face cache)")
-    convert.add_argument("--limit", type=int, help="convert only the first N records of each split")
+    convert.add_argument("--limit", type=positive(int), help="convert only the first N records of each split")
     convert.add_argument("--allow-download", action="store_true", help="let the datasets library download")
     convert.add_argument("--overwrite", action="store_true")
     convert.set_defaults(func=_convert)
@@ -90,7 +90,13 @@ def _lengths(task, records, args) -> str:
 
     crops = args.num_crops or task.num_crops
     if args.model:
-        processor = Phi3VProcessor.from_pretrained(args.model, num_crops=crops)
+        try:
+            processor = Phi3VProcessor.from_pretrained(args.model, num_crops=crops)
+        except (OSError, ValueError, TypeError) as exc:
+            from training_core.data.records import DataError
+
+            raise DataError([f"--model {args.model}: no tokenizer and processor to load there ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}); give a checkpoint directory"]) from None
         note = f"tokenizer of {args.model}"
     else:
         processor = Phi3VProcessor(build_tiny_tokenizer(), Phi3VImageProcessor(num_crops=crops))

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from harness.grid.limits import MAX_CELLS
+from harness.paths import ESTIMATE_DATA
 
 from .args import nonempty, positive, ranged
 
@@ -36,7 +37,7 @@ def add(sub) -> None:
                           help="judge the fit on this GPU (repeatable; default: the cell's own GPU), e.g. A100, "
                                "H100, V100")
     estimate.add_argument("--json", action="store_true", help="the predictions as JSON")
-    estimate.add_argument("--data-root", type=Path, default=Path("build/estimate"),
+    estimate.add_argument("--data-root", type=Path, default=ESTIMATE_DATA,
                           help="where the cells' synthetic twins are written to find their longest examples")
     estimate.add_argument("--out", type=Path, metavar="FILE.md",
                           help="also write the table as a markdown report (predicted beside documented, with what "
@@ -151,6 +152,9 @@ def cmd_estimate(args) -> int:
     grid = _grid(args)
     filters = parse_filters(args.filter)
     check_selection(grid, filters, to_run=False)
+    if args.data_root.exists() and not args.data_root.is_dir():
+        raise outputs.OutputError(f"--data-root {args.data_root}: not a directory; give a folder where the estimator "
+                                  "may write the cells' synthetic twins")
     console = Console(highlight=False, width=240)
 
     def progress(entry):

@@ -41,21 +41,22 @@ def find_baseline(root: Path, current_rows: list[dict]) -> Path:
     return candidate
 
 
-def load_passes(paths: list[Path]) -> list[dict]:
+def load_passes(paths: list[Path], drop: tuple[str, ...] = ()) -> list[dict]:
     """The rows of one or more results groups, each group one pass (`pass` 1, 2, ...): the same cells run again,
-    interleaved (every cell once per pass). Rows that carry a pass already (a stored baseline) keep it."""
+    interleaved (every cell once per pass). Rows that carry a pass already (a stored baseline) keep it. `drop`: keys
+    not kept (the comparison reads neither series nor log tails; a stored baseline keeps them)."""
     if len(paths) == 1:
-        return load_rows(paths[0])
+        return load_rows(paths[0], drop)
     rows = []
     for number, path in enumerate(paths, start=1):
-        rows += [{**row, "pass": number} for row in load_rows(path)]
+        rows += [{**row, "pass": number} for row in load_rows(path, drop)]
     return rows
 
 
-def load_rows(path: Path) -> list[dict]:
+def load_rows(path: Path, drop: tuple[str, ...] = ()) -> list[dict]:
     path = Path(path)
     directory = path.parent if path.name == "rows.jsonl" else path
-    rows, duplicated = RowStore(directory).latest()
+    rows, duplicated = RowStore(directory).latest(drop=drop)
     if not rows:
         raise CompareError(f"{path}: no rows (expected a results group with rows.jsonl)")
     if duplicated:

@@ -23,7 +23,7 @@ from typing import Literal
 
 from training_core.result import EXACT, HIGHER, LOWER
 
-from ..rows import spec_label
+from ..rows import UNREAD, spec_label
 from .baseline import find_baseline, hardware_of, load_passes, load_rows
 from .rules import NORMALISED, CompareError, OrderRule, Rules, Tolerance, check_rules, load_rules
 
@@ -256,9 +256,9 @@ def render_markdown(result: GateResult, baseline: Path, current: Path) -> str:
 def check(baseline: Path, current: list[Path], rules_path: Path | None) -> tuple[GateResult, Path]:
     """The gate: CURRENT (one group per pass) against BASELINE (a group, or a baselines root where CURRENT's key is
     looked up) under the rules; runs of other hardware are refused. Returns the result and the baseline folder."""
-    current_rows = load_passes(current)
+    current_rows = load_passes(current, drop=UNREAD)
     baseline_dir = find_baseline(Path(baseline), current_rows)
-    baseline_rows = load_rows(baseline_dir)
+    baseline_rows = load_rows(baseline_dir, drop=UNREAD)
     ran_on = [hardware_of(rows) for rows in (baseline_rows, current_rows)]
     if ran_on[0] != ran_on[1]:  # a group given directly is checked as a baselines root's key would be
         raise CompareError(f"{baseline_dir} ran {ran_on[0]} and {', '.join(map(str, current))} ran {ran_on[1]} "

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..rows import peak_memory_gb  # noqa: E402
 
 METADATA = {"Software": None}  # no library version in the file: the same rows give the same bytes
+MAX_PLOTTED = 48  # cells in a plot: beyond this the bars are unreadable (and 10^5 cells make an image too large)
 
 
 def _label(line) -> str:
@@ -35,7 +36,7 @@ def write_plots(lines, directory: Path, refs: dict | None = None) -> list[str]:
     comparable, shape against shape: each cell's speedup and memory over the run's first finished cell beside the
     documented row's over the guide's first row of its table."""
     directory.mkdir(parents=True, exist_ok=True)
-    ok = [line for line in lines if line.row["status"] == "ok"]
+    ok = plotted(lines)
     if not ok:
         return []
     for stale in ("throughput.png", "memory.png", "relative_throughput.png", "relative_memory.png", "scaling.png"):
@@ -100,6 +101,11 @@ def write_plots(lines, directory: Path, refs: dict | None = None) -> list[str]:
         ax.legend(fontsize=7)
         written.append(_save(fig, directory / "scaling.png"))
     return [Path(p).name for p in written]
+
+
+def plotted(lines) -> list:
+    """The finished cells the plots show: the first MAX_PLOTTED of them (the report says when there are more)."""
+    return [line for line in lines if line.row["status"] == "ok"][:MAX_PLOTTED]
 
 
 def _first_rows(refs: dict) -> dict:

@@ -21,7 +21,7 @@ from training_core.result import clip_reason
 from .. import outputs
 from ..outputs import plain, table_cell
 from ..paths import REPORTS, TEMPLATES
-from ..rows import INPUT_BOUND_SHARE, input_bound, peak_memory_gb, size_text
+from ..rows import INPUT_BOUND_SHARE, UNREAD, input_bound, peak_memory_gb, size_text
 from ..store import RowStore, check_component
 from .documented import RefRow, load_references
 from .guide import Comparability, compare, diff_percent, documented_mfu, measured_gpu, model_family, status
@@ -37,7 +37,7 @@ class ReportError(UserError):
 
 def latest_rows(store: RowStore) -> list[dict]:
     """The newest row of each cell (RowStore.latest: the rule compare and baseline use too)."""
-    rows, _ = store.latest()
+    rows, _ = store.latest(drop=UNREAD)
     return sorted(rows, key=lambda r: (r.get("cell") or 0, str(r.get("run_id")), r.get("pass") or 0))
 
 
@@ -259,11 +259,14 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     repeats = variability(repeat_groups(rows))
     doc_mfu = {line.ref.key: line.doc_mfu for line in lines if line.ref is not None and line.doc_mfu is not None}
     assets = out.with_suffix("").name + ".assets"
-    images = []
+    images, plot_note = [], None
     if plots and lines:
-        from .plots import write_plots  # matplotlib: only when plots are asked for
+        from .plots import MAX_PLOTTED, write_plots  # matplotlib: only when plots are asked for
 
         images = write_plots(lines, out.parent / assets, refs)
+        finished = sum(line.row["status"] == "ok" for line in lines)
+        if finished > MAX_PLOTTED:
+            plot_note = f"The plots show the first {MAX_PLOTTED} of the {finished} finished speed cells."
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True, finalize=_shown)
     env.filters["reason"] = lambda text: table_cell(clip_reason(text or "", REPORT_REASON_LIMIT))
@@ -276,6 +279,8 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     if flagged:
         opening.append("Trainable parameters without a gradient in the first optimizer step: " + "; ".join(flagged)
                        + ".")
+    if plot_note:
+        opening.append(plot_note)
     if foreign:
         opening.append(f"Left out: {len(foreign)} row(s) of another grid found in this group's store ("
                        + "; ".join(f"grid {table_cell(name)}: {_cells_text(cells)}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -31,9 +32,20 @@ def child_json(cmd: list[str], timeout: float) -> tuple[dict | None, str]:
                              check=False)
         if out.returncode == 0:
             return json.loads(out.stdout.strip().splitlines()[-1]), ""
-        return None, f"exit {out.returncode}: {(out.stderr.strip().splitlines() or [''])[-1]}"
+        return None, f"exit {out.returncode}: {error_line(out.stderr)}"
     except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as exc:
         return None, f"{type(exc).__name__}: {exc}"
+
+
+_ERROR = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
+def error_line(stderr: str) -> str:
+    """What a child process died of: the last line of its stderr that names an exception (a traceback's last line),
+    not a warning printed after it; the last line when none does."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if _ERROR.match(line)]
+    return (errors or lines or [""])[-1]
 
 
 def capture_env(world_size: int) -> dict:

@@ -348,3 +348,53 @@ def test_control_characters_from_files_never_reach_the_terminal_or_the_report(tm
     assert main(["report", str(group), "--out", str(tmp_path / "r.md"), "--no-plots"]) == 0
     text = (tmp_path / "r.md").read_text()
     assert "<img" not in text and "\u202e" not in text and "&lt;img src=x" in text
+
+
+def test_a_childs_failure_is_its_error_not_a_warning_printed_after_it():
+    from harness.run.child import error_line
+
+    stderr = ("Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: the cell's spec is bad\n"
+              "/venv/lib/transformers/utils.py:12: FutureWarning: something is deprecated\n  warnings.warn(\n")
+    assert error_line(stderr) == "ValueError: the cell's spec is bad"
+    assert error_line("just a line\n") == "just a line" and error_line("") == ""
+
+
+def test_estimate_refuses_a_data_root_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["estimate", "cpu_smoke", "--data-root", str(tmp_path / "file")]) == 2
+    err = _err(capsys)
+    assert f"--data-root {tmp_path / 'file'}: not a directory" in err
+
+
+def test_estimates_never_write_into_the_current_directory():
+    import harness.cli.grids  # noqa: F401 - the parser's defaults
+    from harness.cli import build_parser
+    from harness.paths import ROOT
+
+    args = build_parser().parse_args(["estimate", "cpu_smoke"])
+    assert args.data_root.is_absolute() and args.data_root.is_relative_to(ROOT / "build")
+
+
+def test_plots_show_a_bounded_number_of_cells_and_the_report_says_so(tmp_path):
+    from harness.report.plots import MAX_PLOTTED
+    from harness.report.render import render
+
+    group = _group(tmp_path)
+    row = json.loads((group / "rows.jsonl").read_text().splitlines()[0])
+    many = [{**row, "run_id": f"{i:016x}", "cell": i} for i in range(MAX_PLOTTED + 12)]
+    (group / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in many))
+    text = render(group, tmp_path / "r.md", plots=True).read_text()
+    assert f"The plots show the first {MAX_PLOTTED} of the {MAX_PLOTTED + 12} finished speed cells." in text
+    assert (tmp_path / "r.assets" / "relative_throughput.png").is_file()
+
+
+def test_data_commands_refuse_a_zero_limit_and_a_model_folder_without_a_tokenizer(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "convert", "hateful_memes", "--out", str(tmp_path / "hm"), "--limit", "0"])
+    assert exit_.value.code == 2 and "0 must be a finite number above 0" in capsys.readouterr().err
+    assert not (tmp_path / "hm").exists()  # no empty splits written, no exit 0
+    assert main(["data", "synth", "docvqa", "--out", str(tmp_path / "twin"), "--n-train", "2", "--n-eval", "1"]) == 0
+    capsys.readouterr()
+    assert main(["data", "validate", "docvqa", str(tmp_path / "twin"), "--split", "train", "--lengths",
+                 "--model", "/etc"]) == 2
+    assert "--model /etc: no tokenizer and processor to load there" in _err(capsys)
