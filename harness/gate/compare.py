@@ -222,6 +222,9 @@ def check_order(cells: dict[str, dict], rule: OrderRule) -> list[str]:
     return failures
 
 
+UNCHANGED_LISTED = 500  # unchanged metrics listed in the summary (10^5 cells would list millions)
+
+
 def render_markdown(result: GateResult, baseline: Path, current: Path) -> str:
     lines = [f"# Regression check: {current} against {baseline}", ""]
     verdict = "FAILED" if result.failed else "passed"
@@ -237,8 +240,12 @@ def render_markdown(result: GateResult, baseline: Path, current: Path) -> str:
             continue
         lines += ["", f"## {title}", "", "| cell | spec | metric | baseline | current | change | allowed | per pass |",
                   "|---|---|---|---|---|---|---|---|"]
+        shown = items if kind != "unchanged" else items[:UNCHANGED_LISTED]
         lines += [f"| {f.run_id} | {f.label} | {f.metric} | {f.baseline:.6g} | {f.current:.6g} | {f.change} | "
-                  f"{f.allowed} | {' '.join(f'{v:.3g}' for v in f.per_pass)} |" for f in items]
+                  f"{f.allowed} | {' '.join(f'{v:.3g}' for v in f.per_pass)} |" for f in shown]
+        if len(shown) < len(items):
+            lines += ["", f"... and {len(items) - len(shown)} more unchanged metric(s), not listed (every regression "
+                          "and improvement is)."]
     if result.failed_current:
         lines += ["", "## Cells that failed now", ""] + [f"- {x}" for x in result.failed_current]
     if result.order_failures:

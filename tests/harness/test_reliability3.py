@@ -398,3 +398,14 @@ def test_data_commands_refuse_a_zero_limit_and_a_model_folder_without_a_tokenize
     assert main(["data", "validate", "docvqa", str(tmp_path / "twin"), "--split", "train", "--lengths",
                  "--model", "/etc"]) == 2
     assert "--model /etc: no tokenizer and processor to load there" in _err(capsys)
+
+
+def test_the_comparisons_summary_lists_every_change_but_not_a_million_unchanged_metrics():
+    from harness.gate.compare import UNCHANGED_LISTED, Finding, GateResult, render_markdown
+
+    same = [Finding(f"{i:016x}", "docvqa lora", "images_per_s", 1.0, 1.0, "unchanged", "±5%")
+            for i in range(UNCHANGED_LISTED + 100)]
+    worse = [Finding(f"{i:016x}", "docvqa lora", "loss_last", 1.0, 2.0, "regression", "±5%") for i in range(700)]
+    text = render_markdown(GateResult(findings=same + worse), Path("b"), Path("c"))
+    assert "... and 100 more unchanged metric(s), not listed" in text
+    assert text.count("| loss_last |") == 700 and text.count("| images_per_s |") == UNCHANGED_LISTED

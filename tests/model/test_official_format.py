@@ -150,3 +150,43 @@ def test_a_config_that_does_not_belong_to_its_weights_is_named_before_the_model_
     # check builds its model without asking for flash-attn, which a CPU machine does not have)
     (directory / "config.json").write_text(json.dumps({**config, "_attn_implementation": "flash_attention_2"}))
     assert build_model(None, weights=directory, attn_implementation="sdpa").config.vocab_size == vocab
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_a_checkpoint_saved_without_safetensors_loads_and_is_checked_the_same(tmp_path, shards):
+    """Issue 31 (5): `pytorch_model.bin` (and its sharded form with an index), as save_pretrained(safe_serialization=
+    False) and older Trainers write, loaded before the shape check existed and loads again: shapes read weights-only
+    onto the meta device, the same config check, the same weights; a pickle that is not plain tensors is refused."""
+    from training_core.model.build import save_tiny_model_dir
+    from training_core.model.weights import WeightsError
+
+    directory = save_tiny_model_dir(tmp_path / "ckpt")
+    reference = build_model(None, weights=directory).state_dict()
+    state = {k: v.clone() for k, v in reference.items() if k != "model.vision_embed_tokens.wte.weight"}
+    for path in directory.glob("*.safetensors*"):
+        path.unlink()
+    names = sorted(state)
+    if shards == 1:
+        torch.save(state, directory / "pytorch_model.bin")
+    else:
+        parts = {f"pytorch_model-0000{i + 1}-of-00002.bin": names[i::2] for i in range(2)}
+        for file, keys in parts.items():
+            torch.save({k: state[k] for k in keys}, directory / file)
+        (directory / "pytorch_model.bin.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": {k: file for file, keys in parts.items() for k in keys}}))
+    loaded = build_model(None, weights=directory).state_dict()
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + 10}))
+    with pytest.raises(WeightsError, match="does not belong to the weights beside it"):
+        build_model(None, weights=directory)
+    (directory / "config.json").write_text(json.dumps(config))
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    for path in directory.glob("pytorch_model*.bin"):
+        torch.save({"x": Payload()}, path)
+    with pytest.raises(WeightsError, match="not a torch weights file that loads weights-only"):
+        build_model(None, weights=directory)

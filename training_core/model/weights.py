@@ -2,8 +2,9 @@
 
 A config that does not belong to its weights (a vocabulary size edited by hand, a config copied from another model)
 would otherwise surface as transformers' size-mismatch RuntimeError after the model is built, or, with a million
-layers claimed, as minutes of allocation. Here the config's sizes are bounded first, the safetensors headers (not
-the tensors) are read, and every tensor the model has is compared by shape with the one the files hold.
+layers claimed, as minutes of allocation. Here the config's sizes are bounded first, the weights' shapes are read (the
+safetensors headers, or a pytorch_model*.bin onto the meta device: never the tensors' data), and every tensor the
+model has is compared by shape with the one the files hold.
 """
 
 from __future__ import annotations
@@ -40,12 +41,22 @@ def read_config(directory: Path) -> dict:
 
 
 def header_shapes(directory: Path) -> dict[str, tuple[tuple[int, ...], Path]]:
-    """Every tensor in the directory's *.safetensors files: name -> (shape, file), from the headers alone."""
+    """Every tensor in the directory's weights: name -> (shape, file). From the *.safetensors headers alone; a
+    checkpoint saved without safetensors (`pytorch_model*.bin`, as `save_pretrained(safe_serialization=False)` and
+    older Trainers write) is read with torch's weights-only loader onto the meta device: shapes, no data, and never a
+    pickle that runs code."""
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        return _safetensors_shapes(files)
+    files = sorted(directory.glob("pytorch_model*.bin"))
+    if files:
+        return _torch_shapes(files)
+    raise WeightsError(f"{directory}: no weights (*.safetensors or pytorch_model*.bin)")
+
+
+def _safetensors_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], Path]]:
     from safetensors import safe_open
 
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise WeightsError(f"{directory}: no *.safetensors weights")
     shapes = {}
     for path in files:
         try:
@@ -54,6 +65,25 @@ def header_shapes(directory: Path) -> dict[str, tuple[tuple[int, ...], Path]]:
                     shapes[key] = (tuple(int(d) for d in weights.get_slice(key).get_shape()), path)
         except Exception as exc:  # safetensors raises its own error types for truncated files and bad headers
             raise WeightsError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+    return shapes
+
+
+def _torch_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], Path]]:
+    import torch
+
+    shapes = {}
+    for path in files:
+        try:
+            state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+        except Exception as exc:  # a pickle that is not plain tensors, a truncated or damaged zip
+            raise WeightsError(f"{path}: not a torch weights file that loads weights-only ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        if not isinstance(state, dict):
+            raise WeightsError(f"{path}: not a state dict (name -> tensor)")
+        for key, tensor in state.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise WeightsError(f"{path}: {key} is not a tensor")
+            shapes[key] = (tuple(tensor.shape), path)
     return shapes
 
 
