@@ -81,6 +81,9 @@ def load_hf_split(src: HFSource, data_dir: str | Path | None = None, *, allow_do
 def _from_directory(directory: Path, split: str):
     import datasets
 
+    if directory.exists() and not directory.is_dir():
+        raise DataError([f"{directory}: is a file, not a data directory (give a .jsonl file, a directory of them, or a "
+                         "saved Hugging Face dataset)"])
     if not directory.is_dir():
         raise DataError([f"{directory}: no such data directory"])
     if (directory / "dataset_dict.json").exists() or (directory / "state.json").exists():

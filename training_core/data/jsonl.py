@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
-from training_core.model.geometry import hd_geometry
+from training_core.model.geometry import check_num_crops, hd_geometry
 from training_core.model.image_tags import IMAGE_TAG, parse_image_tags
 
 from .records import DataError, Record, Turn
@@ -28,6 +28,14 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None, *, check_
     """All records of a jsonl file, or a `DataError` listing every problem with file and line. With `num_crops`,
     each image must also survive the HD transform at that many crops (not too elongated)."""
     path = Path(path)
+    if num_crops is not None:  # said once, not once per image
+        try:
+            check_num_crops(num_crops)
+        except ValueError as exc:
+            raise DataError([f"--num-crops: {exc}"]) from None
+    if path.exists() and not path.is_file():
+        raise DataError([f"{path}: the dataset file is {_file_kind(path)}, not a regular file (a conversation-format "
+                         ".jsonl)"])
     if not path.is_file():
         raise DataError([f"{path}: no such dataset file (expected a conversation-format .jsonl)"])
     root = Path(image_root) if image_root is not None else default_image_root(path)
@@ -164,9 +172,9 @@ def _image_problem(ref: str, root: Path, num_crops: int | None = None) -> str | 
         kind = _file_kind(full)
         return f"not a regular file: {root / ref} is {kind}; replace it with the image file itself"
     try:
-        with Image.open(full) as image:
+        with Image.open(full) as image:  # decoded once, whole: a truncated JPEG or a broken PNG stream is said here
             size = image.size
-            image.verify()
+            image.load()
     except Image.DecompressionBombError as exc:
         return (f"too large to decode safely ({exc}); downscale it (the HD transform uses at most 16 crops of "
                 "336 pixels)")

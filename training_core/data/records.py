@@ -57,9 +57,14 @@ class Record:
             return ref().convert("RGB")
         if self.image_root is None:
             raise DataError([f"record {self.id}: image {ref!r} has no image root to be resolved against"])
-        with Image.open(self.image_root / ref) as image:
-            image.load()
-            return image if image.mode == "RGB" else image.convert("RGB")
+        path = self.image_root / ref
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return image if image.mode == "RGB" else image.convert("RGB")
+        except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # PIL's errors for bad image data
+            raise DataError([f"record {self.id}: image {path} does not decode ({type(exc).__name__}: {exc}); "
+                             "replace the file or drop the record"]) from None
 
     @property
     def all_images(self) -> tuple[ImageRef, ...]:
