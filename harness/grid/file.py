@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from training_core.spec import RunSpec
 
 from ..paths import MATRICES
-from ..readers import MAX_DEPTH, MAX_VALUES, load_yaml, schema_problems
+from ..readers import load_yaml, schema_problems
 from .cells import BATCH_PER_GPU, LIMIT_KEYS, Cell, expand
 from .hardware import AUTO, Machine
 from .limits import MAX_CELLS
@@ -64,18 +64,9 @@ class Grid:
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-
-
-def _expand_env(value, where: str, budget: list[int] | None = None, depth: int = 0):
-    """${VAR} and ${VAR:-default} in every string. YAML aliases become copies here, so the expanded size is bounded
-    (a "billion laughs" grid is an error, not minutes of work), as is the nesting."""
-    budget = budget if budget is not None else [MAX_VALUES]
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise GridError(f"{where}: the grid expands to more than {MAX_VALUES} values (YAML aliases repeat what they "
-                        "point at); a grid holds a few hundred")
-    if depth > MAX_DEPTH:
-        raise GridError(f"{where}: nested more than {MAX_DEPTH} levels deep; a grid is a few levels deep")
+def _expand_env(value, where: str):
+    """${VAR} and ${VAR:-default} in every string (the grid's size and depth were bounded when it was read:
+    readers.load_yaml; aliases become copies here)."""
     if isinstance(value, str):
         def sub(match):
             name, default = match.group(1), match.group(2)
@@ -89,9 +80,9 @@ def _expand_env(value, where: str, budget: list[int] | None = None, depth: int =
             raise GridError(f"{where}: ${{{name}}} is not set; export {name}=... or write ${{{name}:-default}}")
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}", budget, depth + 1) for k, v in value.items()}
+        return {k: _expand_env(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]", budget, depth + 1) for i, v in enumerate(value)]
+        return [_expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
