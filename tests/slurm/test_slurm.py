@@ -149,7 +149,9 @@ def test_a_job_slurm_ended_failed_is_an_error_row_although_its_result_says_ok(en
                    "--dry-run").returncode == 0
     (cell,) = (results / "failed" / "cpu" / "cells").iterdir()
     spec = json.loads((cell / "spec.json").read_text())
-    submitted = subprocess.run(["sbatch", "--parsable", f"--output={cell}/slurm-%j.log", "--wrap", "exit 3"],
+    # named as the cell's own job (phi3v-<grid>-<run_id>): a job of another name is never collected as the cell's
+    submitted = subprocess.run(["sbatch", "--parsable", f"--job-name=phi3v-failed-{cell.name}",
+                                f"--output={cell}/slurm-%j.log", "--wrap", "exit 3"],
                                env=env, capture_output=True, text=True, timeout=60, check=True)
     job = submitted.stdout.strip()
     (cell / "slurm_job_id").write_text(job + "\n")
@@ -162,6 +164,18 @@ def test_a_job_slurm_ended_failed_is_an_error_row_although_its_result_says_ok(en
     assert row["status"] == "error" and f"SLURM job {job} failed (FAILED, exit 3:0) although its result.json says " \
         "ok" in row["reason"]
     assert row["slurm"]["state"] == "FAILED" and row["slurm"]["exit_code"] == "3:0"
+    # issue 31: a job id in slurm_job_id whose job has another name (someone else's) is neither collected nor cancelled
+    other = subprocess.run(["sbatch", "--parsable", "--job-name=someone-else", "--wrap", "exit 0"], env=env,
+                           capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    wait_until_ended(env, [other])
+    elsewhere = tmp_path / "r2"
+    assert harness(env, "run", str(path), "--results", str(elsewhere), "--launcher", "slurm",
+                   "--dry-run").returncode == 0
+    (fresh,) = (elsewhere / "failed" / "cpu" / "cells").iterdir()
+    (fresh / "slurm_job_id").write_text(other + "\n")
+    again = harness(env, "run", str(path), "--results", str(elsewhere), "--launcher", "slurm")
+    assert again.returncode == 1 and f"job {other} in" in again.stderr and "not this cell's job" in again.stderr
+    assert RowStore(elsewhere / "failed" / "cpu").rows() == []  # nothing collected from it
 
 
 def test_jobs_that_share_their_nodes_meet_in_their_own_rendezvous_and_master_port_is_honoured(env, tmp_path):
