@@ -122,16 +122,19 @@ class SlurmAccount:
     name: str | None = None  # the job's name (the cell's: phi3v-<grid>-<run_id>), when sacct lists the job
 
 
-def slurm_account(job: str) -> SlurmAccount:
+def slurm_account(job: str, name: str | None = None) -> SlurmAccount:
     """The job's state and exit code from `sacct` (accounting: slurmdbd). When sacct cannot answer, `error` says
     what failed and how to enable accounting; a job sacct does not list yet (records appear a few seconds after
-    submission and after the end) is PENDING."""
+    submission and after the end) is PENDING. A job id SLURM gave out again (a controller that lost its state keeps
+    counting from 1 while accounting keeps the old records) lists several records: the one named `name`, else the
+    newest (sacct lists them oldest first)."""
     out = _command(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State,ExitCode,JobName"])
     if out.returncode:
         return SlurmAccount(error=f"sacct failed ({_message(out)}); the runner needs SLURM accounting to see how a "
                                   "job ended: AccountingStorageType=accounting_storage/slurmdbd with a running "
                                   "slurmdbd")
-    fields = (out.stdout.strip().splitlines() or ["PENDING"])[0].split("|")
+    records = [line.split("|") for line in out.stdout.strip().splitlines()] or [["PENDING"]]
+    fields = next((r for r in reversed(records) if name is not None and len(r) > 2 and r[2] == name), records[-1])
     state = fields[0].split()[0] if fields[0] else "PENDING"  # 'CANCELLED by 0' -> CANCELLED
     return SlurmAccount(state=state, exit_code=fields[1] if len(fields) > 1 else None,
                         name=fields[2] if len(fields) > 2 and fields[2] else None)
@@ -329,10 +332,10 @@ class SlurmLauncher(Launcher):
         return None if any(r is None for r in reasons) else "; ".join(reasons)
 
     def poll(self, job: Job) -> State:
-        account = slurm_account(job.id)
+        expected = job.data.get("name") or self._name(job.cell)
+        account = slurm_account(job.id, expected)
         if account.error:
             return State(ended=False, problem=f"cell {job.cell.index} (job {job.id}): {account.error}")
-        expected = job.data.get("name") or self._name(job.cell)
         if account.name is not None and account.name != expected:  # another job's id: never cancelled or collected
             return State(ended=False, problem=f"cell {job.cell.index}: job {job.id} in {job.cell_dir / 'slurm_job_id'} "
                                               f"is {account.name!r}, not this cell's job ({expected}); remove the file "
@@ -356,7 +359,7 @@ class SlurmLauncher(Launcher):
         """The job's result.json checked against SLURM's account: a job SLURM ended FAILED, CANCELLED, NODE_FAIL or
         TIMEOUT is never an `ok` row; the row keeps the job id, state, exit code and whether it had its nodes to
         itself."""
-        account = job.data.get("account") or slurm_account(job.id)
+        account = job.data.get("account") or slurm_account(job.id, self._name(job.cell))
         cell = job.cell
         recorded = finished_result(job.cell_dir, cell.spec.run_id)
         status, what = ENDED_BADLY.get(account.state, ("error", f"ended {account.state}"))
