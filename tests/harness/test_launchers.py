@@ -70,10 +70,11 @@ def test_sacct_states_and_exit_codes_are_read_and_bad_ends_are_never_ok(tmp_path
 def test_a_job_id_slurm_gave_out_twice_is_read_from_the_cells_own_record(tmp_path, monkeypatch):
     """A controller that lost its state counts job ids from 1 again while accounting keeps the old records: sacct
     lists several (oldest first). The cell's own record (by job name) is read; without a name, the newest."""
-    _fake(tmp_path, monkeypatch, "sacct", 'printf "COMPLETED|0:0|old-job\\nFAILED|3:0|phi3v-g-abc\\n'
-                                          'RUNNING|0:0|newer-job\\n"')
-    assert slurm_account("7", "phi3v-g-abc").state == "FAILED"
-    assert slurm_account("7").name == "newer-job" and slurm_account("7").state == "RUNNING"
+    _fake(tmp_path, monkeypatch, "sacct", 'printf "RUNNING|0:0|phi3v-g-abc|2026-12-03T10:00:00\\n'
+                                          'FAILED|3:0|phi3v-g-abc|2026-12-03T15:00:00\\n'
+                                          'PENDING|0:0|newer-job|2026-12-03T16:00:00\\n"')
+    assert slurm_account("7", "phi3v-g-abc").state == "FAILED"  # not the record a lost controller left RUNNING
+    assert slurm_account("7").name == "newer-job" and slurm_account("7").state == "PENDING"
 
 
 def test_a_job_slurm_ended_badly_is_never_an_ok_row_whatever_its_result_says(tmp_path, monkeypatch, capsys):

@@ -126,15 +126,17 @@ def slurm_account(job: str, name: str | None = None) -> SlurmAccount:
     """The job's state and exit code from `sacct` (accounting: slurmdbd). When sacct cannot answer, `error` says
     what failed and how to enable accounting; a job sacct does not list yet (records appear a few seconds after
     submission and after the end) is PENDING. A job id SLURM gave out again (a controller that lost its state keeps
-    counting from 1 while accounting keeps the old records) lists several records: the one named `name`, else the
-    newest (sacct lists them oldest first)."""
-    out = _command(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State,ExitCode,JobName"])
+    counting from 1 while accounting keeps the old records, some still RUNNING) lists several records: of those named
+    `name` (else of all), the newest by submit time."""
+    out = _command(["sacct", "-j", job, "-X", "-n", "-P", "-o", "State,ExitCode,JobName,Submit"])
     if out.returncode:
         return SlurmAccount(error=f"sacct failed ({_message(out)}); the runner needs SLURM accounting to see how a "
                                   "job ended: AccountingStorageType=accounting_storage/slurmdbd with a running "
                                   "slurmdbd")
     records = [line.split("|") for line in out.stdout.strip().splitlines()] or [["PENDING"]]
-    fields = next((r for r in reversed(records) if name is not None and len(r) > 2 and r[2] == name), records[-1])
+    named = [r for r in records if name is not None and len(r) > 2 and r[2] == name] or records
+    # the newest by submit time (ISO, sortable; a job left RUNNING by a lost controller is older), then by order
+    fields = max(enumerate(named), key=lambda item: (item[1][3] if len(item[1]) > 3 else "", item[0]))[1]
     state = fields[0].split()[0] if fields[0] else "PENDING"  # 'CANCELLED by 0' -> CANCELLED
     return SlurmAccount(state=state, exit_code=fields[1] if len(fields) > 1 else None,
                         name=fields[2] if len(fields) > 2 and fields[2] else None)
