@@ -8,6 +8,7 @@ import pytest
 
 from harness.run.launchers.slurm import ENDED_BADLY as SLURM_ENDED_BADLY
 from harness.run.launchers.slurm import sbatch_script, slurm_account, slurm_time
+from tests.fake_commands import fake_command as _fake
 from training_core.spec import RunSpec
 
 
@@ -43,12 +44,6 @@ def test_memory_threads_and_the_rendezvous_port_reach_the_job():
                for line in lines if line.startswith("srun"))
 
 
-def _fake(tmp_path, monkeypatch, name: str, body: str) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
-    (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def test_sacct_that_cannot_answer_is_an_error_that_says_how_to_enable_accounting(tmp_path, monkeypatch):

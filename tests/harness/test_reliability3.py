@@ -18,6 +18,7 @@ import pytest
 
 from harness.cli import main
 from harness.store import RowStore
+from tests.fake_commands import fake_command as _fake
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "before_stages"
 GRID = FIXTURE / "before_stages.yaml"
@@ -38,12 +39,6 @@ def _err(capsys) -> str:
     return err
 
 
-def _fake(tmp_path, monkeypatch, name: str, body: str) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
-    (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 # ------------------------------------------------------------------------------------- 1. another run's records
