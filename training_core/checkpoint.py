@@ -143,8 +143,7 @@ def check_position(position, path: Path, total_steps: int | None) -> None:
     """The saved position is what `save` writes: a step inside the run (a step edited to 10^6 would end `ok` with
     nothing measured), whole-number epoch and batches consumed, the series as lists."""
     def bad(why: str):
-        raise CheckpointError(f"{path}: {why}; the checkpoint was edited or damaged: remove it and rerun without "
-                              "--resume")
+        _damaged(path, why)
 
     if not isinstance(position, dict):
         bad("not a JSON object")
@@ -162,15 +161,105 @@ def check_position(position, path: Path, total_steps: int | None) -> None:
 
 
 def _read_engine(path: Path) -> dict:
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+        if head[:1] == b"\x80":  # a pickle's protocol byte: torch's legacy format or a plain pickle.dump
+            raise CheckpointError(f"refusing {path}: a bare pickle (torch's legacy format or pickle.dump), not the "
+                                  "zip file this harness saves; unpickling it could run code. Remove the checkpoint "
+                                  "and rerun without --resume")
+        raise CheckpointError(f"{path}: not a complete torch file (truncated or damaged)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the weights-only unpickler refuses anything but tensors and plain data
-        if not zipfile.is_zipfile(path):
-            raise CheckpointError(f"{path}: not a complete torch file (truncated or damaged: "
-                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
         raise CheckpointError(f"refusing {path}: not tensors and plain data only "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); remove the checkpoint and "
                               "rerun without --resume") from None
+
+
+def _damaged(path: Path, why: str):
+    raise CheckpointError(f"{path}: {why}; the checkpoint was edited or damaged: remove it and rerun without --resume")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _ints(value, length: int | None = None, low: int | None = None, high: int | None = None) -> bool:
+    return (isinstance(value, list) and (length is None or len(value) == length)
+            and all(isinstance(v, int) and not isinstance(v, bool) and (low is None or low <= v)
+                    and (high is None or v <= high) for v in value))
+
+
+def check_rng(state, path: Path) -> None:
+    """The RNG states are what `_rng_state` writes: Python's 625 words, NumPy's 624 keys, torch's byte state of this
+    build's length, CUDA's per device or null (an empty object was a KeyError mid-resume)."""
+    if not isinstance(state, dict):
+        _damaged(path, "not a JSON object")
+    python, numpy_state = state.get("python"), state.get("numpy")
+    if not (isinstance(python, list) and len(python) == 3 and isinstance(python[0], int)
+            and _ints(python[1], 625, 0, 2**32 - 1) and (python[2] is None or _is_number(python[2]))):
+        _damaged(path, "python is not Python's RNG state ([version, 625 words, gauss])")
+    if not (isinstance(numpy_state, list) and len(numpy_state) == 5 and numpy_state[0] == "MT19937"
+            and _ints(numpy_state[1], 624, 0, 2**32 - 1) and isinstance(numpy_state[2], int)
+            and 0 <= numpy_state[2] <= 624 and isinstance(numpy_state[3], int) and _is_number(numpy_state[4])):
+        _damaged(path, "numpy is not NumPy's RNG state ([MT19937, 624 keys, pos, has_gauss, cached])")
+    if not _ints(state.get("torch"), len(torch.get_rng_state()), 0, 255):
+        _damaged(path, f"torch is not torch's RNG state ({len(torch.get_rng_state())} bytes)")
+    cuda = state.get("cuda", "absent")
+    if cuda is not None and not (isinstance(cuda, list) and all(_ints(s, None, 0, 255) for s in cuda)):
+        _damaged(path, "cuda is neither null nor a list of byte states")
+
+
+SERIES = ("loss", "step_time_s", "data_wait_s")
+
+
+def check_series_and_metrics(position: dict, path: Path) -> None:
+    """The loss series and the metrics before training become the row: only the series the loop keeps, as numbers
+    (null for a non-finite one), no longer than the steps done; only `*_before` metrics, as numbers or null (an
+    `mfu: 0.99` put there was shown as the cell's MFU)."""
+    for name, values in position["series"].items():
+        if name not in SERIES:
+            _damaged(path, f"series {name!r} is not one the training loop keeps ({', '.join(SERIES)})")
+        if len(values) > position["step"] or not all(v is None or _is_number(v) for v in values):
+            _damaged(path, f"series {name!r} is not a list of at most {position['step']} numbers")
+    for name, value in position.get("metrics_before", {}).items():
+        if not str(name).endswith("_before"):
+            _damaged(path, f"metrics_before holds {name!r}: only metrics measured before training (*_before) are "
+                     "saved there")
+        if not (value is None or _is_number(value)):
+            _damaged(path, f"metrics_before {name!r} is {value!r}, not a number")
+
+
+def check_engine_state(saved, current, path: Path, where: str = "") -> None:
+    """A saved engine state has the shape of the engine's own: the same keys, tensors of the same shapes, an optimiser
+    with the same parameter groups (an empty `{}` was a KeyError after the checkpoint had been chosen)."""
+    name = where or "the engine state"
+    if isinstance(current, torch.Tensor):
+        if not isinstance(saved, torch.Tensor) or saved.shape != current.shape:
+            shape = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+            _damaged(path, f"{name} is {shape}, this cell's is {tuple(current.shape)}")
+        return
+    if isinstance(current, dict):
+        if not isinstance(saved, dict):
+            _damaged(path, f"{name} is {type(saved).__name__}, not an object")
+        if "param_groups" in current and "state" in current:  # an optimiser: its state appears after the first step
+            groups, ours = saved.get("param_groups"), current["param_groups"]
+            if (not isinstance(saved.get("state"), dict) or not isinstance(groups, list) or len(groups) != len(ours)
+                    or any(not isinstance(g, dict) or not isinstance(g.get("params"), list)
+                           or len(g["params"]) != len(c["params"]) for g, c in zip(groups, ours, strict=True))):
+                _damaged(path, f"{name} is not this cell's optimiser state (its parameter groups differ)")
+            return
+        missing, extra = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+        if missing or extra:
+            _damaged(path, f"{name} " + "; ".join(
+                part for part in (f"lacks {missing[:3]}" if missing else "", f"has unknown {extra[:3]}" if extra else "")
+                if part))
+        for key, value in current.items():
+            check_engine_state(saved[key], value, path, f"{where}.{key}" if where else str(key))
+        return
+    if _is_number(current) and not _is_number(saved):
+        _damaged(path, f"{name} is {saved!r}, not a number")
 
 
 def _check(engine, directory: Path, run_id: str, total_steps: int | None):
@@ -178,6 +267,7 @@ def _check(engine, directory: Path, run_id: str, total_steps: int | None):
     None for DeepSpeed, this rank's RNG state)."""
     position = _read_json(directory / "position.json", "training position")
     check_position(position, directory / "position.json", total_steps)
+    check_series_and_metrics(position, directory / "position.json")
     if position.get("run_id") != run_id:
         raise CheckpointError(f"{directory} was written by cell {position.get('run_id')}, not by this cell "
                               f"({run_id}): resume only into the same spec; move the checkpoints away or rerun "
@@ -188,10 +278,13 @@ def _check(engine, directory: Path, run_id: str, total_steps: int | None):
         raise CheckpointError(f"{directory}: no RNG state for rank {distributed.rank()}: resume with the same world "
                               "size")
     rng = _read_json(rng_file, "RNG state")
+    check_rng(rng, rng_file)
     if hasattr(engine, "load"):
         check_deepspeed_files(directory / "engine")
         return position, None, rng
-    return position, _read_engine(directory / "engine.pt"), rng
+    state = _read_engine(directory / "engine.pt")
+    check_engine_state(state, engine.state_dict(), directory / "engine.pt")
+    return position, state, rng
 
 
 def _apply(engine, directory: Path, state: dict | None, rng: dict) -> None:

@@ -120,3 +120,62 @@ def test_a_planted_engine_file_runs_nothing_and_a_checkpoint_of_another_cell_is_
     with pytest.raises(checkpoint.CheckpointError, match=f"refusing {step / 'engine.pt'}: not tensors and plain data"):
         checkpoint.resume(refused_engine, tmp_path, "cell", total_steps=8)
     assert not marker.exists() and torch.equal(refused_engine.weight.detach(), torch.full((4,), 9.0))
+
+
+def _rewrite(step_dir, name, content: bytes):
+    """Replace one checkpoint file and fix the size COMPLETE lists for it, as a careful tamperer would."""
+    import json
+
+    from training_core import checkpoint
+
+    (step_dir / name).write_bytes(content)
+    listed = json.loads((step_dir / checkpoint.MARKER).read_text())
+    listed["files"][name] = len(content)
+    (step_dir / checkpoint.MARKER).write_text(json.dumps(listed))
+
+
+@pytest.mark.parametrize("damage", ["mfu_in_metrics_before", "text_in_loss", "empty_rng", "empty_engine",
+                                    "engine_of_another_shape", "pickled_engine"])
+def test_every_file_of_a_checkpoint_is_checked_before_it_is_chosen(tmp_path, damage):
+    """Issue 31 (2): with COMPLETE's sizes rewritten, `metrics_before: {mfu: 0.99}` was shown as the row's MFU, text in
+    `series.loss` broke the row, an empty RNG or engine file was a KeyError once the checkpoint had been chosen, and
+    a legacy-pickle engine.pt was called truncated. Each is now named, and the intact checkpoint before it is used."""
+    import io
+    import json
+    import pickle
+
+    import torch
+
+    from training_core import checkpoint
+
+    for step in (2, 4):
+        checkpoint.save(_Engine(float(step)), tmp_path, step,
+                        {"step": step, "epoch": 0, "consumed": 2 * step, "series": {"loss": [1.0] * step},
+                         "metrics_before": {"accuracy_before": 0.5}}, "cell")
+    newest = tmp_path / "checkpoints" / "step-00000004"
+    position = json.loads((newest / "position.json").read_text())
+    if damage == "mfu_in_metrics_before":
+        position["metrics_before"]["mfu"] = 0.99
+        name, content, said = "position.json", json.dumps(position), "metrics_before holds 'mfu'"
+    elif damage == "text_in_loss":
+        position["series"]["loss"][1] = "nan please"
+        name, content, said = "position.json", json.dumps(position), "series 'loss' is not a list of at most 4 numbers"
+    elif damage == "empty_rng":
+        name, content, said = "rng-rank0.json", "{}", "python is not Python's RNG state"
+    elif damage == "empty_engine":
+        buffer = io.BytesIO()
+        torch.save({}, buffer)
+        name, content, said = "engine.pt", buffer.getvalue(), "the engine state lacks ['optimizer', 'weight']"
+    elif damage == "engine_of_another_shape":
+        buffer = io.BytesIO()
+        torch.save({"weight": torch.ones(7), "optimizer": _Engine(0.0).optimizer.state_dict()}, buffer)
+        name, content, said = "engine.pt", buffer.getvalue(), "weight is (7,), this cell's is (4,)"
+    else:
+        name, content, said = "engine.pt", pickle.dumps({"weight": [1.0]}), "engine.pt: a bare pickle (torch's legacy format"
+    _rewrite(newest, name, content.encode() if isinstance(content, str) else content)
+
+    engine = _Engine(0.0)
+    resumed, (skipped,) = checkpoint.resume(engine, tmp_path, "cell", total_steps=8)
+    assert resumed["step"] == 2 and torch.equal(engine.weight.detach(), torch.full((4,), 2.0))
+    assert said in skipped, skipped
+    assert "truncated" not in skipped
