@@ -16,9 +16,11 @@ reproduce-*`); `python -m harness export CELL_DIR --out DIR [--merge]` writes it
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import torch
@@ -102,18 +104,57 @@ def _own_files(directory: Path) -> None:
                 raise ExportError(f"{path}: not a regular file (nothing was written)")
 
 
+MAX_RANK = 4096  # a LoRA rank above the layers' own width adds nothing; r: 10^9 tried to allocate 256 GB
+
+
 def _adapter_config(model_dir: Path) -> dict:
+    from training_core.files import FileReadError, read_text
+    from training_core.model.weights import MAX_CONFIG_BYTES
+
     path = model_dir / ADAPTER_CONFIG
     try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        config = json.loads(read_text(path, "adapter config", MAX_CONFIG_BYTES))
+    except (OSError, ValueError, FileReadError) as exc:
         raise ExportError(f"{path}: not a readable adapter config ({exc}); rerun the cell with --keep-model "
                           "--force") from None
     if not isinstance(config, dict) or not isinstance(config.get("peft_type"), str) \
             or not isinstance(config.get("r"), int) or not config.get("target_modules"):
         raise ExportError(f"{path}: not a peft adapter config (needs peft_type, r and target_modules); rerun the "
                           "cell with --keep-model --force")
+    problems = []
+    if isinstance(config["r"], bool) or not 0 < config["r"] <= MAX_RANK:
+        problems.append(f"r {config['r']!r} is outside 1 .. {MAX_RANK}")
+    alpha = config.get("lora_alpha", 8)
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        problems.append(f"lora_alpha {alpha!r} is not a number")
+    dropout = config.get("lora_dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        problems.append(f"lora_dropout {dropout!r} is outside 0 .. 1")
+    targets = config["target_modules"]
+    if not (isinstance(targets, str) or isinstance(targets, list) and all(isinstance(t, str) and t for t in targets)):
+        problems.append(f"target_modules {targets!r} is neither a module name nor a list of them")
+    if problems:
+        raise ExportError(f"{path}: {'; '.join(problems)}; the adapter config was edited: rerun the cell with "
+                          "--keep-model --force")
     return config
+
+
+def check_weight_files(directory: Path, adapter: bool) -> None:
+    """Every safetensors file the kept model holds is whole (its header covers the file: a truncated
+    adapter_model.safetensors was handed out as if it were the adapter), and an adapter's keys are peft's."""
+    from training_core.model.weights import WeightsError, header_shapes
+
+    if not list(directory.glob("*.safetensors")):
+        raise ExportError(f"{directory}: no *.safetensors weights; rerun the cell with --keep-model --force")
+    try:
+        shapes = header_shapes(directory)
+    except WeightsError as exc:
+        raise ExportError(f"{exc}; the kept model is damaged: rerun the cell with --keep-model --force") from None
+    if adapter:
+        foreign = [name for name in shapes if not name.startswith(ADAPTER_PREFIX) or ".lora_" not in name]
+        if foreign or not shapes:
+            raise ExportError(f"{directory / ADAPTER_WEIGHTS}: holds {foreign[:3] or 'no tensors'}, not LoRA weights "
+                              f"({ADAPTER_PREFIX}<module>.lora_A/B.weight); rerun the cell with --keep-model --force")
 
 
 def kept_model(cell_dir: Path) -> tuple[RunSpec, Path]:
@@ -140,6 +181,7 @@ def kept_model(cell_dir: Path) -> tuple[RunSpec, Path]:
     _own_files(model_dir)
     if is_adapter(spec):
         _adapter_config(model_dir)
+    check_weight_files(model_dir, is_adapter(spec))
     return spec, model_dir
 
 
@@ -180,15 +222,23 @@ def merged_model(model_dir: Path, dtype: torch.dtype | None = None) -> nn.Module
     from training_core.model.build import checkpoint_config
 
     directory = adapter_base(model_dir)
-    base = Phi3VForCausalLM.from_pretrained(str(directory), config=checkpoint_config(directory), dtype=dtype,
-                                            attn_implementation="eager")
-    return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    config = checkpoint_config(directory)
+    rank = _adapter_config(model_dir)["r"]
+    if rank > config.hidden_size:
+        raise ExportError(f"{model_dir / ADAPTER_CONFIG}: r {rank} is wider than the base's hidden_size "
+                          f"{config.hidden_size}; the adapter config was edited")
+    base = Phi3VForCausalLM.from_pretrained(str(directory), config=config, dtype=dtype, attn_implementation="eager")
+    try:
+        return PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # peft's own checks: modules, shapes, fields
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{model_dir}: the adapter does not apply to its base {directory} ({type(exc).__name__}: "
+                          f"{first}); the kept model was edited or belongs to another base: rerun the cell with "
+                          "--keep-model --force") from None
 
 
 def export(cell_dir: Path, out: Path, merge: bool = False) -> str:
     """Write a cell's kept model to `out`; returns what was written, in words."""
-    from training_core.model.processing import Phi3VProcessor
-
     spec, model_dir = kept_model(cell_dir)
     out = Path(out)
     if out.is_symlink():
@@ -199,17 +249,42 @@ def export(cell_dir: Path, out: Path, merge: bool = False) -> str:
         raise ExportError(f"--out {out}: not empty; choose a new directory (nothing was overwritten)")
     if out.resolve().is_relative_to(Path(cell_dir).resolve()):
         raise ExportError(f"--out {out}: inside the cell's own directory; choose a directory outside it")
+    if merge and not is_adapter(spec):
+        raise ExportError(f"{cell_dir}: a {spec.strategy} cell keeps a full model; --merge applies to lora/qlora")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # written into a hidden folder beside --out and renamed at the end: an error (a full disk, a damaged kept model,
+    # Ctrl-C) leaves nothing at --out that looks like an export, and nothing that blocks the rerun
+    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        staging = holder / "export"
+        staging.mkdir()  # with the user's umask, unlike mkdtemp's private folder
+        said = _write(spec, model_dir, staging, merge, out)
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.rename(staging, out)
+    except OSError as exc:
+        why = exc.strerror or exc
+        if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+            why = str(exc.args[0][0][-1]).split("] ", 1)[-1]  # copytree gathers (src, dst, "[Errno N] why") triples
+        raise ExportError(f"--out {out}: could not write the export ({why}); nothing was left there: "
+                          "free space (or fix the permission) and rerun") from None
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+    return said
+
+
+def _write(spec: RunSpec, model_dir: Path, into: Path, merge: bool, out: Path) -> str:
+    from training_core.model.processing import Phi3VProcessor
+
     if not is_adapter(spec):
-        if merge:
-            raise ExportError(f"{cell_dir}: a {spec.strategy} cell keeps a full model; --merge applies to lora/qlora")
-        shutil.copytree(model_dir, out, dirs_exist_ok=True)
+        shutil.copytree(model_dir, into, dirs_exist_ok=True)
         return f"the {spec.strategy} model (official layout) to {out}"
     if merge:
         check_base(adapter_base(model_dir))
-        model = merged_model(model_dir)
-        save_model_dir(model, Phi3VProcessor.from_pretrained(model_dir), out)
+        processor = Phi3VProcessor.from_pretrained(model_dir)  # its config checked before the weights are loaded
+        save_model_dir(merged_model(model_dir), processor, into)
         return f"the {spec.strategy} adapter merged into its base (official layout) to {out}"
-    shutil.copytree(model_dir, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BASE_DIR))
+    shutil.copytree(model_dir, into, dirs_exist_ok=True, ignore=shutil.ignore_patterns(BASE_DIR))
     try:
         base = str(adapter_base(model_dir))
     except ExportError:

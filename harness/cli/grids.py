@@ -104,6 +104,7 @@ def cmd_plan(args) -> int:
     from rich.table import Table
 
     from harness import plan as planning
+    from harness.grid.preflight import check_models
     from harness.grid.select import check_selection, matches, parse_filters
     from harness.outputs import plain
 
@@ -122,6 +123,8 @@ def cmd_plan(args) -> int:
         settings = ", ".join(f"{k}={v}" for k, v in patch.set.items())
         console.print(escape(plain(f"  profile patch: cells with {patch.match} get {settings}"
                                    + (f" ({patch.reason})" if patch.reason else ""))))
+    if args.estimate:
+        check_models(cells)
     predicted = planning.predicted_peaks(cells) if args.estimate else None
     table = Table(show_lines=False)
     for column in (*planning.PLAN_COLUMNS, *(["predicted peak"] if args.estimate else [])):
@@ -142,7 +145,8 @@ def cmd_estimate(args) -> int:
 
     from harness import outputs
     from harness import plan as planning
-    from harness.grid.select import check_selection, parse_filters
+    from harness.grid.preflight import check_models
+    from harness.grid.select import check_selection, matches, parse_filters
     from harness.outputs import plain
     from harness.report.documented import load_references
     from training_core.estimate.fit import GIB, MARGIN_RULE
@@ -155,6 +159,7 @@ def cmd_estimate(args) -> int:
     if args.data_root.exists() and not args.data_root.is_dir():
         raise outputs.OutputError(f"--data-root {args.data_root}: not a directory; give a folder where the estimator "
                                   "may write the cells' synthetic twins")
+    check_models([c for c in grid.cells if c.runnable and matches(c, filters)])
     console = Console(highlight=False, width=240)
 
     def progress(entry):

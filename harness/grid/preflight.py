@@ -26,6 +26,8 @@ def missing_inputs(cells: list[Cell]) -> list[str]:
             problems[(f"checkpoint {spec.model!r} not found (no config.json): download {hub} into a local "
                       f"directory (e.g. `huggingface-cli download <repo> --local-dir DIR` on a machine with "
                       f"internet) and pass MODEL=DIR")] = None
+        elif spec.model not in PRESETS:
+            problems.update(dict.fromkeys(_model_problems(Path(spec.model))))
         if spec.data not in ("synthetic", "hf") and not Path(spec.data).exists():
             hint = ("convert the UCF-101 subset first: python -m harness data convert ucf101 --src "
                     "UCF101_subset.tar.gz --out DIR" if spec.task == "ucf101" else "pass DATA=DIR with the dataset")
@@ -35,6 +37,31 @@ def missing_inputs(cells: list[Cell]) -> list[str]:
         elif spec.data != "synthetic":
             problems.update(dict.fromkeys(_source_problems(spec.task, Path(spec.data))))
     return list(problems)
+
+
+def check_models(cells: list[Cell]) -> None:
+    """`estimate` and `plan --estimate`: the checkpoint directories' configs, checked before any cell is estimated (a
+    tampered one is one error up front, exit 2, not a failed prediction per cell)."""
+    from training_core.errors import UserError
+
+    problems: dict[str, None] = {}
+    for cell in cells:
+        if cell.runnable and cell.spec.model not in PRESETS and (Path(cell.spec.model) / "config.json").is_file():
+            problems.update(dict.fromkeys(_model_problems(Path(cell.spec.model))))
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def _model_problems(directory: Path) -> list[str]:
+    """A checkpoint directory's config.json within the bounds every config read checks (a million layers, nested in
+    img_processor.vision_config too, passed here and then allocated until the machine ran out of memory)."""
+    from training_core.model.weights import WeightsError, read_config
+
+    try:
+        read_config(directory)
+    except WeightsError as exc:
+        return [f"model {str(directory)!r}: {exc}"]
+    return []
 
 
 def _source_problems(task_name: str, path: Path) -> list[str]:

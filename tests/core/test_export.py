@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from harness.cli import main
 from tests.core.cells import run_cell
@@ -158,6 +159,7 @@ def test_export_errors_name_the_fix(tmp_path, capsys):
     RunSpec(strategy="full").save(tmp_path / "full" / "spec.json")
     (tmp_path / "full" / "model").mkdir()
     (tmp_path / "full" / "model" / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, tmp_path / "full" / "model" / "model.safetensors")
     assert main(["export", str(tmp_path / "full"), "--out", str(tmp_path / "o")]) == 2
     assert "not from the cell's latest run" in capsys.readouterr().err  # issue 24 (6): no result.json keeps it
     (tmp_path / "full" / "result.json").write_text(json.dumps({"artifacts": {"model": "model"}}))
@@ -175,7 +177,8 @@ def _fake_adapter_cell(cell: Path, config: dict | None = None) -> Path:
     (cell / "model").mkdir()
     config = config if config is not None else {"peft_type": "LORA", "r": 4, "target_modules": ["qkv_proj"]}
     (cell / "model" / "adapter_config.json").write_text(json.dumps(config))
-    (cell / "model" / "adapter_model.safetensors").write_bytes(b"weights")
+    save_file({f"{ADAPTER_PREFIX}model.layers.0.self_attn.qkv_proj.lora_A.weight": torch.zeros(4, 8)},
+              cell / "model" / "adapter_model.safetensors")
     (cell / "result.json").write_text(json.dumps({"status": "ok", "artifacts": {"model": str(cell / "model")}}))
     return cell
 

@@ -404,3 +404,29 @@ def test_the_comparisons_summary_lists_every_change_but_not_a_million_unchanged_
     text = render_markdown(GateResult(findings=same + worse), Path("b"), Path("c"))
     assert "... and 100 more unchanged metric(s), not listed" in text
     assert text.count("| loss_last |") == 700 and text.count("| images_per_s |") == UNCHANGED_LISTED
+
+
+def test_a_model_config_with_a_million_nested_layers_is_refused_everywhere_it_is_read(tmp_path, capsys):
+    """Issue 31 (3): 10^6 layers in `img_processor.vision_config` of a `model: DIR` config (random weights) hung
+    `estimate` and `plan --estimate` (2-3 GB and growing) and passed `run`'s preflight. One bounds check for every
+    config read: an `error:` naming the file and the nested key, in seconds, nothing run."""
+    import json
+    import time
+
+    from training_core.model.build import save_tiny_model_dir
+
+    model = save_tiny_model_dir(tmp_path / "model")
+    config = json.loads((model / "config.json").read_text())
+    config["img_processor"]["vision_config"]["num_hidden_layers"] = 10**6
+    (model / "config.json").write_text(json.dumps(config))
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"name: g\ndefaults: {{model: {model}, weights: random, task: docvqa, strategy: lora, "
+                    "precision: fp32, gpu: cpu, global_batch: 2, measured_steps: 1, warmup_steps: 0}\n")
+    said = f"{model / 'config.json'}: img_processor.vision_config.num_hidden_layers 1000000 is outside 1 .. 1024"
+    for argv in (["plan", str(grid), "--estimate"], ["estimate", str(grid), "--data-root", str(tmp_path / "d")],
+                 ["run", str(grid), "--results", str(tmp_path / "results")]):
+        started = time.monotonic()
+        assert main(argv) == 2, argv
+        assert said in _err(capsys), argv
+        assert time.monotonic() - started < 30, argv
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("result.json"))

@@ -10,16 +10,57 @@ image features in order.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
+from training_core.errors import UserError
+from training_core.files import read_text
+
+from .geometry import check_num_crops
 from .image_processing import CLIP_MEAN, CLIP_STD, Phi3VImageProcessor
 from .image_tags import IMAGE_TAG, parse_image_tags
+from .weights import MAX_CONFIG_BYTES
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+class ProcessorConfigError(UserError, ValueError):
+    """A preprocessor_config.json that is not read (bad sizes, unreadable), naming the file and key."""
+
+
+def read_preprocessor_config(path: Path) -> dict:
+    """The preprocessor config's values, bounded: num_crops as everywhere (1..MAX_CROPS; 10^6 would make a million
+    crops per image), crop and patch sizes that tile, three finite means and standard deviations."""
+    if not path.exists():
+        return {}
+    try:
+        cfg = json.loads(read_text(path, "preprocessor config", limit=MAX_CONFIG_BYTES))
+    except ValueError as exc:
+        raise ProcessorConfigError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ProcessorConfigError(f"{path}: not a JSON object")
+    if "num_crops" in cfg:
+        try:
+            check_num_crops(cfg["num_crops"])
+        except ValueError as exc:
+            raise ProcessorConfigError(f"{path}: {exc}") from None
+    crop, patch = cfg.get("crop_size", 336), cfg.get("patch_size", 14)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (crop, patch)) \
+            or not 0 < patch <= crop <= 4096 or crop % patch:
+        raise ProcessorConfigError(f"{path}: crop_size {crop!r} and patch_size {patch!r} must be whole numbers, the "
+                                   "crop a multiple of the patch, at most 4096 (the recipe: 336 and 14)")
+    for key in ("image_mean", "image_std"):
+        value = cfg.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
+            raise ProcessorConfigError(f"{path}: {key} must be three finite numbers (one per RGB channel)")
+    if any(v <= 0 for v in cfg.get("image_std") or ()):
+        raise ProcessorConfigError(f"{path}: image_std must be positive (it divides the pixels)")
+    return cfg
 
 
 class Phi3VProcessor:
@@ -35,8 +76,7 @@ class Phi3VProcessor:
     @classmethod
     def from_pretrained(cls, directory: str | Path, num_crops: int | None = None) -> Phi3VProcessor:
         directory = Path(directory)
-        cfg_path = directory / PREPROCESSOR_FILE
-        cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+        cfg = read_preprocessor_config(directory / PREPROCESSOR_FILE)
         image_processor = Phi3VImageProcessor(
             num_crops=int(num_crops if num_crops is not None else cfg.get("num_crops", 4)),
             crop_size=int(cfg.get("crop_size", 336)),

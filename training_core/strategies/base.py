@@ -41,6 +41,9 @@ def model_config(spec: RunSpec):
         raise ValueError(
             f"model {spec.model!r} is neither a preset ({sorted(PRESETS)}) nor a checkpoint directory with config.json"
         )
+    from training_core.model.weights import read_config
+
+    read_config(directory)  # sizes bounded, nested ones too, before anything is built from them
     return Phi3VConfig.from_pretrained(str(directory))
 
 
