@@ -59,10 +59,13 @@ def capture_env(world_size: int) -> dict:
             "capture_error": f"{shell(cmd)} failed ({problem})"}
 
 
-def predict(spec_path: Path, cell_dir: Path) -> dict:
-    """`python -m training_core.estimate` for one cell, in training_core/estimate/predict.py's shape."""
+def predict(spec_path: Path, cell_dir: Path, timeout_s: float = 900) -> dict:
+    """`python -m training_core.estimate` for one cell, in training_core/estimate/predict.py's shape; past
+    `timeout_s` (the cell's own timeout) it is ended and the answer says `timed_out`."""
     cmd = [sys.executable, "-m", "training_core.estimate", "--spec", str(spec_path), "--cell-dir", str(cell_dir)]
-    found, problem = child_json(cmd, timeout=900)
+    found, problem = child_json(cmd, timeout=timeout_s)
+    if problem.startswith("TimeoutExpired"):
+        return {"error": f"the prediction ran past {timeout_s:g} s, the cell's timeout", "timed_out": True}
     return found if found is not None else {"error": f"{shell(cmd)} failed ({problem})"}
 
 

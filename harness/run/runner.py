@@ -161,10 +161,11 @@ class Runner:
         afresh = self.options.force or cell.spec.run_id in self.retried
         job = launcher.resume(cell, cell_dir, spec_path, afresh)
         if job is None:
+            predicting = time.monotonic()
             refused = self._predict(cell, cell_dir, spec_path)
             if refused is not None:
                 return refused
-            job = launcher.submit(cell, cell_dir, spec_path)
+            job = launcher.submit(cell, cell_dir, spec_path, spent_s=time.monotonic() - predicting)
         if job.row is not None:
             return job.row
         state = self._watch(job) if launcher.waits else launcher.poll(job)
@@ -187,8 +188,13 @@ class Runner:
         wanted = self.options.estimate if self.options.estimate is not None else cell.spec.gpu.lower() != "cpu"
         if not wanted:
             return None
-        predicted = predict(spec_path, cell_dir)
+        timeout = self.options.timeout_s or cell.limits.timeout_s
+        predicted = predict(spec_path, cell_dir, timeout)
         path.write_text(json.dumps(predicted, sort_keys=True) + "\n")
+        if predicted.get("timed_out"):  # the cell's whole timeout went on its prediction: nothing left to run it
+            reason = (f"its memory prediction alone ran past the cell's timeout of {timeout:g} s; not run (raise "
+                      "limits.timeout_s, or run it with --no-estimate)")
+            return self.launcher.rows.failure(cell, ("timeout", reason), path, time.time())
         if "error" in predicted:
             self.console.print(f"    predicted peak: not estimated ({escape(plain(predicted['error']))})")
             return None

@@ -206,7 +206,7 @@ def _inline_launcher():
         def resume(self, cell, cell_dir, spec_path, afresh):
             return None
 
-        def submit(self, cell, cell_dir, spec_path):
+        def submit(self, cell, cell_dir, spec_path, spent_s=0.0):
             return Job(cell, cell_dir, spec_path, id="inline-1", log=cell_dir / "log.txt", data={"polls": 0})
 
         def poll(self, job):
@@ -264,7 +264,7 @@ def test_under_slurm_a_cell_predicted_not_to_fit_is_not_submitted_unless_asked(t
     _fake(tmp_path, monkeypatch, "scontrol", "exit 1")
     too_big = {"peak_bytes": 40 * 2**30, "phase": "backward",
                "fit": {"gpu": "V100", "fits": False, "reason": "does not fit (44.5 of 31.7 GiB)", "rule": "the rule"}}
-    monkeypatch.setattr(harness.run.runner, "predict", lambda spec_path, cell_dir: too_big)
+    monkeypatch.setattr(harness.run.runner, "predict", lambda spec_path, cell_dir, timeout_s: too_big)
     grid = tmp_path / "g.yaml"
     grid.write_text("name: g\nhardware: {gpu: V100, gpus_per_node: 1}\n"
                     "defaults: {model: tiny, task: docvqa, strategy: lora, precision: fp16, global_batch: 2}\n")

@@ -430,3 +430,39 @@ def test_a_model_config_with_a_million_nested_layers_is_refused_everywhere_it_is
         assert said in _err(capsys), argv
         assert time.monotonic() - started < 30, argv
     assert not (tmp_path / "results").exists() or not list((tmp_path / "results").rglob("result.json"))
+
+
+def test_the_estimators_twin_is_bounded_and_its_time_counts_against_the_cells_timeout(tmp_path, capsys, monkeypatch):
+    """Issue 31 (3): `global_batch: 100000000` made `estimate` write a twin of 10^8 examples (140 MB after 90 s and
+    growing): the estimator needs only the longest micro-batch, so its twin holds at most MAX_TWIN_TRAIN examples.
+    `run --estimate --timeout 10` estimated for 140 s: the prediction now gets the cell's timeout, and a prediction
+    that uses it all records the cell `timeout` without starting it."""
+    import json
+    import time
+
+    from training_core import inputs
+
+    MAX_TWIN_TRAIN = 16  # the bound, made small for the test's time (1024 examples take a minute here)
+    monkeypatch.setattr(inputs, "MAX_TWIN_TRAIN", MAX_TWIN_TRAIN)
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndefaults: {model: tiny, task: docvqa, strategy: lora, precision: fp32, gpu: cpu, "
+                    "global_batch: 100000000, measured_steps: 1, warmup_steps: 0}\n")
+    started = time.monotonic()
+    assert main(["estimate", str(grid), "--data-root", str(tmp_path / "twins"), "--json"]) == 0
+    assert time.monotonic() - started < 120
+    (entry,) = json.loads(capsys.readouterr().out)["cells"]
+    assert entry["status"] == "estimated", entry
+    assert f"a {MAX_TWIN_TRAIN}-example twin" in " ".join(entry["predicted"]["notes"])
+    (train,) = (tmp_path / "twins").rglob("train.jsonl")
+    assert len(train.read_text().splitlines()) == MAX_TWIN_TRAIN
+
+    small = tmp_path / "small.yaml"
+    small.write_text("name: small\ndefaults: {model: tiny, task: docvqa, strategy: lora, precision: fp32, gpu: cpu, "
+                     "global_batch: 2, measured_steps: 1, warmup_steps: 0}\n")
+    results = tmp_path / "results"
+    assert main(["run", str(small), "--results", str(results), "--estimate", "--timeout", "1"]) == 1
+    (row,) = [json.loads(line) for line in next(results.rglob("rows.jsonl")).read_text().splitlines()]
+    assert row["status"] == "timeout" and "memory prediction alone ran past the cell's timeout of 1 s" in row["reason"]
+    cell_dir = next(results.rglob("cells/*"))
+    assert not (cell_dir / "result.json").exists() or json.loads((cell_dir / "result.json").read_text()) == row

@@ -333,7 +333,16 @@ def twin_dir(spec: RunSpec, root: Path) -> Path:
 def estimate_cell(spec: RunSpec, root: Path | None, cell_dir: Path | None = None) -> dict:
     """The prediction of one cell as the row and the CLI record it (`predicted.*`). `cell_dir`: the cell's own
     directory, whose synthetic twin (written here if missing) the cell then reads too; else one under `root`."""
+    notes = []
+    if cell_dir is None and spec.data == "synthetic" and inputs.needed_train_examples(spec) > inputs.MAX_TWIN_TRAIN:
+        # the estimator needs only the longest micro-batch: a twin of at most MAX_TWIN_TRAIN examples (the twin's
+        # examples are drawn independently, so more would only repeat lengths already seen); a cell of
+        # global_batch 10^8 had it write 10^8 examples
+        wanted = inputs.needed_train_examples(spec)
+        spec = spec.model_copy(update={"synthetic_train": inputs.MAX_TWIN_TRAIN})
+        notes.append(f"longest micro-batch of a {inputs.MAX_TWIN_TRAIN}-example twin (the cell's would hold {wanted})")
     trace = trace_step(spec, cell_dir if cell_dir is not None else twin_dir(spec, root))
+    trace.notes[:0] = notes
     return {"peak_bytes": trace.peak_bytes, "phase": trace.phase, "breakdown": trace.breakdown,
             "tokens": trace.tokens, "examples": trace.examples, "method": trace.method, "notes": trace.notes,
             "seconds": trace.seconds}

@@ -147,8 +147,9 @@ class Launcher(ABC):
         to submit. `afresh` (--force, --retry-failed): reuse no earlier result or job."""
 
     @abstractmethod
-    def submit(self, cell: Cell, cell_dir: Path, spec_path: Path) -> Job:
-        """Start the cell: its job, or an ended Job holding its failure row (e.g. the scheduler refused it)."""
+    def submit(self, cell: Cell, cell_dir: Path, spec_path: Path, spent_s: float = 0.0) -> Job:
+        """Start the cell: its job, or an ended Job holding its failure row (e.g. the scheduler refused it).
+        `spent_s`: what the cell's timeout already paid for on this host (its memory prediction)."""
 
     @abstractmethod
     def poll(self, job: Job) -> State:

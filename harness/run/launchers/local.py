@@ -119,7 +119,7 @@ class LocalLauncher(Launcher):
             return Job.ended(cell, cell_dir, spec_path, self.rows.finish(cell, recorded, log), log)
         return None
 
-    def submit(self, cell: Cell, cell_dir: Path, spec_path: Path) -> Job:
+    def submit(self, cell: Cell, cell_dir: Path, spec_path: Path, spent_s: float = 0.0) -> Job:
         (cell_dir / "result.json").unlink(missing_ok=True)
         log_path = self._log(cell_dir)
         cmd = self._command(cell, cell_dir, spec_path)
@@ -128,6 +128,7 @@ class LocalLauncher(Launcher):
         if cell.spec.cpu_threads is not None:  # also for libraries that size their pools at import
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(cell.spec.cpu_threads)
         timeout = self.options.timeout_s or cell.limits.timeout_s
+        left = max(1.0, timeout - spent_s)  # the memory prediction before it counted against the same timeout
         started = time.time()
         with log_path.open("w") as log:
             log.write(f"$ {shell(cmd)}\n")
@@ -135,8 +136,8 @@ class LocalLauncher(Launcher):
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=_child_setup(cell.limits.memory_gb))
         return Job(cell, cell_dir, spec_path, id=str(proc.pid), log=log_path, started=started,
-                   data={"proc": proc, "tracked": {}, "marker": marker, "deadline": time.monotonic() + timeout, "timeout": timeout,
-                         "status": None, "survivors": None})
+                   data={"proc": proc, "tracked": {}, "marker": marker, "deadline": time.monotonic() + left, "timeout": timeout,
+                         "spent": spent_s, "status": None, "survivors": None})
 
     def poll(self, job: Job) -> State:
         """Records the process tree as it grows; past the cell's timeout ends the tree (status `timeout`)."""
@@ -150,7 +151,9 @@ class LocalLauncher(Launcher):
                 proctree.save(self._procs(job.cell_dir), tracked, job.data["marker"])
             if time.monotonic() <= job.data["deadline"]:
                 return State(ended=False, state="running")
-            self._end(job, ("timeout", f"killed after the cell's timeout of {job.data['timeout']:g} s"), grace_s=10.0)
+            spent = f" ({job.data['spent']:.0f} s of it predicting its memory)" if job.data["spent"] >= 0.5 else ""
+            self._end(job, ("timeout", f"killed after the cell's timeout of {job.data['timeout']:g} s{spent}"),
+                      grace_s=10.0)
         else:  # exited: end what it left behind
             self._end(job, None, grace_s=10.0)
         return State(ended=True)

@@ -292,7 +292,8 @@ class SlurmLauncher(Launcher):
                                    "resubmitting it")
         return None
 
-    def submit(self, cell: Cell, cell_dir: Path, spec_path: Path) -> Job:
+    def submit(self, cell: Cell, cell_dir: Path, spec_path: Path, spent_s: float = 0.0) -> Job:
+        # spent_s is not taken off --time: the prediction ran on this host, not in the job's allocation
         path, job_file = cell_dir / "job.sbatch", cell_dir / "slurm_job_id"
         path.write_text(self._script(cell, cell_dir, spec_path))
         # the earlier job's result and id must not be collected as this one's
