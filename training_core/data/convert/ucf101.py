@@ -1,19 +1,29 @@
 """UCF-101 subset -> conversation-format jsonl, as the recipe's `convert_ucf101.py` (docs/RECIPE.md §1.12).
 
 Input: the extracted `UCF101_subset` directory (`{train,val,test}/{Class}/*.avi`), its parent, or the
-`UCF101_subset.tar.gz` archive (extracted to a temporary directory that is removed afterwards). Classes are the
+`UCF101_subset.tar.gz` archive, of which only the videos are extracted (each at most MAX_VIDEO_BYTES, all together
+at most MAX_ARCHIVE_BYTES: a small archive of gigabytes of zeros is refused before it fills the disk). Classes are the
 sorted folder names; 8 frames per video at `arange(0, T, T/8)`, decoded with PyAV as RGB and saved as JPEG to
 `images/{split}/{Class}/{video}.{k}.jpg`; one record per video with id `{split}-{i:010d}` where `i` counts all
 videos in order (train, val, test; sorted by class and file name) and the prompt
 `Classify the video into one of the following classes: A, B, ....`; files `ucf101_{split}.jsonl`.
+
+Everything (the extracted videos, the frames, the jsonl files) is written under a hidden folder in --out and moved into
+place only when every split converted: a bad video, a full disk, Ctrl-C or SIGTERM leaves nothing half-converted and
+nothing that refuses the rerun (the folder is removed on every error and signal).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import stat
 import tarfile
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
@@ -22,6 +32,8 @@ from ..records import DataError, Record, Turn, record_to_json, write_jsonl
 
 SPLITS = ("train", "val", "test")
 NUM_FRAMES = 8
+MAX_VIDEO_BYTES = 256 * 2**20  # a UCF-101 clip is a few MB
+MAX_ARCHIVE_BYTES = 16 * 2**30  # the whole UCF-101 (13,320 clips) is 6.5 GB
 
 
 def ucf101_prompt(classes: list[str]) -> str:
@@ -35,11 +47,19 @@ def frame_indices(total_frames: int, num_frames: int = NUM_FRAMES) -> np.ndarray
     return np.arange(0, total_frames, total_frames / num_frames).astype(int)
 
 
-def read_frames(video: Path, num_frames: int = NUM_FRAMES) -> list[Image.Image]:
+def read_frames(video: Path, num_frames: int = NUM_FRAMES, shown: str | None = None) -> list[Image.Image]:
+    """The recipe's frames of one video; `shown`: how errors name it (an archive's member, not its extracted copy)."""
+    shown = shown or str(video)
     try:
         import av  # imported on use: only the conversion of real videos decodes them
     except ImportError as exc:
-        raise DataError([f"{video}: decoding UCF-101 videos needs the av package (PyAV): pip install av"]) from exc
+        raise DataError([f"{shown}: decoding UCF-101 videos needs the av package (PyAV): pip install av"]) from exc
+    try:
+        mode = os.stat(video).st_mode
+    except OSError as exc:
+        raise DataError([f"{shown}: cannot read the video ({exc.strerror})"]) from None
+    if not stat.S_ISREG(mode):  # a named pipe would block the decoder forever
+        raise DataError([f"{shown}: not a regular file (a named pipe, device or directory): move it aside"])
     try:
         with av.open(str(video)) as container:
             total = container.streams.video[0].frames
@@ -49,9 +69,9 @@ def read_frames(video: Path, num_frames: int = NUM_FRAMES) -> list[Image.Image]:
             wanted = set(frame_indices(total, num_frames).tolist())
             frames = [f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i in wanted]
     except (av.error.FFmpegError, IndexError, ValueError) as exc:
-        raise DataError([f"{video}: cannot decode the video ({type(exc).__name__}: {exc})"]) from exc
+        raise DataError([f"{shown}: cannot decode the video ({type(exc).__name__}: {exc})"]) from exc
     if len(frames) != len(wanted):
-        raise DataError([f"{video}: decoded {len(frames)} of the {len(wanted)} frames the stream announced"])
+        raise DataError([f"{shown}: decoded {len(frames)} of the {len(wanted)} frames the stream announced"])
     return [Image.fromarray(f) for f in frames]
 
 
@@ -62,29 +82,112 @@ def _subset_root(src: Path) -> Path:
     raise DataError([f"{src}: expected UCF101_subset/{{train,val,test}}/<Class>/*.avi under it"])
 
 
+class _Stopped(BaseException):
+    """SIGTERM or SIGHUP during a conversion: unwinds like Ctrl-C so that the staging folder is removed."""
+
+
+@contextlib.contextmanager
+def _signals_unwind():
+    def stop(signum, frame):
+        raise _Stopped(signal.Signals(signum).name)
+
+    saved = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            saved[sig] = signal.signal(sig, stop)
+    except ValueError:  # not the main thread: signals stay as they were
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def convert_ucf101(
     src: str | Path, out_dir: str | Path, *, overwrite: bool = False, progress: Callable[[str], None] | None = None
 ) -> dict[str, int]:
     """Convert; returns the number of videos per split. Refuses to overwrite an earlier conversion."""
     src, out_dir = Path(src), Path(out_dir)
-    existing = [out_dir / f"ucf101_{s}.jsonl" for s in SPLITS if (out_dir / f"ucf101_{s}.jsonl").exists()]
+    outputs = [out_dir / f"ucf101_{s}.jsonl" for s in SPLITS]
+    existing = [path for path in outputs if path.exists()]
     if existing and not overwrite:
         raise DataError([f"{existing[0]} exists: choose another --out or pass --overwrite"])
-    if src.is_file() and src.name.endswith((".tar.gz", ".tgz")):
-        with tempfile.TemporaryDirectory(prefix="ucf101-") as tmp:
-            try:
-                with tarfile.open(src) as archive:
-                    archive.extractall(tmp, filter="data")  # refuses members that leave tmp, links out, devices
-            except tarfile.TarError as exc:  # a traversal member, a corrupt or truncated archive
-                raise DataError([f"{src}: not extracted: {type(exc).__name__}: {exc}; nothing was converted (use "
-                                 "the official UCF101_subset archive, or extract it yourself and pass the directory)"])
-            except OSError as exc:
-                raise DataError([f"{src}: not extracted: {exc}"]) from None
-            return _convert_tree(_subset_root(Path(tmp)), out_dir, progress)
-    return _convert_tree(_subset_root(src), out_dir, progress)
+    archive = src.is_file() and src.name.endswith((".tar.gz", ".tgz"))
+    if not archive:
+        root = _subset_root(src)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".ucf101-partial-", dir=out_dir))
+    except OSError as exc:
+        raise DataError([f"--out {out_dir}: cannot write there ({exc.strerror})"]) from None
+    try:
+        with _signals_unwind():
+            names = {}
+            if archive:
+                root = _extract_videos(src, staging / "videos", names)
+            counts = _convert_tree(root, staging / "out", progress, names)
+            for path in outputs:  # --overwrite: the earlier conversion goes only now that this one is complete
+                path.unlink(missing_ok=True)
+            for split in SPLITS:
+                shutil.rmtree(out_dir / "images" / split, ignore_errors=True)
+            (out_dir / "images").mkdir(exist_ok=True)
+            for split in counts:
+                if (staging / "out" / "images" / split).is_dir():
+                    os.rename(staging / "out" / "images" / split, out_dir / "images" / split)
+                os.rename(staging / "out" / f"ucf101_{split}.jsonl", out_dir / f"ucf101_{split}.jsonl")
+            return counts
+    except _Stopped as exc:  # the staging folder goes in `finally`; then exit as a signalled command does
+        raise SystemExit(f"error: stopped by {exc}; nothing of the conversion was kept in {out_dir}") from None
+    except OSError as exc:
+        raise DataError([f"--out {out_dir}: could not write the conversion ({exc.strerror or exc}); nothing was "
+                         "kept: free space and rerun"]) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _convert_tree(root: Path, out_dir: Path, progress) -> dict[str, int]:
+def _extract_videos(src: Path, into: Path, names: dict[Path, str]) -> Path:
+    """Only the archive's `<...>/<split>/<Class>/<video>.avi` regular files, each and all together bounded, under
+    `into`; `names` maps each extracted file to how errors name it (`archive.tar.gz:member`)."""
+    total = 0
+    try:
+        with tarfile.open(src) as archive:
+            for member in archive:
+                parts = PurePosixPath(member.name).parts
+                if not (member.isfile() and len(parts) >= 3 and parts[-3] in SPLITS and parts[-1].endswith(".avi")):
+                    continue
+                if any(part in ("", ".", "..") or "/" in part or "\\" in part for part in parts[-3:]):
+                    continue
+                where = f"{src}:{member.name}"
+                if member.size > MAX_VIDEO_BYTES:
+                    raise DataError([f"{where}: {member.size:,} bytes, over the {MAX_VIDEO_BYTES // 2**20} MiB a "
+                                     "UCF-101 clip could be; nothing was converted (not the UCF101_subset archive?)"])
+                total += member.size
+                if total > MAX_ARCHIVE_BYTES:
+                    raise DataError([f"{src}: its videos exceed {MAX_ARCHIVE_BYTES // 2**30} GiB, more than the whole "
+                                     "UCF-101; nothing was converted (not the UCF101_subset archive?)"])
+                target = into.joinpath(*parts[-3:])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.extractfile(member) as data, open(target, "wb") as out:
+                    shutil.copyfileobj(data, out, 2**20)
+                names[target] = where
+    except (tarfile.TarError, EOFError, zlib_error()) as exc:  # a corrupt or truncated archive
+        raise DataError([f"{src}: not extracted: {type(exc).__name__}: {exc}; nothing was converted (use the "
+                         "official UCF101_subset archive, or extract it yourself and pass the directory)"]) from None
+    if not names:
+        raise DataError([f"{src}: holds no <split>/<Class>/*.avi videos (expected UCF101_subset/{{train,val,test}}/"
+                         "<Class>/*.avi)"])
+    return into
+
+
+def zlib_error():
+    import zlib
+
+    return zlib.error
+
+
+def _convert_tree(root: Path, out_dir: Path, progress, names: dict[Path, str] | None = None) -> dict[str, int]:
+    names = names or {}
     splits = [s for s in SPLITS if (root / s).is_dir()]
     classes = sorted({p.name for s in splits for p in (root / s).iterdir() if p.is_dir()})
     prompt = ucf101_prompt(classes)
@@ -94,7 +197,7 @@ def _convert_tree(root: Path, out_dir: Path, progress) -> dict[str, int]:
         for video in sorted((root / split).glob("*/*.avi")):
             label = video.parent.name
             paths = []
-            for k, frame in enumerate(read_frames(video)):
+            for k, frame in enumerate(read_frames(video, shown=names.get(video))):
                 rel = f"{split}/{label}/{video.stem}.{k}.jpg"
                 (out_dir / "images" / rel).parent.mkdir(parents=True, exist_ok=True)
                 frame.save(out_dir / "images" / rel)
