@@ -118,6 +118,12 @@ def cauldron_record(row: dict, index: int, source: str) -> Record:
     texts = row["texts"]
     if not texts:
         raise DataError([f"{source} row {index}: no QA pairs in 'texts'"])
+    for k, text in enumerate(texts):
+        if not isinstance(text, dict) or not all(isinstance(text.get(key), str) for key in ("user", "assistant")):
+            raise DataError([f"{source} row {index}: texts[{k}] lacks a 'user' and an 'assistant' string (the "
+                             "Cauldron layout: texts = [{user, assistant}, ...])"])
+    if not isinstance(row["images"], (list, tuple)):
+        raise DataError([f"{source} row {index}: 'images' is not a list"])
     images = tuple(_image_getter(im) for im in row["images"])
     turns = tuple(
         Turn(images if k == 0 else (), t["user"], t["assistant"]) for k, t in enumerate(texts)
@@ -144,7 +150,11 @@ class HFRecords(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
-        row = self.dataset[index]
+        try:
+            row = self.dataset[index]  # decodes the row's images: bytes that are no image fail here
+        except Exception as exc:  # PIL's and the datasets library's many error types: all mean this row is bad
+            raise DataError([f"{self.source} row {index}: cannot be read ({type(exc).__name__}: "
+                             f"{str(exc)[:200]})"]) from None
         if self.layout == "docvqa_mini":
             return docvqa_mini_record(row, index)
         return cauldron_record(row, index, self.source)

@@ -15,13 +15,10 @@ nothing that refuses the rerun (the folder is removed on every error and signal)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import stat
 import tarfile
-import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -29,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ..records import DataError, Record, Turn, record_to_json, write_jsonl
+from .staging import move_into_place, staging
 
 SPLITS = ("train", "val", "test")
 NUM_FRAMES = 8
@@ -82,28 +80,6 @@ def _subset_root(src: Path) -> Path:
     raise DataError([f"{src}: expected UCF101_subset/{{train,val,test}}/<Class>/*.avi under it"])
 
 
-class _Stopped(BaseException):
-    """SIGTERM or SIGHUP during a conversion: unwinds like Ctrl-C so that the staging folder is removed."""
-
-
-@contextlib.contextmanager
-def _signals_unwind():
-    def stop(signum, frame):
-        raise _Stopped(signal.Signals(signum).name)
-
-    saved = {}
-    try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            saved[sig] = signal.signal(sig, stop)
-    except ValueError:  # not the main thread: signals stay as they were
-        pass
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
 def convert_ucf101(
     src: str | Path, out_dir: str | Path, *, overwrite: bool = False, progress: Callable[[str], None] | None = None
 ) -> dict[str, int]:
@@ -116,34 +92,16 @@ def convert_ucf101(
     archive = src.is_file() and src.name.endswith((".tar.gz", ".tgz"))
     if not archive:
         root = _subset_root(src)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".ucf101-partial-", dir=out_dir))
-    except OSError as exc:
-        raise DataError([f"--out {out_dir}: cannot write there ({exc.strerror})"]) from None
-    try:
-        with _signals_unwind():
-            names = {}
-            if archive:
-                root = _extract_videos(src, staging / "videos", names)
-            counts = _convert_tree(root, staging / "out", progress, names)
-            for path in outputs:  # --overwrite: the earlier conversion goes only now that this one is complete
-                path.unlink(missing_ok=True)
-            for split in SPLITS:
-                shutil.rmtree(out_dir / "images" / split, ignore_errors=True)
-            (out_dir / "images").mkdir(exist_ok=True)
-            for split in counts:
-                if (staging / "out" / "images" / split).is_dir():
-                    os.rename(staging / "out" / "images" / split, out_dir / "images" / split)
-                os.rename(staging / "out" / f"ucf101_{split}.jsonl", out_dir / f"ucf101_{split}.jsonl")
-            return counts
-    except _Stopped as exc:  # the staging folder goes in `finally`; then exit as a signalled command does
-        raise SystemExit(f"error: stopped by {exc}; nothing of the conversion was kept in {out_dir}") from None
-    except OSError as exc:
-        raise DataError([f"--out {out_dir}: could not write the conversion ({exc.strerror or exc}); nothing was "
-                         "kept: free space and rerun"]) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staging(out_dir, "ucf101") as folder:
+        names = {}
+        if archive:
+            root = _extract_videos(src, folder / "videos", names)
+        counts = _convert_tree(root, folder / "out", progress, names)
+        for path in outputs:  # --overwrite: the earlier conversion goes only now that this one is complete
+            path.unlink(missing_ok=True)
+        move_into_place(folder / "out", out_dir, [f"ucf101_{split}.jsonl" for split in counts],
+                        [f"images/{split}" for split in SPLITS])
+        return counts
 
 
 def _extract_videos(src: Path, into: Path, names: dict[Path, str]) -> Path:
