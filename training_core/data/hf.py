@@ -150,6 +150,8 @@ class HFRecords(Sequence):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(len(self))[index]]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)  # how iteration over a Sequence ends
         try:
             row = self.dataset[index]  # decodes the row's images: bytes that are no image fail here
         except Exception as exc:  # PIL's and the datasets library's many error types: all mean this row is bad
