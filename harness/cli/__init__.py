@@ -16,6 +16,7 @@ data validate  check every record of a dataset (file and line for each problem) 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 # Nothing heavy at module level: each command imports what it needs when it runs, so `--help` and the light commands
@@ -45,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"error: {plain(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        from harness.outputs import plain
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {plain(where)}{exc.strerror}: the disk is full; what was recorded before stays (a row cut "
+              "short is set aside on the next run): free space and rerun", file=sys.stderr)
+        return 2
+
+
+# a write the machine refused for want of space: the user's to fix, not a bug of the harness
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 if __name__ == "__main__":
