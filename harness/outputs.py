@@ -81,16 +81,23 @@ def check(path: Path, what: str = "--out", sidecar: Path | None = None) -> Path:
 
 
 def write(path: Path, text: str, marked: bool = False) -> Path:
-    """`text` into `path` whole or not at all (`marked`: with MARK as its first line)."""
+    """`text` into `path` whole or not at all (`marked`: with MARK as its first line); on any error (a full disk)
+    the temporary file goes too, so nothing 0-byte or half-written is left beside `path`."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         temporary.unlink(missing_ok=True)
         with open(temporary, "x", encoding="utf-8") as out:
             out.write((MARK + "\n" if marked else "") + text)
         os.replace(temporary, path)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
     return path
 
 

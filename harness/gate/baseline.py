@@ -102,9 +102,13 @@ def store_baseline(groups: list[Path], root: Path, replace: bool = False) -> tup
     if (target / "rows.jsonl").exists() and not replace:
         raise CompareError(f"{target}: a baseline is already stored for {key}; pass --replace to replace it "
                            "(compare the new run against it first: harness compare)")
-    outputs.write(target / "rows.jsonl", "".join(dumps(row) + "\n" for row in rows))
+    # env.json first, rows.jsonl (what makes a baseline stored) last: a write that fails (a full disk) leaves no
+    # rows.jsonl without its env.json, and nothing that refuses the retry
     if env is not None:
         outputs.write(target / "env.json", env)
+    else:
+        (target / "env.json").unlink(missing_ok=True)  # a replaced baseline's env.json is not this run's
+    outputs.write(target / "rows.jsonl", "".join(dumps(row) + "\n" for row in rows))
     return key, target, len(rows)
 
 

@@ -25,12 +25,13 @@ def _can_mount() -> bool:
 pytestmark = pytest.mark.skipif(not _can_mount(), reason="needs root and unshare --mount to mount a small tmpfs")
 
 
-def on_full_disk(tmp_path: Path, size: str, *argv: str, prepare: str = "") -> subprocess.CompletedProcess:
-    """`python -m harness ARGV` with `tmp_path/full` a tmpfs of `size` (after the shell line `prepare`)."""
+def on_full_disk(tmp_path: Path, size: str, *argv: str, prepare: str = "", after: str = "") -> subprocess.CompletedProcess:
+    """`python -m harness ARGV` with `tmp_path/full` a tmpfs of `size` (after the shell line `prepare`; the shell line
+    `after` runs while the tmpfs is still there, its output on stdout after the line LEFT:)."""
     full = tmp_path / "full"
     full.mkdir(exist_ok=True)
     script = (f"mount -t tmpfs -o size={size} tmpfs {full} && {prepare or 'true'} && "
-              f"exec {sys.executable} -m harness \"$@\"")
+              f"{{ {sys.executable} -m harness \"$@\"; rc=$?; echo LEFT:; {after or 'true'}; exit $rc; }}")
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
 
@@ -79,3 +80,21 @@ def test_convert_on_a_full_disk(tmp_path):
     out = on_full_disk(tmp_path, "8k", "data", "convert", "ucf101", "--src", str(archive),
                        "--out", str(tmp_path / "full" / "ucf"))
     assert "No space left on device" in _said(out)
+
+
+def test_report_compare_and_baseline_leave_no_temporaries_on_a_full_disk(tmp_path):
+    """Issue 31 (2): on a full disk `report`, `compare` and `baseline` left 0-byte `.NAME.PID.tmp` files; a baseline
+    could be left as rows.jsonl without env.json (which then refused the retry)."""
+    from tests.harness.test_reliability3 import _group
+
+    group = _group(tmp_path / "g")
+    full = tmp_path / "full"
+    for argv in (["report", str(group), "--no-plots", "--out", str(full / "report.md")],
+                 ["compare", str(group), str(group), "--out", str(full / "compare.md")],
+                 ["baseline", str(group), "--root", str(full / "baselines")]):
+        out = on_full_disk(tmp_path, "4k", *argv, prepare=f"head -c 4096 /dev/zero > {full}/filler 2>/dev/null; true",
+                           after=f"find {full} -mindepth 1 ! -name filler")
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (argv, out.stderr[-2000:])
+        assert "No space left on device" in out.stderr, (argv, out.stderr)
+        left = out.stdout.split("LEFT:\n", 1)[1].split()
+        assert not [name for name in left if name.endswith(".tmp") or name.endswith("rows.jsonl")], (argv, left)
