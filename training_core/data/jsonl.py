@@ -70,6 +70,11 @@ def load_jsonl(path: str | Path, image_root: str | Path | None = None, *, check_
     return records
 
 
+# One text field (a question, an answer): a real one is under a few KB. 100 MB in one record aborted the tokenizer
+# (exit 134) in `data validate --lengths`; the bound is checked as the record is read, before any tokenizer sees it.
+MAX_TEXT_CHARS = 1_000_000
+
+
 def _lone_surrogate(value) -> bool:
     if isinstance(value, str):
         return any("\ud800" <= ch <= "\udfff" for ch in value)
@@ -125,6 +130,12 @@ def _parse_turn(raw, where: str) -> tuple[Turn | None, list[str]]:
     answers = raw.get("answers", [])
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         problems.append(f"{where}: 'answers' (optional) must be a list of strings")
+    if problems:
+        return None, problems
+    for key, value in (("user", user), ("assistant", assistant), *((f"answers[{i}]", a) for i, a in enumerate(answers))):
+        if len(value) > MAX_TEXT_CHARS:
+            problems.append(f"{where}: {key!r} is {len(value):,} characters, over the {MAX_TEXT_CHARS:,} a training "
+                            "text can be (the model's context is 131,072 tokens); shorten or drop the record")
     if problems:
         return None, problems
     if IMAGE_TAG.search(user):
