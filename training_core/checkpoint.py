@@ -18,7 +18,9 @@ warning and the one before it is tried, so one bad save costs the steps since th
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 import sys
 import zipfile
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from training_core.errors import UserError
+from training_core.files import FileReadError, read_text
 
 from . import distributed
 from .result import write_json_atomic
@@ -60,12 +63,26 @@ def _manifest(directory: Path) -> dict[str, int]:
             if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp")}
 
 
+JSON_LIMIT = 64 * 2**20  # position.json holds the per-step series: megabytes for the longest runs
+
+
+def only_regular_files(directory: Path) -> None:
+    """A checkpoint holds only the regular files `save` wrote: a named pipe would block the read that resumes from
+    it (the cell hung holding its group's lock), a link would read another file."""
+    for path in sorted(directory.rglob("*")):
+        mode = os.lstat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file (a named pipe or device)"
+            raise CheckpointError(f"{path}: {kind}; a checkpoint holds only the files the harness saved: remove it "
+                                  "and rerun without --resume")
+
+
 def check_files(directory: Path) -> None:
     """Every file that `COMPLETE` lists is there at the size it was saved with (a marker of an older harness version,
     plain text, lists nothing)."""
     try:
-        listed = json.loads((directory / MARKER).read_text()).get("files")
-    except (OSError, ValueError, AttributeError):
+        listed = json.loads(read_text(directory / MARKER, "checkpoint marker", JSON_LIMIT)).get("files")
+    except (OSError, ValueError, AttributeError, FileReadError):
         return
     if not isinstance(listed, dict):
         return
@@ -133,8 +150,8 @@ def check_deepspeed_files(directory: Path) -> None:
 
 def _read_json(path: Path, what: str) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        return json.loads(read_text(path, what, JSON_LIMIT))
+    except (OSError, ValueError, FileReadError) as exc:
         raise CheckpointError(f"{path}: cannot read the {what} ({exc}); a checkpoint of an older harness version "
                               "or a damaged one: rerun without --resume") from None
 
@@ -265,6 +282,7 @@ def check_engine_state(saved, current, path: Path, where: str = "") -> None:
 def _check(engine, directory: Path, run_id: str, total_steps: int | None):
     """Everything about one checkpoint that can be checked without changing the engine: (position, engine state or
     None for DeepSpeed, this rank's RNG state)."""
+    only_regular_files(directory)
     position = _read_json(directory / "position.json", "training position")
     check_position(position, directory / "position.json", total_steps)
     check_series_and_metrics(position, directory / "position.json")

@@ -135,7 +135,7 @@ def _rewrite(step_dir, name, content: bytes):
 
 
 @pytest.mark.parametrize("damage", ["mfu_in_metrics_before", "text_in_loss", "empty_rng", "empty_engine",
-                                    "engine_of_another_shape", "pickled_engine"])
+                                    "engine_of_another_shape", "pickled_engine", "fifo_position", "fifo_marker"])
 def test_every_file_of_a_checkpoint_is_checked_before_it_is_chosen(tmp_path, damage):
     """Issue 31 (2): with COMPLETE's sizes rewritten, `metrics_before: {mfu: 0.99}` was shown as the row's MFU, text in
     `series.loss` broke the row, an empty RNG or engine file was a KeyError once the checkpoint had been chosen, and
@@ -170,9 +170,18 @@ def test_every_file_of_a_checkpoint_is_checked_before_it_is_chosen(tmp_path, dam
         buffer = io.BytesIO()
         torch.save({"weight": torch.ones(7), "optimizer": _Engine(0.0).optimizer.state_dict()}, buffer)
         name, content, said = "engine.pt", buffer.getvalue(), "weight is (7,), this cell's is (4,)"
-    else:
+    elif damage == "pickled_engine":
         name, content, said = "engine.pt", pickle.dumps({"weight": [1.0]}), "engine.pt: a bare pickle (torch's legacy format"
-    _rewrite(newest, name, content.encode() if isinstance(content, str) else content)
+    else:  # a named pipe where a file belongs: resuming hung in its read, holding the group's lock
+        import os
+
+        name = {"fifo_position": "position.json", "fifo_marker": checkpoint.MARKER}[damage]
+        (newest / name).unlink()
+        os.mkfifo(newest / name)
+        name, said = None, f"{newest / ('position.json' if damage == 'fifo_position' else checkpoint.MARKER)}: not a " \
+            "regular file (a named pipe or device)"
+    if name is not None:
+        _rewrite(newest, name, content.encode() if isinstance(content, str) else content)
 
     engine = _Engine(0.0)
     resumed, (skipped,) = checkpoint.resume(engine, tmp_path, "cell", total_steps=8)
