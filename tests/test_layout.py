@@ -231,3 +231,16 @@ def test_the_rules_fail_on_an_import_circle(tree):
     _plant(tree / "harness" / "outputs.py", "from . import rows  # noqa")
     _plant(tree / "harness" / "rows.py", "from .outputs import table_cell  # noqa")
     assert circles(tree) == [["harness.outputs", "harness.rows"]]
+
+
+def test_a_new_file_in_any_source_folder_is_not_ignored_by_git():
+    """.gitignore's `data/` (meant for the root's data folder) ignored every new file under training_core/data/ and
+    tests/data/: a module and a test file were written, run here and never committed. Each folder that holds tracked
+    Python files must take a new one."""
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    folders = sorted({str(Path(p).parent) for p in tracked.stdout.split()})
+    probes = [f"{folder}/new_module_probe.py" for folder in folders]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *probes], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == [], f"git would ignore new files there: {ignored.stdout.split()}"
