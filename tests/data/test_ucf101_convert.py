@@ -184,7 +184,6 @@ def test_an_archive_bomb_and_a_named_pipe_video_are_refused_without_filling_or_h
 def test_sigterm_during_a_conversion_removes_what_it_wrote(subset, tmp_path):
     """Issue 31 (3): SIGTERM left the extracted archive behind. The staging folder under --out is removed on
     SIGTERM as on Ctrl-C, and nothing else was written."""
-    import os
     import signal
     import subprocess
     import sys

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
+
 from training_core.errors import UserError
 
 ImageRef = str | Callable[[], Image.Image]
