@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import torch
 
-from . import checkpoint, distributed, inputs
+from . import checkpoint, distributed, inputs, rank_failures
 from .capabilities import unsupported_reason
 from .devices import Device, current_device
 from .engine import build_engine
@@ -301,6 +301,7 @@ def main(argv=None) -> int:
     if spec.cpu_threads is not None:
         torch.set_num_threads(spec.cpu_threads)
     distributed.init(device.type, always=get_strategy(spec.strategy).engine == "deepspeed")
+    rank_failures.clear(args.out, distributed.rank())  # an earlier run's record is not this run's
     _record_host(args.out)
     reason = unsupported_reason(spec, device)
     if reason:
@@ -319,18 +320,31 @@ def main(argv=None) -> int:
         except Exception as exc:  # a failure is a result: keep what was measured
             outcome.status, outcome.reason = classify_exception(exc)
             traceback.print_exc()
-    env = capture(distributed.world_size())
+    failed = outcome.status not in ("ok", "unsupported")
+    world = distributed.world_size()
+    if failed and world > 1:  # this rank's own error, first, so that a peer's symptom is never taken for the cause
+        rank_failures.record(args.out, distributed.rank(), outcome.status, outcome.reason)
+    env = capture(world)
     env["hosts"] = _hosts(args.out)
+    if failed and world > 1 and distributed.is_main():
+        cause = rank_failures.first_cause(args.out, since=process_start - 60)
+        if cause is not None and cause["rank"] != distributed.rank():
+            outcome.status = cause["status"]
+            outcome.reason = f"{rank_failures.described(cause)} (rank 0 then: {outcome.reason})"
     row = build_row(run_id=spec.run_id, spec=spec.model_dump(mode="json"), outcome=outcome, env=env,
                     process_start=process_start)
     if distributed.is_main():
         write_json_atomic(args.out / RESULT_FILE, row)
-    elif outcome.status != "ok":
-        write_json_atomic(args.out / f"failure.rank{distributed.rank()}.json", row)
     print(f"[rank {distributed.rank()}] {outcome.status}" + (f": {outcome.reason}" if outcome.reason else ""),
           file=sys.stderr)
+    if failed and world > 1:
+        # no destroy_process_group(): it waits on peers that sit in a collective for this rank (30-60 min under
+        # NCCL); exiting now makes torchrun stop them in seconds (torchtitan's fix of the same deadlock, PR 1342)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     distributed.shutdown()
-    return 0 if outcome.status in ("ok", "unsupported") else 1
+    return 0 if not failed else 1
 
 
 HOSTS_DIR = "ranks"  # every rank's host, written at start: no collective needed to list them at the end

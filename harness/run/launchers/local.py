@@ -19,6 +19,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from training_core import rank_failures
+
 from ...grid import hardware
 from ...grid.cells import Cell
 from ...paths import ROOT
@@ -121,6 +123,8 @@ class LocalLauncher(Launcher):
 
     def submit(self, cell: Cell, cell_dir: Path, spec_path: Path, spent_s: float = 0.0) -> Job:
         (cell_dir / "result.json").unlink(missing_ok=True)
+        for stale in cell_dir.glob(rank_failures.PATTERN):  # an earlier run's: not this one's cause
+            stale.unlink(missing_ok=True)
         log_path = self._log(cell_dir)
         cmd = self._command(cell, cell_dir, spec_path)
         env = cell_env()
@@ -182,6 +186,9 @@ class LocalLauncher(Launcher):
         if status is None and result_path.exists():
             row = self.rows.finish(cell, json.loads(result_path.read_text()), job.log)
         else:
+            cause = rank_failures.first_cause(job.cell_dir, since=job.started - 60) if status is None else None
+            if cause is not None:  # a rank failed alone; torchrun stopped its peers before rank 0 wrote the result
+                status = (cause["status"], f"{rank_failures.described(cause)}; the cell ended without a result")
             status = status or self._classify_exit(job.data["proc"].returncode, job.log, cell)
             row = self.rows.failure(cell, status, job.log, job.started)
         survivors = job.data["survivors"]

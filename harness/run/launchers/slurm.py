@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from training_core import rank_failures
 from training_core.spec import RunSpec
 
 from ...grid.cells import Cell
@@ -296,8 +297,10 @@ class SlurmLauncher(Launcher):
         # spent_s is not taken off --time: the prediction ran on this host, not in the job's allocation
         path, job_file = cell_dir / "job.sbatch", cell_dir / "slurm_job_id"
         path.write_text(self._script(cell, cell_dir, spec_path))
-        # the earlier job's result and id must not be collected as this one's
+        # the earlier job's result, id and rank failures must not be collected as this one's
         (cell_dir / "result.json").unlink(missing_ok=True)
+        for stale in cell_dir.glob(rank_failures.PATTERN):
+            stale.unlink(missing_ok=True)
         job_file.unlink(missing_ok=True)
         never = self._never_starts(cell)
         if never:
@@ -372,6 +375,9 @@ class SlurmLauncher(Launcher):
         else:  # no result, or an `ok` one from a job SLURM says ended badly: SLURM's account wins
             told = "although its result.json says ok" if recorded is not None \
                 else "without writing a result (see the job's log)"
+            cause = rank_failures.first_cause(job.cell_dir, since=job.started - 60) if recorded is None else None
+            if cause is not None:  # a rank failed alone and its peers were stopped before rank 0 wrote the result
+                status, told = cause["status"], f"{told}; {rank_failures.described(cause)}"
             row = self.rows.failure(cell, (status, f"{ended} {told}"), job.log, job.started)
         script = job.cell_dir / "job.sbatch"
         row["slurm"] = {"job": job.id, "state": account.state, "exit_code": account.exit_code,
