@@ -35,6 +35,16 @@ def test_gpus_only_for_gpu_cells_and_the_nodes_to_the_cell_unless_shared():
     assert "#SBATCH --cpus-per-task=10" in script(gpu="A100", exclusive=False)  # rank + 4 loader workers each
 
 
+def test_a_gpu_cell_on_its_own_nodes_asks_for_their_memory_unless_the_grid_says():
+    """Issue 32 (8): GPU jobs asked for no memory, and sites that grant a default per CPU ended ZeRO-2 starts and
+    QLoRA base builds OUT_OF_MEMORY."""
+    assert "#SBATCH --mem=0" in script(gpu="A100")
+    assert "#SBATCH --mem=1536M" in script(gpu="A100", memory_gb=1.5) and "#SBATCH --mem=0" not in \
+        script(gpu="A100", memory_gb=1.5)
+    assert not any(line.startswith("#SBATCH --mem") for line in script())  # a CPU cell: the site's default
+    assert not any(line.startswith("#SBATCH --mem") for line in script(gpu="A100", exclusive=False))  # shared
+
+
 def test_memory_threads_and_the_rendezvous_port_reach_the_job():
     lines = script(memory_gb=1.5, cpu_threads=3)
     assert "#SBATCH --mem=1536M" in lines and "export OMP_NUM_THREADS=3 MKL_NUM_THREADS=3" in lines

@@ -56,7 +56,7 @@ def sbatch_script(spec: RunSpec, spec_path: Path, out_dir: Path, *, job_name: st
                   memory_gb: float | None = None) -> str:
     """One job per cell on `spec.nodes` nodes, asking SLURM for what the cell uses: GPUs only for GPU cells, its
     nodes to itself (`exclusive`, so nothing else runs beside a measurement; else the CPUs its ranks need),
-    `memory_gb` as `--mem`, and every CPU of each node for that node's torchrun and its loader workers. With
+    `memory_gb` as `--mem` (a GPU cell on its own nodes, without it: `--mem=0`, all of each node's memory), and every CPU of each node for that node's torchrun and its loader workers. With
     `check_hardware`, every node first checks its GPUs against the cell's: a mismatch ends the job with the reason in
     result.json, as does a head node whose name does not resolve on a node. `port`: the rendezvous port (default:
     from the job id)."""
@@ -70,6 +70,10 @@ def sbatch_script(spec: RunSpec, spec_path: Path, out_dir: Path, *, job_name: st
         directives.append(f"--cpus-per-task={spec.gpus_per_node * per_rank}")
     if memory_gb:
         directives.append(f"--mem={math.ceil(memory_gb * 1024)}M")
+    elif spec.gpu.lower() != "cpu" and exclusive:
+        # the node's memory: with --exclusive many sites still grant only their default (a few GB per CPU), and a
+        # ZeRO-2 start (8 ranks x 8.3 GB on the host) or a QLoRA base build (16.6 GB) then ends OUT_OF_MEMORY
+        directives.append("--mem=0")
     directives += [f"--time={slurm_time(timeout_s)}", f"--output={out_dir}/slurm-%j.log", *extra]
     for directive in directives:  # sbatch reads these lines itself; a line break would start a shell line
         if any(not ch.isprintable() for ch in directive):
