@@ -110,6 +110,9 @@ class RunSpec(BaseModel):
                 f"global_batch: {self.global_batch} is not a multiple of nodes x gpus_per_node x per_device_batch "
                 f"= {per_step}; choose a global batch divisible by it"
             )
+        if self.mode == "throughput" and self.gpu.lower() != "cpu" and self.warmup_steps == 0:
+            raise ValueError("warmup_steps: 0 on a GPU throughput cell would measure the first step (CUDA context, "
+                             "kernel selection, the allocator's first growth) as training speed; give at least 1")
         if self.weights == "pretrained" and self.model in _preset_names():
             raise ValueError(f"weights: 'pretrained' needs model to be a checkpoint directory, not the preset {self.model!r}")
         if self.train_embedding and self.strategy != "frozen_vision":

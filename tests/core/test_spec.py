@@ -39,6 +39,8 @@ def test_run_id_is_stable_and_content_addressed(tmp_path):
         ({"train_embedding": True}, "train_embedding: only applies to strategy 'frozen_vision'"),
         ({"lrate": 1}, "lrate: unknown field; valid fields:"),
         ({"measured_steps": 0}, "measured_steps: Input should be greater than or equal to 1"),
+        # issue 32 (12): the first GPU step (context, kernel selection) is no measurement of speed
+        ({"gpu": "A100", "warmup_steps": 0}, "warmup_steps: 0 on a GPU throughput cell would measure the first step"),
     ],
 )
 def test_invalid_specs_name_the_field(fields, message):
