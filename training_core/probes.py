@@ -82,6 +82,37 @@ def gpus() -> list[Check]:
     return checks
 
 
+def cuda_build() -> list[Check]:
+    """torch's CUDA build against the driver and the GPUs, read through NVML (which answers when torch sees no GPU
+    because the driver is too old for the build): training_core/cuda_compat.py's two rules."""
+    from training_core.cuda_compat import arch_problem, driver_problem
+
+    built = torch.version.cuda
+    if built is None:
+        return []
+    try:
+        nvml = _nvml()
+        driver = int(nvml.nvmlSystemGetCudaDriverVersion())
+        capabilities = [tuple(int(v) for v in nvml.nvmlDeviceGetCudaComputeCapability(
+            nvml.nvmlDeviceGetHandleByIndex(i))) for i in range(nvml.nvmlDeviceGetCount())]
+    except Exception as exc:  # no NVML (no driver, no nvidia-ml-py): nothing to compare
+        return [Check("CUDA build", "info", f"torch built for CUDA {built}; the driver's CUDA is unknown "
+                                            f"({type(exc).__name__})")]
+    problem = driver_problem(built, driver)
+    if problem is not None:
+        why, _, fix = problem.partition("; ")
+        return [Check("CUDA build", "fail", why, fix)]
+    checks = [Check("CUDA build", "ok", f"torch built for CUDA {built}; the driver supports CUDA "
+                                        f"{driver // 1000}.{(driver % 1000) // 10}")]
+    arch_list = torch.cuda.get_arch_list() if torch.cuda.is_available() else []
+    for capability in sorted(set(capabilities)):
+        problem = arch_problem(capability, arch_list, built)
+        if problem is not None:
+            why, _, fix = problem.partition(": install")
+            checks.append(Check(f"kernels for sm_{capability[0]}{capability[1]}", "fail", why, "install" + fix))
+    return checks
+
+
 def bf16(device: Device) -> Check:
     if device.type != "cuda":
         return Check("bf16", "absent", "no CUDA device (CPU autocast runs bf16, slowly)",
@@ -243,5 +274,5 @@ def optional_packages() -> list[Check]:
 
 # ------------------------------------------------------------------------------------------------ all
 def run_probes(device: Device) -> list[Check]:
-    return [*software(), *gpus(), bf16(device), flash_attn(device), *sdpa_backends(device), bitsandbytes(device),
+    return [*software(), *cuda_build(), *gpus(), bf16(device), flash_attn(device), *sdpa_backends(device), bitsandbytes(device),
             deepspeed_check(), nccl(device), nvml(device), *optional_packages()]

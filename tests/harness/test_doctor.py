@@ -97,3 +97,34 @@ def test_doctor_exits_1_when_a_check_failed_and_0_when_parts_are_only_absent(mon
     checks.append(probes.Check("bitsandbytes", "fail", "nf4 matmul differs from the dequantised one"))
     assert main(["doctor", "--json"]) == 1
     assert "doctor: 1 check(s) failed: bitsandbytes" in capsys.readouterr().err
+
+
+def _nvml_with(driver_cuda: int, capabilities: list[tuple[int, int]]):
+    return types.SimpleNamespace(nvmlInit=lambda: None, nvmlSystemGetCudaDriverVersion=lambda: driver_cuda,
+                                 nvmlDeviceGetCount=lambda: len(capabilities),
+                                 nvmlDeviceGetHandleByIndex=lambda i: i,
+                                 nvmlDeviceGetCudaComputeCapability=lambda handle: capabilities[handle])
+
+
+def test_doctor_names_a_cuda_build_the_driver_or_the_gpus_cannot_run(monkeypatch):
+    """Issue 32 (1): torch built for CUDA 13 on an R535 driver saw no GPU and doctor said only 'no CUDA device'; on a
+    V100 it has no kernels. The check reads the driver and the GPUs through NVML (torch sees nothing then)."""
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "pynvml", _nvml_with(12020, [(9, 0)] * 8))
+    (check,) = probes.cuda_build()
+    assert check.status == "fail" and check.detail == ("torch is built for CUDA 13.0, but the driver supports CUDA up "
+                                                       "to 12.2: torch sees no GPU")
+    assert check.fix == "install torch built for CUDA 12 (make setup CUDA=cu126), or update the driver to R580 or newer"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_90", "sm_100", "sm_120"])
+    monkeypatch.setitem(sys.modules, "pynvml", _nvml_with(13000, [(7, 0)] * 8))
+    ok, kernels = probes.cuda_build()
+    assert ok.status == "ok" and kernels.name == "kernels for sm_70" and kernels.status == "fail"
+    assert "CUDA 13 builds dropped Volta: make setup CUDA=cu126" in kernels.detail
+
+    monkeypatch.setitem(sys.modules, "pynvml", _nvml_with(13000, [(9, 0)] * 8))
+    assert [c.status for c in probes.cuda_build()] == ["ok"]
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert probes.cuda_build() == []  # a CPU build: the torch line already says so
