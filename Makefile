@@ -2,16 +2,19 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-cpu
+STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu test test-fast test-gpu test-slurm doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
+.PHONY: help setup setup-gpu wheelhouse test test-fast test-gpu test-slurm doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
 	bench-gpu-smoke gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
 	test-gate test-estimator estimate-guide reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
-	@echo "make setup-gpu  install the GPU extra (flash-attn) into $(VENV) on a CUDA machine"
+	@echo "                CUDA=cu126|cu128|cu130 (torch of that CUDA), TORCH=system (keep the machine's torch),"
+	@echo "                WHEELS=DIR (install from a folder of wheels, no index)"
+	@echo "make setup-gpu  install flash-attn into $(VENV) on a CUDA machine (FLASH_ATTN_CUDA_ARCHS, FLASH_ATTN_WHEEL)"
+	@echo "make wheelhouse a folder of wheels for a machine without network (WHEELHOUSE_PYTHON=3.12, CUDA=...)"
 	@echo "make test       the whole CPU suite over both cores (runs setup first; the GPU tier is skipped without CUDA)"
 	@echo "make test-fast  the unit tier (no cells, torchrun or grids; under 2 minutes): run it before every commit"
 	@echo "make test-gpu   the GPU tier only (pytest -m gpu): attention backends, memory, MFU, QLoRA, DeepSpeed/NCCL"
@@ -35,16 +38,60 @@ help:
 
 setup: $(STAMP)
 
+# Install choices (README, "Installing"): CUDA=cu126|cu128|cu130 takes torch (the pinned version) from the PyTorch
+# wheel index of that CUDA (cu126 for V100 and drivers older than R580); TORCH=system builds the venv on the
+# interpreter's own site packages and keeps the torch it finds there (NGC and cluster images, module systems);
+# WHEELS=DIR installs from a folder of wheels (make wheelhouse) without any index. The CPU default is unchanged.
+# the choice made when the venv was set up is kept for every later target (a plain `make test` after
+# `make setup TORCH=system` must not reinstall torch from the CPU pin)
+-include $(VENV)/install.mk
+CUDA   ?=
+TORCH  ?=
+WHEELS ?=
+TORCH_PIN   := $(shell sed -n 's/^torch==//p' constraints.txt)
+PIP_SOURCE  := $(if $(WHEELS),--no-index --find-links $(WHEELS))
+CONSTRAINTS := $(if $(filter system,$(TORCH)),$(VENV)/constraints-system-torch.txt,constraints.txt)
+
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@case "$(CUDA)" in ""|cu126|cu128|cu130) ;; *) echo "CUDA=$(CUDA): give cu126, cu128 or cu130" >&2; exit 2;; esac
+	@case "$(TORCH)" in ""|system) ;; *) echo "TORCH=$(TORCH): the only choice is TORCH=system" >&2; exit 2;; esac
+	@if [ -n "$(CUDA)" ] && [ "$(TORCH)" = system ]; then echo "CUDA= and TORCH=system exclude each other" >&2; exit 2; fi
+	test -x $(PY) || $(PYTHON) -m venv $(if $(filter system,$(TORCH)),--system-site-packages) $(VENV)
+	$(if $(WHEELS),,$(PY) -m pip install --quiet --upgrade pip)
+	$(if $(filter system,$(TORCH)),@version=$$($(PY) -c "import torch; print(torch.__version__.split('+')[0])") || \
+	  { echo "TORCH=system: $(PYTHON) has no torch in its site packages; drop TORCH=system to install one" >&2; exit 2; }; \
+	  grep -v '^torch==' constraints.txt > $(CONSTRAINTS); echo "torch==$$version" >> $(CONSTRAINTS); \
+	  echo "TORCH=system: keeping torch $$version")
+	$(if $(CUDA),$(PY) -m pip install --quiet $(PIP_SOURCE) $(if $(WHEELS),,--index-url https://download.pytorch.org/whl/$(CUDA)) "torch==$(TORCH_PIN)")
+	$(PY) -m pip install --quiet $(PIP_SOURCE) -c $(CONSTRAINTS) -e '.[dev]'
+	printf 'CUDA ?= %s\nTORCH ?= %s\nWHEELS ?= %s\n' "$(CUDA)" "$(TORCH)" "$(WHEELS)" > $(VENV)/install.mk
 	touch $(STAMP)
 
-# On a GPU machine: the PyPI build of torch for Linux x86-64 is the CUDA one; flash-attn compiles against it.
+# A folder of wheels for a machine without network (WHEELHOUSE_PYTHON: its Python version, e.g. 3.12), made here:
+# every dependency of the project for that Python and Linux x86-64, torch from the CPU or CUDA index; deepspeed
+# (an sdist) is built into a wheel. `make setup WHEELS=$(WHEELHOUSE)` installs from it.
+WHEELHOUSE ?= build/wheelhouse
+WHEELHOUSE_PYTHON ?= 3.12
+wheelhouse: $(STAMP)
+	mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip download --quiet --dest $(WHEELHOUSE) --only-binary=:all: --python-version $(WHEELHOUSE_PYTHON) \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform linux_x86_64 \
+	  --platform any $(if $(CUDA),--extra-index-url https://download.pytorch.org/whl/$(CUDA)) \
+	  -c constraints.txt $$(grep -v '^deepspeed==' constraints.txt | grep -v '^#' | grep -v '^$$')
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) -c constraints.txt deepspeed
+	@du -sh $(WHEELHOUSE); ls $(WHEELHOUSE) | wc -l
+
+# On a GPU machine: flash-attn compiles against the installed torch (its setup.py imports wheel, ninja and packaging;
+# FLASH_ATTN_CUDA_ARCHS limits the build to this machine's GPUs, e.g. "80;90"; a prebuilt wheel that matches
+# torch, CUDA, Python and the C++ ABI skips the build: FLASH_ATTN_WHEEL=path).
+FLASH_ATTN_VERSION ?= 2.8.3
+FLASH_ATTN_CUDA_ARCHS ?=
+FLASH_ATTN_WHEEL ?=
 setup-gpu: $(STAMP)
-	$(PY) -m pip install --quiet ninja packaging
-	$(PY) -m pip install --no-build-isolation -e '.[gpu]'
+	$(PY) -m pip install --quiet $(PIP_SOURCE) wheel ninja packaging psutil
+	$(if $(FLASH_ATTN_WHEEL),$(PY) -m pip install $(FLASH_ATTN_WHEEL),\
+	  $(if $(FLASH_ATTN_CUDA_ARCHS),FLASH_ATTN_CUDA_ARCHS="$(FLASH_ATTN_CUDA_ARCHS)") \
+	  $(PY) -m pip install $(PIP_SOURCE) --no-build-isolation "flash-attn==$(FLASH_ATTN_VERSION)")
 
 # Tests run in parallel over the machine's cores (pytest-xdist; TEST_WORKERS=0 runs them in one process). `slow`
 # tests (cells, torchrun, runner end to end) are the ones `test-fast` leaves out; the GPU and gate tiers have their own
