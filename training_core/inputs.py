@@ -74,17 +74,37 @@ class LoaderSettings:
     pin_memory: bool
     persistent_workers: bool
     prefetch_factor: int | None
+    wanted_workers: int | None = None  # set when /dev/shm held fewer workers than wanted
+    note: str | None = None
 
 
-def loader_settings(spec: RunSpec, device_type: str) -> LoaderSettings:
+PREFETCH = 2  # DataLoader's default prefetch_factor
+
+
+def loader_settings(spec: RunSpec, device_type: str, shm: int | None | str = "measure") -> LoaderSettings:
     """The recipe's loader on CUDA (4 worker processes per rank, pinned memory, workers kept across epochs); on a
     CPU 0 workers (the loader's processes would share the training cores; measured on a 2-core machine, 2 workers
-    were ~9% faster for the tiny preset, see README). `dataloader_workers` in the spec (or a grid) overrides it."""
+    were ~9% faster for the tiny preset, see README). `dataloader_workers` in the spec (or a grid) overrides it.
+    The recipe's count is lowered to what /dev/shm holds (`shm`: its size; measured by default): a container's 64 MB
+    killed the first step with a bus error (training_core/shm.py)."""
+    from training_core import shm as shared
+    from training_core.tasks import get_task
+
     on_cuda = device_type == "cuda"
     workers = spec.dataloader_workers if spec.dataloader_workers is not None else (
         RECIPE_LOADER_WORKERS if on_cuda else 0)
+    wanted, note = None, None
+    if workers and spec.dataloader_workers is None:
+        size = shared.shm_total() if shm == "measure" else shm
+        batch = shared.batch_bytes(spec.per_device_batch, spec.num_crops or get_task(spec.task).num_crops)
+        fits = shared.workers_that_fit(workers, PREFETCH, batch, spec.gpus_per_node, size)
+        if fits < workers:
+            need = shared.loader_need(workers, PREFETCH, batch, spec.gpus_per_node)
+            wanted, note = workers, (f"loader: {fits} worker(s) per rank instead of the recipe's {workers}: "
+                                     f"{shared.advice(size, need)}")
+            workers = fits
     return LoaderSettings(num_workers=workers, pin_memory=on_cuda, persistent_workers=workers > 0,
-                          prefetch_factor=2 if workers else None)
+                          prefetch_factor=PREFETCH if workers else None, wanted_workers=wanted, note=note)
 
 
 class EpochBatches(Sampler):

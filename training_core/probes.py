@@ -113,6 +113,27 @@ def cuda_build() -> list[Check]:
     return checks
 
 
+def shared_memory() -> Check:
+    """/dev/shm against what the recipe's loader holds there on this machine's GPUs (4 workers x 2 prefetched DocVQA
+    batches of 17 crops per rank); too small, cells run with fewer workers (said in their rows), not at the recipe's
+    speed (training_core/shm.py)."""
+    from training_core import shm
+
+    size = shm.shm_total()
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if size is None:
+        return Check("/dev/shm", "absent", "no shared-memory file system", "loader workers need /dev/shm: cells run "
+                     "without workers")
+    if gpus == 0:
+        return Check("/dev/shm", "info", f"{size / 2**20:.0f} MiB (CPU cells use no loader workers)")
+    need = shm.loader_need(4, 2, shm.batch_bytes(1, 16), gpus)
+    if size < need:
+        return Check("/dev/shm", "absent", f"{size / 2**20:.0f} MiB for {gpus} GPU(s): cells run with fewer loader "
+                     "workers than the recipe's 4", shm.advice(size, need))
+    return Check("/dev/shm", "ok", f"{size / 2**20:.0f} MiB, the recipe's loader needs about {need / 2**20:.0f} MiB "
+                                   f"on {gpus} GPU(s)")
+
+
 def bf16(device: Device) -> Check:
     if device.type != "cuda":
         return Check("bf16", "absent", "no CUDA device (CPU autocast runs bf16, slowly)",
@@ -274,5 +295,5 @@ def optional_packages() -> list[Check]:
 
 # ------------------------------------------------------------------------------------------------ all
 def run_probes(device: Device) -> list[Check]:
-    return [*software(), *cuda_build(), *gpus(), bf16(device), flash_attn(device), *sdpa_backends(device), bitsandbytes(device),
+    return [*software(), *cuda_build(), *gpus(), shared_memory(), bf16(device), flash_attn(device), *sdpa_backends(device), bitsandbytes(device),
             deepspeed_check(), nccl(device), nvml(device), *optional_packages()]

@@ -109,6 +109,10 @@ class Cell:
         self.outcome.metrics.update({"trainable_params": trainable, "total_params": total})
         loader = inputs.loader_settings(spec, device.type)
         self.outcome.metrics.update({"dataloader_workers": loader.num_workers, "pin_memory": loader.pin_memory})
+        if loader.note is not None:  # /dev/shm too small for the recipe's workers: fewer, said, instead of a bus error
+            self.outcome.metrics["dataloader_workers_wanted"] = loader.wanted_workers
+            if distributed.is_main():
+                print(f"warning: {loader.note}", file=sys.stderr)
         self.batches = inputs.MicroBatches(self.train_records, self.task, self.processor, spec, loader)
         self.total_steps = total_steps(spec, self.batches.per_epoch)
         self.engine = build_engine(self.strategy.engine, model, spec, device, self.total_steps)

@@ -25,9 +25,29 @@ from training_core.tasks import get_task
 CPU = Device("cpu", 0, "cpu", None, None)
 
 
+def test_a_small_dev_shm_gets_fewer_loader_workers_and_says_so_instead_of_a_bus_error():
+    """Issue 32 (6): Docker's 64 MB /dev/shm killed the recipe's loader on the first step (4 workers x 2 prefetched
+    DocVQA batches of 23 MB). The worker count is lowered to what fits, with the fix in the row's note; a count the
+    grid set is kept as it is."""
+    from training_core import shm
+
+    spec = RunSpec(task="docvqa", gpu="A100", num_crops=16, gpus_per_node=8, global_batch=64)
+    assert shm.batch_bytes(1, 16) == 17 * 3 * 336 * 336 * 4  # 23 MB: the issue's DocVQA batch
+    roomy = inputs.loader_settings(spec, "cuda", shm=16 * 2**30)
+    assert roomy.num_workers == 4 and roomy.note is None
+    docker = inputs.loader_settings(spec, "cuda", shm=64 * 10**6)
+    assert docker.num_workers == 0 and docker.wanted_workers == 4 and docker.prefetch_factor is None
+    assert docker.note.startswith("loader: 0 worker(s) per rank instead of the recipe's 4: /dev/shm is 61 MiB")
+    assert "--shm-size" in docker.note and "--ipc=host" in docker.note
+    partial = inputs.loader_settings(spec, "cuda", shm=2 * 2**30)  # 2 GiB: 3 workers x 8 ranks (527 MiB each) fit
+    assert partial.num_workers == 3 and partial.wanted_workers == 4
+    chosen = inputs.loader_settings(spec.model_copy(update={"dataloader_workers": 4}), "cuda", shm=64 * 10**6)
+    assert chosen.num_workers == 4 and chosen.note is None  # the grid's own choice is not second-guessed
+
+
 def test_the_recipes_loader_on_cuda_and_none_on_a_cpu():
     spec = RunSpec()
-    assert inputs.loader_settings(spec, "cuda") == inputs.LoaderSettings(4, True, True, 2)
+    assert inputs.loader_settings(spec, "cuda", shm=None) == inputs.LoaderSettings(4, True, True, 2)
     assert inputs.loader_settings(spec, "cpu") == inputs.LoaderSettings(0, False, False, None)
     # a grid (or spec) overrides the worker count; pinned memory follows the device
     assert inputs.loader_settings(RunSpec(dataloader_workers=2), "cpu") == inputs.LoaderSettings(2, False, True, 2)
@@ -66,7 +86,7 @@ def test_the_cuda_settings_reach_the_one_loader_of_the_run(docvqa, tiny_processo
         return real(*args, **kwargs)
 
     monkeypatch.setattr(inputs, "DataLoader", counting)
-    settings = inputs.loader_settings(RunSpec(), "cuda")
+    settings = inputs.loader_settings(RunSpec(), "cuda", shm=None)
     batches = _micro(docvqa, tiny_processor, settings)
     with pytest.warns(UserWarning, match="pin_memory"):  # no accelerator here: torch says pinning is skipped
         _take(batches, 5)  # 3 batches per epoch: crosses into the second epoch

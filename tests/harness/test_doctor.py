@@ -128,3 +128,19 @@ def test_doctor_names_a_cuda_build_the_driver_or_the_gpus_cannot_run(monkeypatch
     assert [c.status for c in probes.cuda_build()] == ["ok"]
     monkeypatch.setattr(torch.version, "cuda", None)
     assert probes.cuda_build() == []  # a CPU build: the torch line already says so
+
+
+def test_doctor_measures_dev_shm_against_the_recipes_loader(monkeypatch):
+    """Issue 32 (6): Docker's 64 MB /dev/shm, named with the fix before a cell runs."""
+    from training_core import shm
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    monkeypatch.setattr(shm, "shm_total", lambda path="/dev/shm": 64 * 2**20)
+    check = probes.shared_memory()
+    assert check.status == "absent" and check.detail.startswith("64 MiB for 8 GPU(s)")
+    assert "--shm-size=16g (or --ipc=host)" in check.fix and "about 2109 MiB" in check.fix
+    monkeypatch.setattr(shm, "shm_total", lambda path="/dev/shm": 16 * 2**30)
+    assert probes.shared_memory().status == "ok"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert probes.shared_memory().status == "info"
