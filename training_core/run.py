@@ -195,7 +195,7 @@ class Cell:
                         raise Diverged(step + 1, value)
                     outcome.series["step_time_s"].append(tracker.steps[-1].seconds)
                     outcome.series["data_wait_s"].append(data_wait)
-                    self._after_step(step + 1)
+                    self._after_step(step + 1, tracker)
         outcome.metrics.update(tracker.metrics(distributed.world_size(), sum_all, max_all))
         outcome.metrics.update(memory.metrics(max_all, min_all))
         images_total = sum_all(sum(s.images for s in tracker.measured))
@@ -223,12 +223,13 @@ class Cell:
             if self.spec.require_gradients:
                 raise UntrainedParameters(report["flag"] + " (require_gradients: true)")
 
-    def _after_step(self, done: int) -> None:
+    def _after_step(self, done: int, tracker: ThroughputTracker) -> None:
         every = self.spec.checkpoint_every
         if every and done % every == 0 and done < self.total_steps:
             position = {"step": done, **self.batches.position(), "series": self.outcome.series,
                         "metrics_before": {k: v for k, v in self.outcome.metrics.items() if k.endswith("_before")}}
-            checkpoint.save(self.engine, self.out, done, position, self.spec.run_id)
+            with tracker.excluded():  # a save inside the measured window is no training time (issue 32, item 12)
+                checkpoint.save(self.engine, self.out, done, position, self.spec.run_id)
         if self.args.stop_after and done == self.args.stop_after:
             raise StopRequested(f"stopped after optimizer step {done} (--stop-after)")
 

@@ -171,3 +171,21 @@ def test_ranks_whose_nvml_differs_agree_instead_of_waiting_on_each_other(tmp_pat
     assert reports[0] == reports[1]  # the same keys and values on every rank
     assert reports[0]["peak_mem_allocated_bytes"] == 200 and reports[0]["peak_rss_bytes"] > 0
     assert "peak_mem_device_bytes" not in reports[0] and "energy_j" not in reports[0]  # not every rank had NVML
+
+
+def test_a_checkpoint_save_inside_the_window_is_not_training_time():
+    """Issue 32 (12): a save between measured steps was counted in the next step's time and in the window."""
+    # enter 0; warm-up step ends 1; measured step ends 2; a save from 2 to 7; measured step ends 8
+    wall = iter([0.0, 1.0, 2.0, 2.0, 7.0, 8.0]).__next__
+    cpu = iter([10.0, 11.0, 11.0, 15.0, 16.0]).__next__  # window start, step, save start, save end, step
+    tracker = ThroughputTracker(warmup_steps=1, clock=wall, cpu_clock=cpu)
+    with tracker:
+        tracker.step(2, 10, 2)
+        tracker.step(2, 10, 2)
+        with tracker.excluded():
+            pass
+        tracker.step(2, 10, 2)
+    m = tracker.metrics()
+    assert [s.seconds for s in tracker.measured] == [1.0, 1.0]  # not 1 and 6
+    assert m["measured_wall_s"] == 2.0 and m["images_per_s"] == 2.0 and m["excluded_s"] == 5.0
+    assert m["cpu_s"] == 2.0  # 16 - 10 - the save's 4

@@ -18,9 +18,10 @@ single-threaded (OMP_NUM_THREADS=1, 0 loader workers), where that is all of the 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
@@ -46,6 +47,8 @@ class ThroughputTracker:
     window_end: float | None = None
     cpu_start: float | None = None
     cpu_end: float | None = None
+    excluded_s: float = 0.0  # inside the measured window, not training (checkpoint saves)
+    excluded_cpu_s: float = 0.0
 
     def now(self) -> float:
         self.sync()
@@ -66,6 +69,21 @@ class ThroughputTracker:
             self.cpu_start = self.cpu_clock()
         for callback in self.on_window_start:
             callback()
+
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Work between steps that is not training (a checkpoint save): left out of the step times and, inside the
+        measured window, out of its wall and CPU time."""
+        start, cpu = self.now(), self.cpu_clock() if self.cpu_clock is not None else None
+        try:
+            yield
+        finally:
+            spent = self.now() - start
+            self._last += spent  # the next step's time starts after it
+            if self.window_start is not None:
+                self.excluded_s += spent
+                if cpu is not None:
+                    self.excluded_cpu_s += self.cpu_clock() - cpu
 
     def step(self, images: int, tokens: int, samples: int, data_wait_s: float = 0.0) -> None:
         """Call once at the end of every optimizer step, with the time it waited for its input."""
@@ -88,7 +106,7 @@ class ThroughputTracker:
         out = {"warmup_steps": min(len(self.steps), self.warmup_steps), "measured_steps": len(measured)}
         if not measured or self.window_start is None or self.window_end is None:
             return out
-        wall = max_all(self.window_end - self.window_start)
+        wall = max_all(self.window_end - self.window_start - self.excluded_s)
         images, tokens, samples = (sum_all(sum(getattr(s, k) for s in measured)) for k in ("images", "tokens", "samples"))
         times = sorted(s.seconds for s in measured)
         waited = sum(s.data_wait_s for s in measured)
@@ -103,8 +121,10 @@ class ThroughputTracker:
             "data_wait_s": max_all(waited),
             "data_wait_share": max_all(waited / sum(times)) if sum(times) > 0 else 0.0,
         })
+        if self.excluded_s:
+            out["excluded_s"] = max_all(self.excluded_s)
         if self.cpu_start is not None and self.cpu_end is not None:
-            cpu = sum_all(self.cpu_end - self.cpu_start)
+            cpu = sum_all(self.cpu_end - self.cpu_start - self.excluded_cpu_s)
             out["cpu_s"] = cpu
             out["images_per_cpu_s"] = images / cpu if cpu > 0 else None
         return out
