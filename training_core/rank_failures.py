@@ -11,9 +11,10 @@ collective), the launcher builds the row from these records. No torch here: the 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from .result import write_json_atomic
 
 PATTERN = "failure.rank*.json"
 
@@ -23,11 +24,8 @@ def path_of(out: Path, rank: int) -> Path:
 
 
 def record(out: Path, rank: int, status: str, reason: str | None, at: float | None = None) -> None:
-    path = path_of(out, rank)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"rank": rank, "status": status, "reason": reason or "",
-                                     "at": time.time() if at is None else at}) + "\n")
-    os.replace(temporary, path)
+    write_json_atomic(path_of(out, rank), {"rank": rank, "status": status, "reason": reason or "",
+                                           "at": time.time() if at is None else at})
 
 
 def clear(out: Path, rank: int) -> None:

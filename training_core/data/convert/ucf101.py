@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tarfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -129,19 +130,13 @@ def _extract_videos(src: Path, into: Path, names: dict[Path, str]) -> Path:
                 with archive.extractfile(member) as data, open(target, "wb") as out:
                     shutil.copyfileobj(data, out, 2**20)
                 names[target] = where
-    except (tarfile.TarError, EOFError, zlib_error()) as exc:  # a corrupt or truncated archive
+    except (tarfile.TarError, EOFError, zlib.error) as exc:  # a corrupt or truncated archive
         raise DataError([f"{src}: not extracted: {type(exc).__name__}: {exc}; nothing was converted (use the "
                          "official UCF101_subset archive, or extract it yourself and pass the directory)"]) from None
     if not names:
         raise DataError([f"{src}: holds no <split>/<Class>/*.avi videos (expected UCF101_subset/{{train,val,test}}/"
                          "<Class>/*.avi)"])
     return into
-
-
-def zlib_error():
-    import zlib
-
-    return zlib.error
 
 
 def _convert_tree(root: Path, out_dir: Path, progress, names: dict[Path, str] | None = None) -> dict[str, int]:
