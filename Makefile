@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup setup-gpu wheelhouse test test-fast test-gpu test-slurm doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
+.PHONY: help setup setup-gpu wheelhouse carry test test-fast test-gpu test-slurm doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
 	bench-gpu-smoke gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
 	test-gate test-estimator estimate-guide reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
@@ -15,6 +15,7 @@ help:
 	@echo "                WHEELS=DIR (install from a folder of wheels, no index)"
 	@echo "make setup-gpu  install flash-attn into $(VENV) on a CUDA machine (FLASH_ATTN_CUDA_ARCHS, FLASH_ATTN_WHEEL)"
 	@echo "make wheelhouse a folder of wheels for a machine without network (WHEELHOUSE_PYTHON=3.12, CUDA=...)"
+	@echo "make carry      what the stock GPU image lacks, as wheels under 64 MiB, in build/carry (install/carry-stock-gpu.txt)"
 	@echo "make test       the whole CPU suite over both cores (runs setup first; the GPU tier is skipped without CUDA)"
 	@echo "make test-fast  the unit tier (no cells, torchrun or grids; under 2 minutes): run it before every commit"
 	@echo "make test-gpu   the GPU tier only (pytest -m gpu): attention backends, memory, MFU, QLoRA, DeepSpeed/NCCL"
@@ -80,6 +81,14 @@ wheelhouse: $(STAMP)
 	  -c constraints.txt $$(grep -v '^deepspeed==' constraints.txt | grep -v '^#' | grep -v '^$$')
 	$(PY) -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) -c constraints.txt deepspeed
 	@du -sh $(WHEELHOUSE); ls $(WHEELHOUSE) | wc -l
+
+# What the stock GPU image lacks (install/carry-stock-gpu.txt), as wheels in one folder under 64 MiB that travels with
+# a checkout (scripts/gpu_check.sh installs it with CARRY=DIR); bitsandbytes keeps CUDA $(CARRY_CUDA_MAJOR)'s kernels only.
+CARRY ?= build/carry
+CARRY_PYTHON ?= 3.12
+CARRY_CUDA_MAJOR ?= 13
+carry: $(STAMP)
+	$(PY) scripts/carry.py --out $(CARRY) --python $(CARRY_PYTHON) --cuda-major $(CARRY_CUDA_MAJOR)
 
 # On a GPU machine: flash-attn compiles against the installed torch (its setup.py imports wheel, ninja and packaging;
 # FLASH_ATTN_CUDA_ARCHS limits the build to this machine's GPUs, e.g. "80;90"; a prebuilt wheel that matches

@@ -31,6 +31,10 @@ from .rows import newest
 ROWS = "rows.jsonl"
 ENV = "env.json"
 LOCK = ".lock"
+# predictions made after the run (`harness estimate --rows GROUP`, e.g. on a CPU after a short GPU lease), one JSON line
+# per run_id: {"run_id": ..., "predicted": {...}}; `latest` joins them to rows that have no prediction of their own
+PREDICTIONS = "predicted.jsonl"
+PREDICTION_LINE_LIMIT = 2**20
 ROW_LINE_LIMIT = 256 * 2**20  # a row the harness writes is kilobytes; a hand-made 50 MB reason is still read (and clipped)
 # A cell's own files (cells/<run_id>/...): a directory, pipe or link under one of these names is refused.
 CELL_FILE = re.compile(r"^(result|spec|predicted|procs(\.node\d+)?)\.json$|^log(\.node\d+)?\.txt$|^slurm_job_id$"
@@ -40,12 +44,24 @@ CELL_FILE = re.compile(r"^(result|spec|predicted|procs(\.node\d+)?)\.json$|^log(
 def _own_file(folder: Path, name: str, group: Path) -> bool:
     """Whether `folder/name` is where the store keeps a file of its own."""
     if folder == group:
-        return name in (ROWS, ENV, LOCK)
+        return name in (ROWS, ENV, LOCK, PREDICTIONS)
     return folder.parent == group / "cells" and bool(CELL_FILE.match(name))
 
 
 class StoreError(UserError):
     pass
+
+
+def prediction_problem(entry) -> str | None:
+    """What is wrong with one line of PREDICTIONS, or None."""
+    if not isinstance(entry, dict) or set(entry) != {"run_id", "predicted"}:
+        return "expected an object with run_id and predicted"
+    if not isinstance(entry["run_id"], str) or not COMPONENT.match(entry["run_id"]):
+        return f"run_id {str(entry['run_id'])[:80]!r} is not a run id"
+    peak = entry["predicted"].get("peak_bytes") if isinstance(entry["predicted"], dict) else None
+    if type(peak) not in (int, float) or not 0 < peak < 2**60:
+        return "predicted.peak_bytes is not a positive number of bytes"
+    return None
 
 
 COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
@@ -136,7 +152,48 @@ class RowStore:
         """The newest row of each cell (`rows.newest`: the one rule report, compare, baseline and the end-of-run
         console use), without the keys in `drop`, and the run_ids that have more than one final row."""
         latest, duplicated = newest(self.iter_rows(), drop=drop)
-        return list(latest.values()), duplicated
+        later = self.predictions() if "predicted" not in drop else {}
+        return [row if "predicted" in row or row.get("run_id") not in later else {**row, "predicted": later[row["run_id"]]}
+                for row in latest.values()], duplicated
+
+    def predictions(self) -> dict[str, dict]:
+        """The predictions made after the run (PREDICTIONS), the newest per run_id; {} when there are none."""
+        path = self.directory / PREDICTIONS
+        if not path.exists() and not path.is_symlink():
+            return {}
+        try:
+            handle = open_regular(path, "predictions file")
+        except UnreadableError as exc:
+            raise StoreError(str(exc)) from None
+        found = {}
+        with handle:
+            for number, line in enumerate(iter(lambda: handle.readline(PREDICTION_LINE_LIMIT + 1), b""), start=1):
+                if not line.endswith(b"\n"):  # torn by an interrupted write, or longer than any prediction
+                    if len(line) > PREDICTION_LINE_LIMIT:
+                        raise StoreError(f"{path}:{number}: a line of more than 1 MiB is no prediction the harness "
+                                         "wrote; remove it, or the file (`harness estimate --rows` makes it again)")
+                    print(f"warning: {path}: ignoring a torn last line", file=sys.stderr)
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except (ValueError, RecursionError):
+                    entry = None
+                problem = prediction_problem(entry)
+                if problem:
+                    raise StoreError(f"{path}:{number}: not a prediction ({problem}); remove that line, or the file "
+                                     "(`harness estimate --rows` makes it again)")
+                found[entry["run_id"]] = entry["predicted"]
+        return found
+
+    def add_prediction(self, run_id: str, predicted: dict) -> None:
+        """Append one prediction made after the run (flushed and fsynced, as rows are)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / PREDICTIONS).open("a", encoding="utf-8") as handle:
+            handle.write(dumps({"run_id": run_id, "predicted": predicted}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def final_rows(self) -> dict[str, dict]:
         """The newest final row per run_id: the cells a run skips as done."""

@@ -32,7 +32,7 @@ LAYERS = {
     "harness.store": 2,
     "harness.grid": 3,
     "harness.run": 4, "harness.report": 4, "harness.gate": 4,
-    "harness.plan": 5, "harness.doctor": 5, "harness.launchers": 5,  # the last: the old path's shim over run/
+    "harness.plan": 5, "harness.later_predictions": 5, "harness.doctor": 5, "harness.launchers": 5,  # the last: the old path's shim over run/
     "harness.cli": 6,
     "harness.__main__": 7,  # python -m harness
     "harness": 0,  # the package itself (a docstring): a module not listed above falls here, and may import nothing

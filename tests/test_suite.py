@@ -59,9 +59,13 @@ def test_the_gpu_tier_reports_flash_attention_as_a_skip_with_its_reason():
 
 
 @pytest.mark.slow
-def test_gpu_check_runs_a_lora_and_a_full_cell_first_and_leaves_rows_and_a_report(tmp_path):
-    """scripts/gpu_check.sh end to end on this machine, with a CPU grid in place of gpu_smoke: doctor, the GPU tier
-    (skipped here), then the LoRA cell, the full cell, then the rest, each stage leaving its rows and a report."""
+def test_gpu_check_runs_the_valuable_stages_first_logs_live_packs_each_stage_and_predicts_afterwards(tmp_path):
+    """scripts/gpu_check.sh end to end on this machine, with a CPU grid in place of gpu_smoke (issue 32, item 4):
+    doctor, the LoRA cell, the full cell, the rest, the GPU tier (skipped here), the report; every line in live.log
+    with its second; after each stage packed.tar.gz holds the rows; with no budget left every stage is skipped and
+    said, and nothing recorded is lost; predictions are made afterwards (--after), joined to the rows."""
+    import tarfile
+
     grid = tmp_path / "check.yaml"
     grid.write_text("name: check\nhardware: {gpu: cpu, gpus_per_node: 1}\n"
                     "defaults: {model: tiny, task: docvqa, precision: fp32, attention: sdpa, lora_rank: 4, "
@@ -72,10 +76,40 @@ def test_gpu_check_runs_a_lora_and_a_full_cell_first_and_leaves_rows_and_a_repor
     done = subprocess.run(["bash", "scripts/gpu_check.sh", str(out)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    rows = [json.loads(line) for line in (out / "runs" / "check" / "cpu" / "rows.jsonl").read_text().splitlines()]
+    group = out / "runs" / "check" / "cpu"
+    rows = [json.loads(line) for line in (group / "rows.jsonl").read_text().splitlines()]
     assert [r["spec"]["strategy"] for r in rows] == ["lora", "full", "qlora"]
-    assert all(r["status"] == "ok" for r in rows)
-    assert (out / "doctor.json").exists() and "skipped" in (out / "test-gpu.txt").read_text()
+    assert all(r["status"] == "ok" and "predicted" not in r for r in rows)  # no prediction on the lease
+    stages = (out / "stages.txt").read_text().splitlines()
+    assert [line.split()[:2] for line in stages] == [[s, "ran"] for s in ("doctor", "lora", "full", "cells",
+                                                                          "gpu-tests", "report")]
+    live = (out / "live.log").read_text().splitlines()
+    assert all(re.match(r"^\[\+ *\d+s\] ", line) for line in live)
+    assert [line.split("== ")[1].split()[0] for line in live if "] == " in line] == \
+        ["doctor", "lora", "full", "cells", "gpu-tests", "report"]
+    assert json.loads((out / "doctor.json").read_text())["checks"] and "skipped" in (out / "test-gpu.txt").read_text()
     assert "| lora |" in (out / "report" / "cpu.md").read_text()
-    # the estimator's GPU check: a CPU grid has no allocated peak to check it against, and says so
-    assert "no GPU cell ran: the estimator has no allocated peak" in (out / "estimate.txt").read_text()
+    with tarfile.open(out / "packed.tar.gz") as packed:
+        names = packed.getnames()
+        assert packed.extractfile("./runs/check/cpu/rows.jsonl").read() == (group / "rows.jsonl").read_bytes()
+    assert "./live.log" in names and not any("/data/" in n for n in names)
+
+    # no budget left: every stage is skipped and said; the rows and the pack stay
+    again = subprocess.run(["bash", "scripts/gpu_check.sh", str(out)], cwd=ROOT, env={**env, "BUDGET_S": "0"},
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert [line.split()[:2] for line in (out / "stages.txt").read_text().splitlines()] == \
+        [[s, "skipped"] for s in ("doctor", "lora", "full", "cells", "gpu-tests", "report")]
+    assert "lora: skipped:" in again.stdout and len((group / "rows.jsonl").read_text().splitlines()) == 3
+    with tarfile.open(out / "packed.tar.gz") as packed:
+        assert len(packed.extractfile("./runs/check/cpu/rows.jsonl").read().splitlines()) == 3
+
+    # afterwards, on any CPU: each row predicted once and joined by run_id; a CPU group has nothing to gate
+    after = subprocess.run(["bash", "scripts/gpu_check.sh", "--after", str(out)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert after.returncode == 0, after.stdout[-4000:] + after.stderr[-2000:]
+    predicted = [json.loads(line) for line in (group / "predicted.jsonl").read_text().splitlines()]
+    assert sorted(p["run_id"] for p in predicted) == sorted(r["run_id"] for r in rows)
+    text = (out / "estimate.txt").read_text()
+    assert "3 prediction(s) added" in text and "no row has a measured allocated peak" in text
+    assert "predicted after the run" in (out / "report" / "cpu.md").read_text()

@@ -30,7 +30,12 @@ def add(sub) -> None:
 
     estimate = sub.add_parser("estimate", help="predict each cell's peak GPU memory per rank and whether it fits "
                                                "(one optimizer step traced with fake tensors; no GPU needed)")
-    estimate.add_argument("matrix", help="a grid file or a shipped grid's NAME")
+    estimate.add_argument("matrix", nargs="?", help="a grid file or a shipped grid's NAME")
+    estimate.add_argument("--rows", type=Path, metavar="GROUP",
+                          help="instead of a grid: predict the rows of a results group that ran without a prediction "
+                               "(e.g. `run --no-estimate` on a short GPU lease), joined to them by run_id in "
+                               "GROUP/predicted.jsonl; report and compare read them from there")
+    estimate.add_argument("--force", action="store_true", help="with --rows: predict rows that have a prediction too")
     estimate.add_argument("--profile", help="a profile of the grid")
     estimate.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
     estimate.add_argument("--gpu", action="append", default=[], metavar="NAME", type=nonempty,
@@ -151,6 +156,12 @@ def cmd_estimate(args) -> int:
     from harness.report.documented import load_references
     from training_core.estimate.fit import GIB, MARGIN_RULE
 
+    if args.rows is not None:
+        return _estimate_rows(args)
+    if args.matrix is None:
+        raise outputs.OutputError("estimate: give a grid (a file or a shipped grid's NAME), or --rows GROUP")
+    if args.force:
+        raise outputs.OutputError("estimate: --force goes with --rows GROUP")
     if args.out is not None:
         outputs.check(args.out)
     grid = _grid(args)
@@ -189,6 +200,33 @@ def cmd_estimate(args) -> int:
                  *([f"wrote {args.out}"] if args.out is not None else [])):
         console.print(escape(plain(line)))
     return failed
+
+
+def _estimate_rows(args) -> int:
+    """`estimate --rows GROUP`: predictions for recorded rows, made afterwards (harness/later_predictions.py)."""
+    from harness import outputs
+    from harness.later_predictions import predict_rows
+    from training_core.estimate.fit import GIB
+
+    extra = [name for name, given in (("a grid", args.matrix), ("--profile", args.profile), ("--filter", args.filter),
+                                      ("--gpu", args.gpu), ("--out", args.out), ("--json", args.json)) if given]
+    if extra:
+        raise outputs.OutputError(f"estimate --rows: {', '.join(extra)} do(es) not go with --rows (the rows' own "
+                                  "specs and GPUs are used; read the predictions with `harness report GROUP`)")
+
+    def progress(entry):
+        if "error" in entry:
+            print(f"  {entry['run_id']} (cell {entry['cell']}): not estimated: {entry['error']}", flush=True)
+        else:
+            p = entry["predicted"]
+            print(f"  {entry['run_id']} (cell {entry['cell']}): {p['peak_bytes'] / GIB:.2f} GiB at the {p['phase']} "
+                  f"({p['seconds']:.0f} s)", flush=True)
+
+    out, left = predict_rows(args.rows, args.data_root, args.force, progress)
+    made = sum("predicted" in e for e in out)
+    print(f"{made} prediction(s) added to {args.rows / 'predicted.jsonl'}; {len(out) - made} failed; "
+          f"{len(left)} row(s) left out ({'; '.join(left[:5])}{' ...' if len(left) > 5 else ''})")
+    return 1 if made < len(out) else 0
 
 
 def cmd_run(args) -> int:

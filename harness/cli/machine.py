@@ -12,6 +12,8 @@ def add(sub) -> None:
     doctor = sub.add_parser("doctor", help="what this machine can run (GPUs, kernels, packages, cells) and what "
                                            "to install; exit 1 when a check failed (absent parts are not failures)")
     doctor.add_argument("--json", action="store_true", help="the checks as JSON")
+    doctor.add_argument("--save-json", type=Path, metavar="FILE",
+                        help="also write the checks as JSON to FILE (one run of the probes for both)")
     doctor.set_defaults(func=cmd_doctor)
 
     export = sub.add_parser("export", help="write a cell's kept model or adapter where other tools load it")
@@ -25,9 +27,16 @@ def add(sub) -> None:
 def cmd_doctor(args) -> int:
     from rich.console import Console
 
+    from harness import outputs
     from harness.doctor import as_json, print_report, run_checks
 
+    if args.save_json is not None and (args.save_json.is_symlink() or args.save_json.is_dir()
+                                       or not args.save_json.parent.is_dir()):
+        raise outputs.OutputError(f"--save-json {args.save_json}: give a file name in an existing folder (not a "
+                                  "directory or a symbolic link)")
     report = run_checks()
+    if args.save_json is not None:
+        outputs.write(args.save_json, json.dumps(as_json(report), indent=2) + "\n")
     if args.json:
         print(json.dumps(as_json(report), indent=2))
     else:

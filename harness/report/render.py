@@ -220,7 +220,7 @@ def memory_table(rows: list[dict], refs: dict[str, RefRow]) -> list[list[str]]:
         fit = (p.get("fit") or {}).get("reason", "-")
         out.append([
             str(row.get("cell", "")), row["spec"]["strategy"], row["spec"]["attention"],
-            f"{size_text(p['peak_bytes'])} ({p['phase']})",
+            f"{size_text(p['peak_bytes'])} ({p['phase']}{'; predicted after the run' if p.get('made') else ''})",
             size_text(allocated) if allocated else "- (no CUDA allocator)",
             size_text(m["peak_mem_reserved_bytes"]) if "peak_mem_reserved_bytes" in m else "-",
             size_text(m["peak_mem_device_bytes"]) if "peak_mem_device_bytes" in m else "-",

@@ -127,7 +127,29 @@ class SlurmAccount:
     name: str | None = None  # the job's name (the cell's: phi3v-<grid>-<run_id>), when sacct lists the job
 
 
-def slurm_account(job: str, name: str | None = None) -> SlurmAccount:
+# The name slurmdbd writes for a job whose record reached it without one (as_mysql_job.c: `jname = "allocation"`),
+# seen here for a job that ended within a second of its start: sacct said `allocation` for a few seconds, then the
+# job's own name. Never the name of a cell's job (phi3v-...): read again, then taken as "name not known yet".
+PLACEHOLDER_NAME = "allocation"
+PLACEHOLDER_RETRIES = 10
+
+
+def slurm_account(job: str, name: str | None = None, pause_s: float = 1.0) -> SlurmAccount:
+    """`_slurm_account`, read again (up to PLACEHOLDER_RETRIES times, `pause_s` apart) while accounting names the job
+    with SLURM's placeholder instead of `name`; if it still does, the name is taken as unknown (None), so the job is
+    judged by its state and never mistaken for someone else's."""
+    account = _slurm_account(job, name)
+    for _ in range(PLACEHOLDER_RETRIES):
+        if account.name != PLACEHOLDER_NAME or name in (None, PLACEHOLDER_NAME):
+            return account
+        time.sleep(pause_s)
+        account = _slurm_account(job, name)
+    if account.name == PLACEHOLDER_NAME and name not in (None, PLACEHOLDER_NAME):
+        account = SlurmAccount(state=account.state, exit_code=account.exit_code, name=None)
+    return account
+
+
+def _slurm_account(job: str, name: str | None = None) -> SlurmAccount:
     """The job's state and exit code from `sacct` (accounting: slurmdbd). When sacct cannot answer, `error` says
     what failed and how to enable accounting; a job sacct does not list yet (records appear a few seconds after
     submission and after the end) is PENDING. A job id SLURM gave out again (a controller that lost its state keeps
