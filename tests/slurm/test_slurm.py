@@ -160,6 +160,7 @@ def test_a_job_slurm_ended_failed_is_an_error_row_although_its_result_says_ok(en
     wait_until_ended(env, [job])
     collected = harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm")
     assert collected.returncode == 1, collected.stdout + collected.stderr
+    assert len(RowStore(results / "failed" / "cpu").rows()) == 1, collected.stdout + collected.stderr
     (row,) = RowStore(results / "failed" / "cpu").rows()
     assert row["status"] == "error" and f"SLURM job {job} failed (FAILED, exit 3:0) although its result.json says " \
         "ok" in row["reason"]
@@ -273,6 +274,7 @@ def test_a_cancelled_job_is_interrupted_like_ctrl_c_and_a_rerun_runs_it_again(en
     subprocess.run(["scancel", job], env=env, check=True)
     wait_until_ended(env, [job])
     collected = harness(env, "run", str(path), "--results", str(results), "--launcher", "slurm")
+    assert len(RowStore(results / "cancel" / "cpu").rows()) == 1, collected.stdout + collected.stderr
     (row,) = RowStore(results / "cancel" / "cpu").rows()
     assert row["status"] == "interrupted" and f"SLURM job {job} was cancelled" in row["reason"], collected.stdout
     assert row["slurm"]["state"] == "CANCELLED"
