@@ -75,3 +75,10 @@ def cell_label(row: dict) -> str:
     s = row["spec"]
     attention = "flash" if s.get("attention") == "flash_attention_2" else s.get("attention")
     return f"cell {row.get('cell', '?')} ({s.get('strategy')}, {attention}, {s.get('precision')})"
+
+
+def on_sockets(row: dict) -> bool:
+    """A multi-node row whose NCCL talked over TCP sockets (no InfiniBand/RoCE found; training_core/nccl.py records
+    the transport NCCL named): its speed is the network's, not the GPUs'."""
+    nccl = (row.get("env") or {}).get("nccl") or {}
+    return (row.get("spec") or {}).get("nodes", 1) > 1 and str(nccl.get("transport") or "").lower() == "socket"

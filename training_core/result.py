@@ -60,7 +60,8 @@ ROW_KEYS: tuple[RowKey, ...] = (
     RowKey("spec", "object", CELL, "the RunSpec as JSON (training_core/spec.py)"),
     RowKey("metrics", "object", CELL, "measured numbers, units in the names (memory in bytes); null when unmeasured"),
     RowKey("series", "object", CELL, "per-step lists: loss, step_time_s, data_wait_s"),
-    RowKey("env", "object", CELL, "versions, GPUs, host, world size, git sha (training_core/env.py)"),
+    RowKey("env", "object", CELL, "versions, GPUs, host, world size, git sha (training_core/env.py); multi-rank GPU "
+                                  "cells: nccl (version, NCCL_* settings, the transport NCCL chose: training_core/nccl.py)"),
     RowKey("started_at", "str", CELL, "ISO time the cell's process started (UTC)"),
     RowKey("finished_at", "str", CELL, "ISO time the row was made (UTC)"),
     RowKey("wall_s", "number", CELL, "seconds from the process start, imports included"),

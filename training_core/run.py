@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import torch
 
-from . import checkpoint, distributed, inputs, rank_failures
+from . import checkpoint, distributed, inputs, nccl, rank_failures
 from .capabilities import unsupported_reason
 from .devices import Device, current_device
 from .engine import build_engine
@@ -305,6 +305,8 @@ def main(argv=None) -> int:
     device = current_device(spec.gpu)  # a cpu cell runs on the CPU even where CUDA is
     if spec.cpu_threads is not None:
         torch.set_num_threads(spec.cpu_threads)
+    # NCCL names the network it chose only in its log: asked for before its first communicator (training_core/nccl.py)
+    nccl_set = nccl.prepare(args.out) if nccl.wanted(device.type, int(os.environ.get("WORLD_SIZE", "1"))) else None
     distributed.init(device.type, always=get_strategy(spec.strategy).engine == "deepspeed")
     rank_failures.clear(args.out, distributed.rank())  # an earlier run's record is not this run's
     _record_host(args.out)
@@ -331,6 +333,8 @@ def main(argv=None) -> int:
         rank_failures.record(args.out, distributed.rank(), outcome.status, outcome.reason)
     env = capture(world)
     env["hosts"] = _hosts(args.out)
+    if nccl_set is not None:
+        env["nccl"] = nccl.describe(args.out, nccl_set, log=args.out / "log.txt")
     if failed and world > 1 and distributed.is_main():
         cause = rank_failures.first_cause(args.out, since=process_start - 60)
         if cause is not None and cause["rank"] != distributed.rank():

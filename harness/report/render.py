@@ -21,7 +21,7 @@ from training_core.result import clip_reason
 from .. import outputs
 from ..outputs import plain, table_cell
 from ..paths import REPORTS, TEMPLATES
-from ..rows import INPUT_BOUND_SHARE, UNREAD, input_bound, peak_memory_gb, size_text
+from ..rows import INPUT_BOUND_SHARE, UNREAD, input_bound, on_sockets, peak_memory_gb, size_text
 from ..store import RowStore, check_component
 from .documented import RefRow, load_references
 from .guide import Comparability, compare, diff_percent, documented_mfu, measured_gpu, model_family, status
@@ -279,6 +279,12 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     if flagged:
         opening.append("Trainable parameters without a gradient in the first optimizer step: " + "; ".join(flagged)
                        + ".")
+    sockets = [r for r in rows if r["status"] == "ok" and on_sockets(r)]
+    if sockets:
+        opening.append(f"Over TCP sockets: {_cells_text([r.get('cell', '?') for r in sockets])} ran on several nodes "
+                       "with NCCL on its Socket transport (it found no InfiniBand/RoCE, or was told not to use it); "
+                       "their speed is the network's, not comparable to the guide's multi-node rows: check NCCL_IB_* / "
+                       "NCCL_SOCKET_IFNAME and the fabric (env.nccl in the row says what NCCL saw).")
     if plot_note:
         opening.append(plot_note)
     if foreign:
