@@ -68,6 +68,8 @@ class PlainEngine:
         self.optimizer = build_optimizer(model, spec)
         self.scheduler = build_scheduler(self.optimizer, spec, total_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
+        self.skipped_steps = 0  # optimizer steps the fp16 loss scaler skipped (inf/nan gradients)
+        self.last_scale = self.scaler.get_scale() if self.scaler.is_enabled() else None  # None: not counted
         self.model = model
         if distributed.world_size() > 1:
             self.model = nn.parallel.DistributedDataParallel(
@@ -90,6 +92,10 @@ class PlainEngine:
         torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], MAX_GRAD_NORM)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.last_scale is not None:  # the scaler halves its scale exactly when it skipped the step (one sync, fp16)
+            scale = self.scaler.get_scale()
+            self.skipped_steps += scale < self.last_scale
+            self.last_scale = scale
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return total / n
@@ -127,6 +133,11 @@ class DeepSpeedEngine:
             model_parameters=[p for p in model.parameters() if p.requires_grad],
         )
         self.module = self.engine.module
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps DeepSpeed's fp16 loss scaler skipped (its own count; 0 under bf16/fp32)."""
+        return int(getattr(self.engine, "skipped_steps", 0) or 0)
 
     def train_step(self, micro_batches: list[dict]) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=self.device.torch)

@@ -164,6 +164,7 @@ class Cell:
         max_all = lambda v: distributed.max_all(v, reduce_on)  # noqa: E731
         min_all = lambda v: distributed.min_all(v, reduce_on)  # noqa: E731
         window_flops = []
+        skipped_steps = [0, 0]  # optimizer steps the fp16 loss scaler skipped: in all, in the measured window
         outcome.metrics["time_to_first_step_s"] = round(time.time() - self.process_start, 3)
         tracker = ThroughputTracker(spec.warmup_steps, sync=self.device.synchronize,
                                     cpu_clock=time.thread_time if self.device.type == "cpu" else None)
@@ -175,6 +176,7 @@ class Cell:
                     micro = next(self._step_groups)
                     data_wait = time.perf_counter() - asked
                     coverage = self._gradient_coverage() if step == self.start_step else None
+                    skipped_before = self.engine.skipped_steps
                     try:
                         loss = self.engine.train_step(micro)
                     finally:
@@ -182,11 +184,16 @@ class Cell:
                             coverage.remove()
                     if coverage is not None:
                         self._check_gradients(coverage)
-                    if "model_state_bytes" not in outcome.metrics:
+                    skipped = self.engine.skipped_steps > skipped_before
+                    # the optimizer's states exist only after a step that was taken: a skipped fp16 step has none yet
+                    if "model_state_bytes" not in outcome.metrics and not max_all(float(skipped)):
                         outcome.metrics["model_state_bytes"] = int(max_all(
                             model_state_bytes(self.engine.module, self.engine.optimizer)))
                     images, tokens, samples, flops = self._step_counts(micro)
                     tracker.step(images, tokens, samples, data_wait)
+                    skipped_steps[0] += skipped
+                    if len(tracker.steps) > spec.warmup_steps:
+                        skipped_steps[1] += skipped
                     if len(tracker.steps) > spec.warmup_steps:
                         window_flops.append(flops)
                     value = sum_all(loss) / distributed.world_size()  # the same on every rank
@@ -202,6 +209,11 @@ class Cell:
         samples_total = sum_all(sum(s.samples for s in tracker.measured))
         outcome.metrics.update(energy.metrics(images_total, sum_all, min_all))
         self._flops_metrics(sum_all(sum(window_flops)), samples_total)
+        if spec.precision == "fp16":  # the loss scaler's skipped steps: counted, said in the report
+            outcome.metrics["skipped_steps"], outcome.metrics["skipped_steps_measured"] = skipped_steps
+            if "model_state_bytes" not in outcome.metrics:
+                outcome.unmeasured["model_state_bytes"] = ("every optimizer step was skipped by the fp16 loss scaler: "
+                                                           "the optimizer's states never existed")
         outcome.metrics["loss_first"] = outcome.series["loss"][0] if outcome.series["loss"] else None
         outcome.metrics["loss_last"] = outcome.series["loss"][-1] if outcome.series["loss"] else None
 

@@ -279,6 +279,12 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     if flagged:
         opening.append("Trainable parameters without a gradient in the first optimizer step: " + "; ".join(flagged)
                        + ".")
+    scaler = [r for r in rows if r["status"] == "ok" and (r["metrics"] or {}).get("skipped_steps_measured")]
+    if scaler:
+        opening.append("fp16 loss scaler: " + "; ".join(
+            f"cell {r.get('cell', '?')} skipped {r['metrics']['skipped_steps_measured']} of its "
+            f"{r['metrics'].get('measured_steps', '?')} measured optimizer steps" for r in scaler)
+            + " (inf/nan gradients: those steps did no update, so their times are not a full step's).")
     sockets = [r for r in rows if r["status"] == "ok" and on_sockets(r)]
     if sockets:
         opening.append(f"Over TCP sockets: {_cells_text([r.get('cell', '?') for r in sockets])} ran on several nodes "

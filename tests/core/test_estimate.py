@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from training_core.estimate.fit import GIB, MARGIN_RULE, fit, needed_bytes
-from training_core.estimate.trace import deepspeed_states, trace_step
-from training_core.estimate.validate import measured_step_peak
+from training_core.estimate.trace import adamw_step_temporaries, deepspeed_states, trace_step
+from training_core.estimate.validate import measured_adamw_temporaries, measured_step_peak
 from training_core.gpus import memory_names
 from training_core.spec import RunSpec
 
@@ -116,12 +116,29 @@ def test_the_longest_example_sets_the_batch(data):
 def test_zero2_buffers_by_hand():
     """DeepSpeed ZeRO-2 per rank, the recipe's config: fp32 master 4 B + Adam 8 B per trainable parameter over the
     world size, the bf16 gradient partition, two reduce buckets of 5e8 bf16 elements (overlap_comm), and at the step
-    the partition's fp32 gradient plus two fp32 temporaries (measured on a CPU)."""
+    the partition's fp32 gradient plus AdamW's own temporaries on the cell's device: two fp32 partitions on a CPU
+    (single-tensor path; three in all, as measured on a CPU), one on a GPU (foreach path): ~14% of a full H200 cell's
+    peak (issue 32, item 9)."""
     spec = RunSpec(model="tiny", strategy="full", precision="bf16", gpus_per_node=8, global_batch=64)
     z = deepspeed_states(spec, 4_000_000_000)
     part = 500_000_000
     assert (z.master, z.moments, z.grad_partition) == (4 * part, 8 * part, 2 * part)
     assert z.buckets == 2 * 500_000_000 * 2 and z.step_temporaries == 12 * part
+    on_gpu = deepspeed_states(spec.model_copy(update={"gpu": "H200"}), 4_000_000_000)
+    assert on_gpu.step_temporaries == 8 * part and on_gpu.master == z.master
+    # one flat partition per param group (decay, no decay): the flat gradients add up, AdamW's temporaries do not
+    grouped = deepspeed_states(spec.model_copy(update={"gpu": "H200"}), 4_000_000_000, [3_200_000_000, 800_000_000])
+    assert grouped.step_temporaries == 4 * part + 4 * 400_000_000
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_adamws_traced_temporaries_are_the_allocators(foreach):
+    """The traced AdamW step (fake tensors) against the CPU allocator's running total of a real step with the same
+    implementation: single-tensor two temporaries of the largest group, foreach one; groups one after the other."""
+    groups = [2_000_000, 300_000]
+    traced = adamw_step_temporaries(groups, foreach, block=1)
+    assert traced == (1 if foreach else 2) * 4 * 2_000_000
+    assert measured_adamw_temporaries(groups, foreach) == pytest.approx(traced, rel=0.01)
 
 
 def test_the_margin_rule_and_unknown_gpus():

@@ -34,6 +34,7 @@ from training_core.data.stats import example_length
 from training_core.devices import Device
 from training_core.engine import PlainEngine, ds_config, model_inputs
 from training_core.model import build_model
+from training_core.optim import param_groups
 from training_core.precision import DTYPES, weights_dtype
 from training_core.spec import RunSpec
 from training_core.strategies import get_strategy
@@ -243,6 +244,9 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
         else:
             engine = PlainEngine(model, spec, Device("cpu", 0, "cpu", None, None), total_steps=1)
             optimizer = engine.optimizer
+            engine.last_scale = None  # skipped fp16 steps are not counted here: a fake scale has no value to read
+            for group in optimizer.param_groups:  # the cell's device's AdamW path, not the fake CPU tensors' default
+                group["foreach"] = target_foreach(spec)
             optimizer.register_step_pre_hook(lambda o, a, k: tracker.enter("optimizer step", "temporaries"))
             optimizer.register_step_post_hook(lambda o, a, k: [tracker.reclassify(t, "optimizer states")
                                                                for s in o.state.values() for t in s.values()
@@ -252,7 +256,8 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     _embedder(model).precomputed = None
     method = "traced (fake tensors): forward, backward, AdamW step; from the second step on, the optimizer states"
     if deepspeed:
-        peak, phase, breakdown = _with_deepspeed(spec, trainable, tracker)
+        groups = [sum(p.numel() for p in g["params"]) for g in param_groups(model, spec.weight_decay)]
+        peak, phase, breakdown = _with_deepspeed(spec, trainable, tracker, groups)
         method = "traced forward and backward (fake tensors) + DeepSpeed ZeRO-2 buffers (analytic)"
     else:
         peak, phase, breakdown = _steady(tracker)
@@ -275,13 +280,47 @@ def _steady(tracker: PeakTracker) -> tuple[int, str, dict]:
     return best
 
 
+def target_foreach(spec: RunSpec) -> bool:
+    """Whether torch's AdamW takes its foreach path on the cell's device: torch's own default
+    (torch/optim/optimizer.py `_default_to_fused_or_foreach`: foreach when every parameter is a plain tensor on a
+    device with foreach kernels, CUDA among them, not the CPU). The trace runs on fake CPU tensors, where the default
+    would be the single-tensor path, so the choice is made here from the cell's device and passed explicitly."""
+    return spec.gpu.lower() != "cpu"
+
+
+def adamw_step_temporaries(group_numels: list[int], foreach: bool, block: int = BLOCK) -> int:
+    """The bytes torch's AdamW allocates for itself during one step (from the second on: its states exist) over fp32
+    parameters of these sizes, one param group each as DeepSpeed keeps one flat partition per group: traced on fake
+    tensors, not assumed. torch 2.13: the single-tensor path holds two partition-sized temporaries at once (sqrt, then
+    the division), the foreach path one (`_foreach_sqrt`, then in-place); groups are stepped one after the other."""
+    numels = [n for n in group_numels if n > 0]
+    if not numels:
+        return 0
+    tracker = PeakTracker(block)
+    with FakeTensorMode():
+        params = [nn.Parameter(torch.empty(n, dtype=torch.float32)) for n in numels]
+        for p in params:
+            p.grad = torch.empty(p.numel(), dtype=torch.float32)
+        optimizer = torch.optim.AdamW([{"params": [p]} for p in params], lr=1e-5, weight_decay=0.01, foreach=foreach)
+        optimizer.step()  # the states are made in the first step
+        with tracker:
+            held = [*params, *(p.grad for p in params),
+                    *(t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor))]
+            for tensor in held:  # already there: in-place updates of these are not new memory
+                tracker.track(tensor)
+            before = tracker.total
+            optimizer.step()
+    return tracker.peak - before
+
+
 @dataclass(frozen=True)
 class ZeroStates:
     """DeepSpeed ZeRO-2's own buffers per rank (deepspeed 0.19: runtime/zero/stage_1_and_2.py), from the recipe's
     DS_CONFIG_DICT: the fp32 master partition, Adam's two moments, the gradient partition, the reduce buckets (two
     with overlap_comm, each reduce_bucket_size elements of the gradient dtype) and, at the step, the partition's flat
-    fp32 gradient and AdamW's temporaries (two fp32 partition-sized tensors in torch's foreach AdamW: three in all,
-    measured on a CPU)."""
+    fp32 gradient and AdamW's own temporaries (`adamw_step_temporaries` on the cell's device: one fp32
+    partition-sized tensor on CUDA's foreach path, two on the CPU's single-tensor path; the CPU's three partitions in
+    all were measured here)."""
     master: int
     moments: int
     grad_partition: int
@@ -289,21 +328,25 @@ class ZeroStates:
     step_temporaries: int
 
 
-def deepspeed_states(spec: RunSpec, trainable: int) -> ZeroStates:
+def deepspeed_states(spec: RunSpec, trainable: int, groups: list[int] | None = None) -> ZeroStates:
+    """`groups`: the trainable parameters per param group (decay, no decay); one group of all when not given."""
     config = ds_config(spec, spec.world_size)["zero_optimization"]
     grad_bytes = 2 if spec.precision in ("bf16", "fp16") else 4
     part = math.ceil(trainable / spec.world_size)
+    group_parts = [math.ceil(n / spec.world_size) for n in (groups or [trainable])]
     buckets = (2 if config["overlap_comm"] else 1) * int(config["reduce_bucket_size"]) * grad_bytes
+    flat_grad = sum(rounded(4 * n) for n in group_parts)
     return ZeroStates(master=rounded(4 * part), moments=2 * rounded(4 * part), grad_partition=rounded(grad_bytes * part),
-                      buckets=rounded(buckets), step_temporaries=3 * rounded(4 * part))
+                      buckets=rounded(buckets),
+                      step_temporaries=flat_grad + adamw_step_temporaries(group_parts, target_foreach(spec)))
 
 
-def _with_deepspeed(spec: RunSpec, trainable: list, tracker: PeakTracker) -> tuple[int, str, dict]:
+def _with_deepspeed(spec: RunSpec, trainable: list, tracker: PeakTracker, groups: list[int]) -> tuple[int, str, dict]:
     """The phases of a ZeRO-2 step from the second on (measured on a CPU, deepspeed 0.19): the weights and the fp32
     master partition throughout, Adam's moments from step 1 on; the reduce buckets and the gradient partition from
     the backward's first gradient (phase "backward, reducing") to its end; at the step, the gradient partition, the partition's flat fp32
     gradient and AdamW's temporaries. The largest phase is the peak."""
-    zero = deepspeed_states(spec, sum(p.numel() for p in trainable))
+    zero = deepspeed_states(spec, sum(p.numel() for p in trainable), groups)
     kept = zero.master + zero.moments
     candidates = []
     reducing = zero.buckets + zero.grad_partition

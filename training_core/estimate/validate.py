@@ -119,3 +119,20 @@ def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
                 engine.train_step([{k: v.clone() for k, v in model_inputs(batch, torch.device("cpu")).items()}])
         del engine, model
     return _allocation_peak(prof)
+
+
+def measured_adamw_temporaries(group_numels: list[int], foreach: bool) -> int:
+    """What torch's AdamW allocates for itself in its second step over real fp32 parameters of these sizes (one param
+    group each), by the CPU allocator's running total: the check of `trace.adamw_step_temporaries` with the same
+    implementation (CPU tensors take the foreach path when asked to)."""
+    params = [torch.nn.Parameter(torch.zeros(n)) for n in group_numels if n > 0]
+    for p in params:
+        p.grad = torch.full((p.numel(),), 1e-3)
+    optimizer = torch.optim.AdamW([{"params": [p]} for p in params], lr=1e-5, weight_decay=0.01, foreach=foreach)
+    optimizer.step()
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        torch.empty(1)  # the region's first allocation: the running total before the step
+        with torch.profiler.record_function(STEPS):
+            optimizer.step()
+    return _allocation_peak(prof)

@@ -57,15 +57,35 @@ class GradientCoverage:
         named = dict(self.params)  # LoRA A matrices whose B is zero now: their gradient this step is exactly zero
         self.zero_b = {n for n in named if "lora_A" in n and _all_zero(named.get(n.replace("lora_A", "lora_B")))}
         self.seen = [False] * len(self.params)
-        self.nonzero: list[torch.Tensor | bool] = [False] * len(self.params)
+        # each parameter's largest |gradient| as a 0-d tensor on its device: one reduction per gradient, no tensor of
+        # its size (a bool tensor per parameter was ~1 B/parameter more at the backward's peak), read in one go in
+        # finish() (not a device sync per parameter)
+        self.peaks: list[torch.Tensor | None] = [None] * len(self.params)
         self._handles = [p.register_hook(self._hook(i)) for i, (_, p) in enumerate(self.params)]
 
     def _hook(self, i: int) -> Callable[[torch.Tensor], None]:
         def record(grad: torch.Tensor) -> None:
+            import torch
+
             self.seen[i] = True
-            any_nonzero = grad.ne(0).any()  # stays on the device: read once, in finish()
-            self.nonzero[i] = any_nonzero if self.nonzero[i] is False else (self.nonzero[i] | any_nonzero)
+            peak = torch.linalg.vector_norm(grad.detach(), ord=float("inf"))  # a reduction: max |g|, no |g| tensor
+            self.peaks[i] = peak if self.peaks[i] is None else torch.maximum(self.peaks[i], peak)
         return record
+
+    def _nonzero(self) -> list[bool]:
+        """Whether each parameter's gradient had a non-zero value: the peaks read once per device."""
+        import torch
+
+        out = [False] * len(self.peaks)
+        by_device: dict = {}
+        for i, peak in enumerate(self.peaks):
+            if peak is not None:
+                by_device.setdefault(peak.device, []).append(i)
+        for indices in by_device.values():
+            values = torch.stack([self.peaks[i].float() for i in indices]).tolist()
+            for i, value in zip(indices, values, strict=True):
+                out[i] = value != 0  # NaN counts as non-zero: it is not an untouched parameter
+        return out
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -75,7 +95,7 @@ class GradientCoverage:
     def finish(self, gather: Callable[[object], list] | None = None) -> dict:
         """Remove the hooks and say what got no gradient (combined over ranks with `gather`, all_gather_object)."""
         self.remove()
-        local = [(bool(seen), bool(nz)) for seen, nz in zip(self.seen, self.nonzero, strict=True)]
+        local = [(bool(seen), nz) for seen, nz in zip(self.seen, self._nonzero(), strict=True)]
         per_rank = gather(local) if gather is not None else [local]
         seen = [any(r[i][0] for r in per_rank) for i in range(len(local))]
         nonzero = [any(r[i][1] for r in per_rank) for i in range(len(local))]
