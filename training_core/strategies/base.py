@@ -72,6 +72,21 @@ def build_base(spec: RunSpec, device: torch.device, dtype: torch.dtype, quantiza
 RANDOM_BASE = "random-base"  # in the cell's directory, while the ranks load it
 
 
+def random_base_dtype(spec: RunSpec, dtype: torch.dtype) -> torch.dtype:
+    """The random 4-bit base is written in the compute dtype (bf16/fp16: 8.3 GB for the real model, not fp32's 16.6 GB):
+    its linear layers are quantised on loading anyway, and the parts kept unquantised are random either way (loaded
+    into `dtype`)."""
+    from training_core.precision import DTYPES
+
+    return DTYPES[spec.precision] if spec.precision in ("bf16", "fp16") else dtype
+
+
+def random_base_device(device: torch.device) -> torch.device:
+    """Random weights are drawn on the cell's GPU when it has one (seconds; on the CPU the real model took 1-3
+    minutes, torchrun's OMP_NUM_THREADS=1 leaving one thread), then written from there."""
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
 def _random_quantized(spec, device, dtype, quantization, keep_random: Path | None, scratch: Path) -> Phi3VForCausalLM:
     """Random weights written once per node (its local rank 0; the real model is 16.6 GB in fp32), loaded 4-bit by
     every rank of the node, then removed. Every rank reaches both barriers whatever happens on another, so a failed
@@ -84,8 +99,10 @@ def _random_quantized(spec, device, dtype, quantization, keep_random: Path | Non
         try:
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
-            save_local(build_model(model_config(spec), device="cpu", dtype=dtype, attn_implementation="eager"),
-                       directory)
+            model = build_model(model_config(spec), device=random_base_device(device),
+                                dtype=random_base_dtype(spec, dtype), attn_implementation="eager")
+            save_local(model, directory)
+            del model
             (directory / "complete").touch()
             print(f"[rank {distributed.rank()}] wrote the random base for 4-bit loading to {directory} "
                   f"({time.perf_counter() - started:.1f} s)", file=sys.stderr)
