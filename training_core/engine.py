@@ -72,8 +72,11 @@ class PlainEngine:
         self.last_scale = self.scaler.get_scale() if self.scaler.is_enabled() else None  # None: not counted
         self.model = model
         if distributed.world_size() > 1:
+            # gradient_as_bucket_view: the gradients are views into DDP's buckets, not a second copy of them (the
+            # estimator counts the buckets as the gradients, from the start: training_core/estimate/trace.py)
             self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+                model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False,
+                gradient_as_bucket_view=True,
             )
 
     def train_step(self, micro_batches: list[dict]) -> torch.Tensor:

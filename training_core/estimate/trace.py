@@ -73,6 +73,31 @@ def longest_batch(spec: RunSpec, data_dir: Path, config=None) -> tuple[dict, int
     return collate([dataset[i] for i in range(len(chosen))]), len(train)
 
 
+def accumulated(spec: RunSpec) -> int:
+    """Micro-batches the trace runs per optimizer step: 2 when the cell accumulates gradients (from the second on the
+    first's gradients are held), else 1."""
+    return min(2, spec.grad_accum)
+
+
+def _ddp_buckets(trainable: list, tracker: PeakTracker) -> list:
+    """DDP's reducer buckets under gradient_as_bucket_view: one flat tensor per dtype of the trainable parameters,
+    allocated when the model is wrapped, with each parameter's gradient a view into it (so autograd accumulates into
+    them in place, as the reducer does). Returned to be held while the step is traced."""
+    flat = []
+    by_dtype: dict = {}
+    for p in trainable:
+        by_dtype.setdefault(p.dtype, []).append(p)
+    tracker.enter("setup", "gradients")
+    for dtype, params in by_dtype.items():
+        bucket = torch.zeros(sum(p.numel() for p in params), dtype=dtype)
+        offset = 0
+        for p in params:
+            p.grad = bucket[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+        flat.append(bucket)
+    return flat
+
+
 # ----------------------------------------------------------------------------------------------------- model
 class _Dequantize(torch.autograd.Function):
     """x @ dequant(W)^T with only the packed weight saved (bitsandbytes' 4-bit matmul saves no dequantized copy)."""
@@ -242,7 +267,10 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
             out.loss.backward()
             optimizer = None
         else:
-            engine = PlainEngine(model, spec, Device("cpu", 0, "cpu", None, None), total_steps=1)
+            # one rank's step, never wrapped in DDP (a process group may exist: the 2-rank CPU check); DDP's own
+            # memory, its buckets, is added below
+            with mock.patch("training_core.engine.distributed.world_size", return_value=1):
+                engine = PlainEngine(model, spec, Device("cpu", 0, "cpu", None, None), total_steps=1)
             optimizer = engine.optimizer
             engine.last_scale = None  # skipped fp16 steps are not counted here: a fake scale has no value to read
             for group in optimizer.param_groups:  # the cell's device's AdamW path, not the fake CPU tensors' default
@@ -251,9 +279,14 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
             optimizer.register_step_post_hook(lambda o, a, k: [tracker.reclassify(t, "optimizer states")
                                                                for s in o.state.values() for t in s.values()
                                                                if isinstance(t, torch.Tensor)])
-            with _scaler_always_steps():
-                engine.train_step([fake_batch])
+            if spec.world_size > 1:  # DDP's buckets (gradient_as_bucket_view: the gradients are views into them)
+                buckets = _ddp_buckets(trainable, tracker)
+            with _scaler_always_steps():  # two micro-batches when the cell accumulates: the first's gradients are held
+                engine.train_step([fake_batch] * accumulated(spec))  # through the second (the third is the same)
     _embedder(model).precomputed = None
+    if spec.world_size > 1 and not deepspeed:
+        notes.append("DDP's gradient buckets counted from the start (gradient_as_bucket_view: the gradients live there)")
+        del buckets
     method = "traced (fake tensors): forward, backward, AdamW step; from the second step on, the optimizer states"
     if deepspeed:
         groups = [sum(p.numel() for p in g["params"]) for g in param_groups(model, spec.weight_decay)]

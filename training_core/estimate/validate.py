@@ -14,6 +14,7 @@ device memory. They are copied into allocated memory here too (`_own_mapped_weig
 from __future__ import annotations
 
 import gc
+import os
 from pathlib import Path
 
 import torch
@@ -28,7 +29,7 @@ from training_core.strategies import get_strategy
 from training_core.strategies.base import build_base, enable_checkpointing, model_config
 from training_core.strategies.lora import qlora_quantization
 
-from .trace import longest_batch
+from .trace import accumulated, longest_batch
 
 STEPS = "phi3v: measured steps"
 
@@ -94,13 +95,15 @@ def _own_mapped_weights(model: torch.nn.Module) -> int:
 def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
     """Peak allocated bytes (weights included) while `steps` optimizer steps of the cell run on its longest batch
     (from the second on, the optimizer states are there in forward and backward)."""
-    if spec.world_size != 1:
-        raise ValueError("the CPU check runs one process: give a spec with world size 1")
+    started = int(os.environ.get("WORLD_SIZE", "1"))
+    if spec.world_size != started:
+        raise ValueError(f"the CPU check runs the cell's {spec.world_size} process(es) (torchrun for more than one); "
+                         f"{started} were started")
     strategy = get_strategy(spec.strategy)
+    # joins torchrun's group when there is one: before the twin is read, which local rank 0 writes behind a barrier
+    distributed.init("cpu", always=strategy.engine == "deepspeed")
     batch, _ = longest_batch(spec, data_dir)
     device = Device("cpu", 0, "cpu", None, None)
-    if strategy.engine == "deepspeed":
-        distributed.init("cpu", always=True)
     config = model_config(spec)
     gc.collect()  # an earlier cell's garbage is not freed inside this cell's region
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -114,9 +117,12 @@ def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
         model.config.use_cache = False
         model.train()
         engine = build_engine(strategy.engine, model, spec, device, total_steps=1)
+        # the plain engine steps the optimizer once per call, as traced; DeepSpeed at its accumulation boundary
+        micro = spec.grad_accum if strategy.engine == "deepspeed" else accumulated(spec)
         with torch.profiler.record_function(STEPS):
             for _ in range(steps):
-                engine.train_step([{k: v.clone() for k, v in model_inputs(batch, torch.device("cpu")).items()}])
+                engine.train_step([{k: v.clone() for k, v in model_inputs(batch, torch.device("cpu")).items()}
+                                   for _ in range(micro)])
         del engine, model
     return _allocation_peak(prof)
 
