@@ -100,20 +100,24 @@ def _ddp_buckets(trainable: list, tracker: PeakTracker) -> list:
 
 # ----------------------------------------------------------------------------------------------------- model
 class _Dequantize(torch.autograd.Function):
-    """x @ dequant(W)^T with only the packed weight saved (bitsandbytes' 4-bit matmul saves no dequantized copy)."""
+    """x @ dequant(W)^T with only the packed weight saved (bitsandbytes' 4-bit matmul saves no dequantized copy).
+    Forward (bitsandbytes 0.50 on CUDA past 1536 rows, and on the CPU): the weight dequantised straight into the
+    compute dtype. Backward (MatMul4Bit.backward): `dequantize_4bit(B).to(grad.dtype)`, the weight in the dtype it was
+    loaded in (quant_state.dtype: the cell's weights dtype) and then a copy in the gradient's dtype, both held at once."""
 
     @staticmethod
-    def forward(ctx, x, packed, absmax, shape, dtype):
+    def forward(ctx, x, packed, absmax, shape, dtype, load_dtype):
         ctx.save_for_backward(packed, absmax)
-        ctx.shape, ctx.dtype = shape, dtype
+        ctx.shape, ctx.dtype, ctx.load_dtype = shape, dtype, load_dtype
         weight = _unpack(packed, absmax, shape, dtype)
         return x @ weight.t()
 
     @staticmethod
     def backward(ctx, grad):
         packed, absmax = ctx.saved_tensors
-        weight = _unpack(packed, absmax, ctx.shape, ctx.dtype)
-        return grad @ weight, None, None, None, None
+        loaded = _unpack(packed, absmax, ctx.shape, ctx.load_dtype)
+        weight = loaded.to(grad.dtype) if ctx.load_dtype != grad.dtype else loaded
+        return grad @ weight, None, None, None, None, None
 
 
 def _unpack(packed: torch.Tensor, absmax: torch.Tensor, shape, dtype) -> torch.Tensor:
@@ -123,9 +127,11 @@ def _unpack(packed: torch.Tensor, absmax: torch.Tensor, shape, dtype) -> torch.T
 
 class FourBitLinear(nn.Linear):
     """A stand-in for bitsandbytes' Linear4bit: the same storage (packed uint8 values, an fp32 absmax per 64), the
-    same compute dtype; peft wraps it like any Linear."""
+    same compute dtype, its output cast back to the input's dtype (Linear4bit.forward: `.to(inp_dtype)`, fp32 under a
+    QLoRA cell's fp32 weights); peft wraps it like any Linear, and where peft's LoRA wraps a 4-bit layer it clones
+    the base output first (peft/tuners/lora/bnb.py: "for 4bit, we need to defensively clone"): `peft_clones`."""
 
-    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype, blocksize: int = 64):
+    def __init__(self, linear: nn.Linear, compute_dtype: torch.dtype, load_dtype: torch.dtype, blocksize: int = 64):
         nn.Module.__init__(self)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         n = linear.in_features * linear.out_features
@@ -133,12 +139,23 @@ class FourBitLinear(nn.Linear):
         self.weight = nn.Parameter(torch.empty((n + 1) // 2, 1, dtype=torch.uint8, device=device), requires_grad=False)
         self.register_buffer("absmax", torch.empty(math.ceil(n / blocksize), dtype=torch.float32, device=device))
         self.bias = linear.bias
-        self.compute_dtype = compute_dtype
+        self.compute_dtype, self.load_dtype = compute_dtype, load_dtype
+        self.peft_clones = False
 
     def forward(self, x):
         out = _Dequantize.apply(x.to(self.compute_dtype), self.weight, self.absmax,
-                                (self.out_features, self.in_features), self.compute_dtype)
-        return out + self.bias.to(out.dtype) if self.bias is not None else out
+                                (self.out_features, self.in_features), self.compute_dtype, self.load_dtype)
+        out = out + self.bias.to(out.dtype) if self.bias is not None else out
+        out = out.to(x.dtype)
+        return out.clone() if self.peft_clones else out
+
+
+def _peft_clones(model: nn.Module) -> None:
+    """Mark the 4-bit stand-ins that peft's LoRA wraps (their base output is cloned, as peft does for bitsandbytes)."""
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, FourBitLinear) and hasattr(module, "lora_A"):
+            base.peft_clones = True
 
 
 def _quantize(model: nn.Module, spec: RunSpec, config) -> None:
@@ -151,7 +168,7 @@ def _quantize(model: nn.Module, spec: RunSpec, config) -> None:
             full = f"{name}.{child_name}" if name else child_name
             if isinstance(child, nn.Linear) and not any(full == s or full.startswith(s + ".") or full.endswith(s)
                                                         for s in skip):
-                setattr(module, child_name, FourBitLinear(child, compute))
+                setattr(module, child_name, FourBitLinear(child, compute, weights_dtype(spec)))
 
 
 def _fake_parameters(model: nn.Module) -> None:
@@ -245,6 +262,8 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
         _fake_parameters(model)
         with _adapters_stay_put():
             model = strategy.prepare(model, spec)
+        if strategy.quantized:
+            _peft_clones(model)
         if spec.gradient_checkpointing:
             enable_checkpointing(model, spec)
         model.config.use_cache = False
