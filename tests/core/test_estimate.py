@@ -357,3 +357,27 @@ def test_the_4bit_stand_in_matches_bitsandbytes_on_one_layer():
     (measured, real_dtype), (modelled, stand_dtype) = peak(real, x), peak(stand, x)
     assert real_dtype == stand_dtype == torch.float32
     assert modelled == pytest.approx(measured, rel=0.05)
+
+
+def test_a_throughput_cells_batch_is_the_longest_of_its_measured_window(tmp_path):
+    """Issue 32, item 12: the window's peak is set by the longest micro-batch the window trains on; a longer example
+    the warm-up took is not in it. Checked against the cell's own loader (inputs.MicroBatches) over several seeds, at
+    least one of which puts the twin's longest example in the warm-up."""
+    from training_core import inputs
+    from training_core.estimate.trace import longest_batch
+    from training_core.strategies.base import model_config
+    from training_core.tasks import get_task
+
+    differed = 0
+    for seed in range(6):
+        spec = tiny(strategy="lora", warmup_steps=3, measured_steps=2, seed=seed)
+        data = tmp_path / f"s{seed}"
+        batch, examples = longest_batch(spec, data)
+        config = model_config(spec)
+        train, _ = inputs.records(spec, data)
+        loader = inputs.MicroBatches(train, get_task(spec.task), inputs.build_processor(spec, config), spec)
+        steps = [[b["input_ids"].shape[1] for b in group] for _, group in zip(range(5), loader.steps(), strict=False)]
+        window = max(n for group in steps[spec.warmup_steps:] for n in group)
+        assert batch["input_ids"].shape[1] == window, (seed, steps)
+        differed += window < max(n for group in steps for n in group)
+    assert differed  # the warm-up held the longest example for some seed: the old choice would have overestimated

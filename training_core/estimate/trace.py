@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -57,9 +58,26 @@ class Trace:
 
 
 # ------------------------------------------------------------------------------------------------------ data
+def measured_examples(spec: RunSpec, n_examples: int) -> set[int] | None:
+    """The examples any rank trains on in a throughput cell's measured window (the steps after its warm-up), in the
+    order the cell's sampler gives them (inputs.EpochBatches: shuffled by seed and epoch): the window's peak is set by
+    its longest micro-batch, which the warm-up may have taken from a twin of more examples than the window holds.
+    None for other cells (every example counts)."""
+    if spec.mode != "throughput":
+        return None
+    before = spec.warmup_steps * spec.grad_accum  # micro-batches per rank before the window
+    during = spec.measured_steps * spec.grad_accum
+    found: set[int] = set()
+    for rank in range(spec.world_size):
+        batches = inputs.EpochBatches(range(n_examples), spec.per_device_batch, spec.world_size, rank, spec.seed)
+        for batch in itertools.islice(iter(batches), before, before + during):
+            found.update(i for _, i in batch)
+    return found
+
+
 def longest_batch(spec: RunSpec, data_dir: Path, config=None) -> tuple[dict, int]:
-    """The micro-batch of the cell's `per_device_batch` longest training examples (collated as the cell collates),
-    and the number of examples looked at. `config`: the cell's (read again when not given)."""
+    """The micro-batch of the cell's `per_device_batch` longest training examples (of its measured window, for a
+    throughput cell: `measured_examples`), collated as the cell collates, and the number of examples looked at. `config`: the cell's (read again when not given)."""
     config = config or model_config(spec)
     processor = inputs.build_processor(spec, config)
     train, _ = inputs.records(spec, data_dir)
@@ -67,7 +85,9 @@ def longest_batch(spec: RunSpec, data_dir: Path, config=None) -> tuple[dict, int
     crops = spec.num_crops or task.num_crops
     lengths = [example_length(task, r, processor.tokenizer, processor.chat_prompt, crops, config.crop_size,
                               config.patch_size, seed=spec.seed) for r in train]
-    chosen = sorted(range(len(train)), key=lambda i: -lengths[i])[:spec.per_device_batch]
+    window = measured_examples(spec, len(train))
+    candidates = sorted(window) if window else range(len(train))
+    chosen = sorted(candidates, key=lambda i: -lengths[i])[:spec.per_device_batch]
     dataset = TrainDataset([train[i] for i in chosen], task, processor, seed=spec.seed, ablation=spec.image_ablation)
     collate = inputs.TrainCollator(processor.tokenizer.pad_token_id, task.keep_attention_mask)
     return collate([dataset[i] for i in range(len(chosen))]), len(train)
