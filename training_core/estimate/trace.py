@@ -67,10 +67,14 @@ def measured_examples(spec: RunSpec, n_examples: int) -> set[int] | None:
         return None
     before = spec.warmup_steps * spec.grad_accum  # micro-batches per rank before the window
     during = spec.measured_steps * spec.grad_accum
+    per_epoch = inputs.EpochBatches(range(n_examples), spec.per_device_batch, spec.world_size, 0, spec.seed).per_epoch
+    if per_epoch == 0 or during >= per_epoch:  # a whole epoch on every rank is in the window: every example counts
+        return None
     found: set[int] = set()
-    for rank in range(spec.world_size):
-        batches = inputs.EpochBatches(range(n_examples), spec.per_device_batch, spec.world_size, rank, spec.seed)
-        for batch in itertools.islice(iter(batches), before, before + during):
+    for rank in range(spec.world_size):  # the window starts `before` micro-batches in: that epoch, that far into it
+        batches = inputs.EpochBatches(range(n_examples), spec.per_device_batch, spec.world_size, rank, spec.seed,
+                                      epoch=before // per_epoch, consumed=before % per_epoch)
+        for batch in itertools.islice(iter(batches), during):
             found.update(i for _, i in batch)
     return found
 
