@@ -92,6 +92,50 @@ def _shared(pairs: list[tuple]) -> dict:
     return {sys.intern(k): sys.intern(v) if type(v) is str and len(v) <= 64 else v for k, v in pairs}
 
 
+def _lines(path: Path, what: str, limit: int, not_ours: str):
+    """(number, line) of each complete, non-blank line of the append-only file `path`, read one at a time from a
+    regular file only; a line longer than `limit` bytes is refused ("no <not_ours>"); a torn last line (an
+    interrupted write: no newline) is left out with a warning."""
+    try:
+        handle = open_regular(path, what)
+    except UnreadableError as exc:
+        raise StoreError(str(exc)) from None
+    with handle:
+        for number, line in enumerate(iter(lambda: handle.readline(limit + 1), b""), start=1):
+            if len(line) > limit:
+                raise StoreError(f"{path}:{number}: a line of more than {limit // 2**20} MiB is no {not_ours}")
+            if not line.endswith(b"\n"):  # the file must end with a newline; anything after the last is torn
+                print(f"warning: {path}: ignoring a torn last line ({len(line)} bytes) from an interrupted write",
+                      file=sys.stderr)
+                return
+            if line.strip():
+                yield number, line
+
+
+def _repair(path: Path) -> None:
+    """Move a torn last line of `path` aside (to <name>.torn-<time>) so that the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        aside = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
+        aside.write_bytes(data[cut:])
+        with path.open("r+b") as handle:
+            handle.truncate(cut)
+        print(f"warning: {path}: a torn last line was moved to {aside.name}", file=sys.stderr)
+
+
+def _append_line(path: Path, line: str) -> None:
+    """One complete line appended to `path` (a torn last line moved aside first), flushed and fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _repair(path)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 class RowStore:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -114,22 +158,9 @@ class RowStore:
         if self.path.is_dir():
             raise StoreError(f"{self.path}: not a file; move it aside (the store is re-created from "
                              "cells/*/result.json on the next run)")
-        try:
-            handle = open_regular(self.path, "rows file")
-        except UnreadableError as exc:
-            raise StoreError(str(exc)) from None
-        with handle:
-            for number, line in enumerate(iter(lambda: handle.readline(ROW_LINE_LIMIT + 1), b""), start=1):
-                if len(line) > ROW_LINE_LIMIT:
-                    raise StoreError(f"{self.path}:{number}: a line of more than {ROW_LINE_LIMIT // 2**20} MiB is no "
-                                     "row the harness wrote; remove it or move the file aside")
-                if not line.endswith(b"\n"):  # the file must end with a newline; anything after the last is torn
-                    print(f"warning: {self.path}: ignoring a torn last line ({len(line)} bytes) from an "
-                          "interrupted write", file=sys.stderr)
-                    return
-                if not line.strip():
-                    continue
-                yield self._row(line, number)
+        for number, line in _lines(self.path, "rows file", ROW_LINE_LIMIT,
+                                   "row the harness wrote; remove it or move the file aside"):
+            yield self._row(line, number)
 
     def _row(self, line: bytes, number: int) -> dict:
         try:
@@ -161,39 +192,24 @@ class RowStore:
         path = self.directory / PREDICTIONS
         if not path.exists() and not path.is_symlink():
             return {}
-        try:
-            handle = open_regular(path, "predictions file")
-        except UnreadableError as exc:
-            raise StoreError(str(exc)) from None
         found = {}
-        with handle:
-            for number, line in enumerate(iter(lambda: handle.readline(PREDICTION_LINE_LIMIT + 1), b""), start=1):
-                if not line.endswith(b"\n"):  # torn by an interrupted write, or longer than any prediction
-                    if len(line) > PREDICTION_LINE_LIMIT:
-                        raise StoreError(f"{path}:{number}: a line of more than 1 MiB is no prediction the harness "
-                                         "wrote; remove it, or the file (`harness estimate --rows` makes it again)")
-                    print(f"warning: {path}: ignoring a torn last line", file=sys.stderr)
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                except (ValueError, RecursionError):
-                    entry = None
-                problem = prediction_problem(entry)
-                if problem:
-                    raise StoreError(f"{path}:{number}: not a prediction ({problem}); remove that line, or the file "
-                                     "(`harness estimate --rows` makes it again)")
-                found[entry["run_id"]] = entry["predicted"]
+        for number, line in _lines(path, "predictions file", PREDICTION_LINE_LIMIT,
+                                   "prediction the harness wrote; remove it, or the file (`harness estimate --rows` "
+                                   "makes it again)"):
+            try:
+                entry = json.loads(line)
+            except (ValueError, RecursionError):
+                entry = None
+            problem = prediction_problem(entry)
+            if problem:
+                raise StoreError(f"{path}:{number}: not a prediction ({problem}); remove that line, or the file "
+                                 "(`harness estimate --rows` makes it again)")
+            found[entry["run_id"]] = entry["predicted"]
         return found
 
     def add_prediction(self, run_id: str, predicted: dict) -> None:
-        """Append one prediction made after the run (flushed and fsynced, as rows are)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with (self.directory / PREDICTIONS).open("a", encoding="utf-8") as handle:
-            handle.write(dumps({"run_id": run_id, "predicted": predicted}) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Append one prediction made after the run (as rows are: a torn last line moved aside first, fsynced)."""
+        _append_line(self.directory / PREDICTIONS, dumps({"run_id": run_id, "predicted": predicted}) + "\n")
 
     def final_rows(self) -> dict[str, dict]:
         """The newest final row per run_id: the cells a run skips as done."""
@@ -203,25 +219,10 @@ class RowStore:
     # ---------------------------------------------------------------- writing
     def repair(self) -> None:
         """Move a torn last line aside so that the next append starts on a fresh line."""
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            cut = data.rfind(b"\n") + 1
-            aside = self.path.with_name(f"{ROWS}.torn-{time.strftime('%Y%m%dT%H%M%S')}")
-            aside.write_bytes(data[cut:])
-            with self.path.open("r+b") as handle:
-                handle.truncate(cut)
-            print(f"warning: {self.path}: a torn last line was moved to {aside.name}", file=sys.stderr)
+        _repair(self.path)
 
     def append(self, row: dict) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.repair()
-        line = dumps(row) + "\n"  # strict JSON: a non-finite number is written as null
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _append_line(self.path, dumps(row) + "\n")  # strict JSON: a non-finite number is written as null
 
     def strangers(self) -> list[tuple[Path, str]]:
         """What a group must not hold, with what it is: a symbolic link anywhere (the group folder itself included:

@@ -121,3 +121,15 @@ def test_rows_and_a_grid_are_not_given_together(tmp_path, capsys):
     assert "does not go with --rows" in capsys.readouterr().err.replace("do(es)", "does")
     assert main(["estimate"]) == 2
     assert "or --rows GROUP" in capsys.readouterr().err
+
+
+def test_a_prediction_appended_after_a_torn_line_starts_on_a_line_of_its_own(tmp_path, capsys):
+    """An interrupted `estimate --rows` can leave a torn last line: the next prediction is appended as rows are (the
+    torn tail moved aside first), not glued onto it into a line no reader accepts."""
+    group = _group(tmp_path, 1)
+    (group / PREDICTIONS).write_text('{"run_id": "a", "predicted": {"peak_bytes": 10}}\n{"run_id": "b", "pre')
+    store = RowStore(group)
+    store.add_prediction("c", {"peak_bytes": 20})
+    assert store.predictions() == {"a": {"peak_bytes": 10}, "c": {"peak_bytes": 20}}
+    (aside,) = group.glob(f"{PREDICTIONS}.torn-*")
+    assert aside.read_text() == '{"run_id": "b", "pre' and "moved to" in capsys.readouterr().err

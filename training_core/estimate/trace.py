@@ -81,7 +81,8 @@ def measured_examples(spec: RunSpec, n_examples: int) -> set[int] | None:
 
 def longest_batch(spec: RunSpec, data_dir: Path, config=None) -> tuple[dict, int]:
     """The micro-batch of the cell's `per_device_batch` longest training examples (of its measured window, for a
-    throughput cell: `measured_examples`), collated as the cell collates, and the number of examples looked at. `config`: the cell's (read again when not given)."""
+    throughput cell: `measured_examples`), collated as the cell collates, and the number of examples looked at.
+    `config`: the cell's (read again when not given)."""
     config = config or model_config(spec)
     processor = inputs.build_processor(spec, config)
     train, _ = inputs.records(spec, data_dir)
