@@ -306,7 +306,9 @@ mine = {"trainable_bytes": 4 * sum(p.numel() for p in trainable), "storages": le
 every = [None] * dist.get_world_size()
 dist.all_gather_object(every, mine)
 if dist.get_rank() == 0:  # one line from one rank: both ranks' output interleave on a shared stdout
-    print(json.dumps(every))
+    print(json.dumps(every), flush=True)
+dist.barrier()
+dist.destroy_process_group()  # a gloo group left to the interpreter's exit can abort a rank (std::terminate)
 """
 
 
