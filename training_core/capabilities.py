@@ -37,7 +37,8 @@ class Package:
 
 
 PACKAGES: dict[str, Package] = {p.module: p for p in (
-    Package("deepspeed", "deepspeed", "full and frozen_vision (DeepSpeed ZeRO-2)"),
+    Package("deepspeed", "deepspeed", "engines zero1, zero2 and zero3 (DeepSpeed; zero2 is the recipe's for full "
+                                      "and frozen_vision)"),
     Package("peft", "peft", "lora and qlora"),
     Package("bitsandbytes", "bitsandbytes", "qlora (4-bit nf4 base)"),
     Package("flash_attn", "flash-attn", "flash attention (make setup-gpu)"),
@@ -80,7 +81,8 @@ def required_packages(spec: RunSpec) -> tuple[str, ...]:
     """The optional packages a cell imports, in the order a user would install them."""
     from .strategies import get_strategy
 
-    needed = list(get_strategy(spec.strategy).requires)
+    needed = (["deepspeed"] if spec.train_engine in ("zero1", "zero2", "zero3") else []) + list(
+        get_strategy(spec.strategy).requires)
     if spec.attention == "flash_attention_2":
         needed.append("flash_attn")
     if spec.data == "hf":

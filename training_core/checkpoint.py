@@ -124,8 +124,11 @@ def save(engine, out_dir: Path, step: int, position: dict, run_id: str) -> Path:
     distributed.barrier()
     if hasattr(engine, "save"):  # DeepSpeed: every rank writes its own shard
         engine.save(directory, "engine", {})
-    elif distributed.is_main():
-        torch.save(engine.state_dict(), directory / "engine.pt")
+    else:  # every rank asks (FSDP2 gathers its shards: a collective; DDP hands back references), the main one writes
+        state = engine.state_dict()
+        if distributed.is_main():
+            torch.save(state, directory / "engine.pt")
+        del state
     if distributed.is_main():
         write_json_atomic(directory / "position.json", {**position, "run_id": run_id})
     write_json_atomic(directory / f"rng-rank{distributed.rank()}.json", _rng_state())
@@ -187,7 +190,8 @@ def _read_engine(path: Path) -> dict:
                                   "and rerun without --resume")
         raise CheckpointError(f"{path}: not a complete torch file (truncated or damaged)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # mapped, not read: a rank that uses only part of it (FSDP2's other ranks: the scheduler) reads only that part
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # the weights-only unpickler refuses anything but tensors and plain data
         raise CheckpointError(f"refusing {path}: not tensors and plain data only "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); remove the checkpoint and "
@@ -279,9 +283,10 @@ def check_engine_state(saved, current, path: Path, where: str = "") -> None:
         _damaged(path, f"{name} is {saved!r}, not a number")
 
 
-def _check(engine, directory: Path, run_id: str, total_steps: int | None):
+def _check(engine, directory: Path, run_id: str, total_steps: int | None, current: dict | None):
     """Everything about one checkpoint that can be checked without changing the engine: (position, engine state or
-    None for DeepSpeed, this rank's RNG state)."""
+    None for DeepSpeed, this rank's RNG state). `current`: the engine's own state, the shape a saved one must have
+    (an engine whose whole state only the main rank holds, FSDP2's, is checked there)."""
     only_regular_files(directory)
     position = _read_json(directory / "position.json", "training position")
     check_position(position, directory / "position.json", total_steps)
@@ -301,7 +306,8 @@ def _check(engine, directory: Path, run_id: str, total_steps: int | None):
         check_deepspeed_files(directory / "engine")
         return position, None, rng
     state = _read_engine(directory / "engine.pt")
-    check_engine_state(state, engine.state_dict(), directory / "engine.pt")
+    if distributed.is_main() or not getattr(engine, "state_on_main_only", False):
+        check_engine_state(state, current, directory / "engine.pt")
     return position, state, rng
 
 
@@ -322,9 +328,12 @@ def resume(engine, out_dir: Path, run_id: str, total_steps: int | None = None,
     # the main rank's list, on every rank: ranks that see different checkpoints (a lagging network filesystem, or
     # node-local disks) then try the same ones in the same order and never wait on each other in max_all
     names = distributed.gather_objects([p.name for p in complete(out_dir)])[0]
+    # the engine's own state, asked once by every rank before anything can fail on one of them (FSDP2 gathers it: a
+    # collective a rank that had raised would leave the others waiting in)
+    current = engine.state_dict() if names and not hasattr(engine, "load") else None
     for directory in (checkpoint_root(out_dir) / name for name in names):
         try:
-            position, state, rng = _check(engine, directory, run_id, total_steps)
+            position, state, rng = _check(engine, directory, run_id, total_steps, current)
             problem = None
         except CheckpointError as exc:
             problem = exc

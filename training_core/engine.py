@@ -1,11 +1,18 @@
-"""Engines that run one optimizer step over a list of micro-batches (gradient accumulation):
+"""Engines that run one optimizer step over a list of micro-batches (gradient accumulation), by the spec's `engine`
+(`RunSpec.train_engine`: the recipe's for the strategy unless a cell names another):
 
-- `PlainEngine` (the recipe's LoRA path: HF Trainer + DDP): autocast in bf16/fp16, GradScaler for fp16, DDP with
-  `find_unused_parameters=False` when several processes, gradients synchronised only on the last micro-batch,
-  clip to 1.0, AdamW step, scheduler step. Each micro-batch loss is its own token mean, divided by the number of
-  micro-batches (transformers 4.43's Trainer, the version the recipe pins).
-- `DeepSpeedEngine` (the recipe's full fine-tuning path): ZeRO-2 with the recipe's `DS_CONFIG_DICT` (no offload),
-  its bf16/fp16 modes, gradient clipping and accumulation; the client AdamW and schedule are handed to DeepSpeed.
+- `ddp` -> `PlainEngine` (the recipe's LoRA path: HF Trainer + DDP): fp32 parameters (the master weights) and AdamW
+  states on every rank, autocast in bf16/fp16, GradScaler for fp16, DDP with `find_unused_parameters=False` when
+  several processes, gradients synchronised only on the last micro-batch, clip to 1.0, AdamW step, scheduler step.
+  Each micro-batch loss is its own token mean, divided by the number of micro-batches (transformers 4.43's Trainer,
+  the version the recipe pins).
+- `zero1` / `zero2` / `zero3` -> `DeepSpeedEngine` (ZeRO-2 is the recipe's full fine-tuning path): the recipe's
+  `DS_CONFIG_DICT` (no offload) at that stage, its bf16/fp16 modes, gradient clipping and accumulation; the client
+  AdamW and schedule are handed to DeepSpeed.
+- `fsdp2` -> `Fsdp2Engine`: `fully_shard` on every decoder layer, every CLIP layer and the root; mixed precision as
+  ZeRO does it (fp32 sharded master parameters and AdamW states, bf16 compute, gradients reduced in fp32);
+  `fsdp2_reshard` frees gathered parameters after each layer's forward (the ZeRO-3 analogue), else they stay until
+  the backward (the ZeRO-2 analogue).
 """
 
 from __future__ import annotations
@@ -29,11 +36,15 @@ def model_inputs(batch: dict, device: torch.device) -> dict:
     return {k: batch[k].to(device, non_blocking=True) for k in MODEL_INPUTS if k in batch}
 
 
+DEEPSPEED_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
+
+
 def ds_config(spec: RunSpec, world_size: int) -> dict:
-    """The recipe's DS_CONFIG_DICT with its 'auto' values filled in as HF Trainer does."""
+    """The recipe's DS_CONFIG_DICT with its 'auto' values filled in as HF Trainer does, at the cell's ZeRO stage (2,
+    the recipe's, unless `engine` names another)."""
     return {
         "zero_optimization": {
-            "stage": 2,
+            "stage": DEEPSPEED_STAGES.get(spec.train_engine, 2),
             "allgather_partitions": True,
             "allgather_bucket_size": 5e8,
             "overlap_comm": True,
@@ -109,6 +120,11 @@ class PlainEngine:
     def generation_context(self):
         return autocast(self.spec, self.device)
 
+    @contextlib.contextmanager
+    def full_state(self):
+        """The whole trained model's state dict on the main rank (every rank holds all of it under DDP)."""
+        yield self.module.state_dict()
+
     def state_dict(self) -> dict[str, Any]:
         trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
         model_state = {k: v for k, v in self.module.state_dict().items() if k in trainable}
@@ -157,6 +173,18 @@ class DeepSpeedEngine:
     def generation_context(self):
         return contextlib.nullcontext()
 
+    @contextlib.contextmanager
+    def full_state(self):
+        """The whole model's state dict on the main rank: ZeRO-1/2 hold every parameter on every rank; ZeRO-3's
+        partitions are gathered first (a collective: every rank enters)."""
+        if DEEPSPEED_STAGES[self.spec.train_engine] < 3:
+            yield self.module.state_dict()
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+            yield self.module.state_dict() if distributed.is_main() else None
+
     def save(self, directory, tag: str, client_state: dict) -> None:
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
 
@@ -165,5 +193,97 @@ class DeepSpeedEngine:
         return client_state or {}
 
 
-def build_engine(kind: str, model: nn.Module, spec: RunSpec, device: Device, total_steps: int):
-    return (DeepSpeedEngine if kind == "deepspeed" else PlainEngine)(model, spec, device, total_steps)
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The modules FSDP2 shards as units below the root: every CLIP encoder layer the forward runs (those after the
+    feature layer never run: as units FSDP2 would wait for their backward) and every decoder layer."""
+    embedder = model.model.vision_embed_tokens
+    vision = embedder.img_processor.vision_model
+    return [*vision.encoder.layers[:embedder.num_layers_used], *model.model.layers]
+
+
+class Fsdp2Engine:
+    """FSDP2 (`torch.distributed.fsdp.fully_shard`) with ZeRO's precision: fp32 sharded parameters (the master
+    weights) and AdamW states, compute in the cell's bf16 (parameters cast per unit as they are gathered), gradients
+    reduce-scattered in fp32. Accumulation: gradients are reduced on the last micro-batch only."""
+
+    def __init__(self, model: nn.Module, spec: RunSpec, device: Device, total_steps: int):
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        self.spec, self.device = spec, device
+        compute = {"bf16": torch.bfloat16, "fp32": None}[spec.precision]  # fp16: refused by the spec
+        policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+        reshard = bool(spec.fsdp2_reshard)
+        for unit in shard_units(model):
+            fully_shard(unit, mp_policy=policy, reshard_after_forward=reshard)
+        fully_shard(model, mp_policy=policy, reshard_after_forward=reshard)
+        self.module = self.model = model
+        self.optimizer = build_optimizer(model, spec)  # over the sharded (DTensor) parameters
+        self.scheduler = build_scheduler(self.optimizer, spec, total_steps)
+        self.skipped_steps = 0  # no loss scaler (fp16 is refused)
+        self.before_optimizer_step: list = []  # called with no arguments once the gradients are reduced
+
+    state_on_main_only = True  # `state_dict` gathers the whole state onto the main rank; the others get none
+    def train_step(self, micro_batches: list[dict]) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=self.device.torch)
+        n = len(micro_batches)
+        for i, batch in enumerate(micro_batches):
+            self.model.set_requires_gradient_sync(i == n - 1)
+            loss = self.model(**model_inputs(batch, self.device.torch)).loss
+            (loss / n).backward()
+            total += loss.detach().float()
+        for call in self.before_optimizer_step:
+            call()
+        torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], MAX_GRAD_NORM)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total / n
+
+    def generation_model(self) -> nn.Module:
+        return self.module
+
+    def generation_context(self):
+        return contextlib.nullcontext()
+
+    def _options(self, **kw):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        return StateDictOptions(full_state_dict=True, cpu_offload=True, **kw)
+
+    @contextlib.contextmanager
+    def full_state(self):
+        """The whole model's state dict, gathered from the shards onto the main rank's CPU (a collective)."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        state = get_model_state_dict(self.module, options=self._options())
+        yield state if distributed.is_main() else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Trainable weights and the optimiser, gathered to full tensors on the main rank's CPU (a collective: every
+        rank calls it; the others get empty parts), in the layout `PlainEngine` saves; the main rank writes it."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        trainable = {n for n, p in self.module.named_parameters() if p.requires_grad}
+        model_state = get_model_state_dict(self.module, options=self._options())
+        return {"model": {k: v for k, v in model_state.items() if k in trainable},
+                "optimizer": get_optimizer_state_dict(self.module, self.optimizer, options=self._options()),
+                "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """The main rank's saved state, sent to every rank's shards (the others' copies are not read)."""
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        main = distributed.is_main()
+        options = self._options(broadcast_from_rank0=True)
+        set_model_state_dict(self.module, state["model"] if main else {},
+                             options=self._options(broadcast_from_rank0=True, strict=False))
+        set_optimizer_state_dict(self.module, self.optimizer, state["optimizer"] if main else {}, options=options)
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+ENGINES = {"ddp": PlainEngine, "zero1": DeepSpeedEngine, "zero2": DeepSpeedEngine, "zero3": DeepSpeedEngine,
+           "fsdp2": Fsdp2Engine}
+
+
+def build_engine(spec: RunSpec, model: nn.Module, device: Device, total_steps: int):
+    return ENGINES[spec.train_engine](model, spec, device, total_steps)

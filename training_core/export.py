@@ -44,20 +44,28 @@ def is_adapter(spec: RunSpec) -> bool:
     return spec.strategy in ("lora", "qlora")
 
 
-def save_model_dir(model: nn.Module, processor, directory: Path) -> None:
-    """A full model directory in the official layout, with the processor and tokenizer files."""
+def save_model_dir(model: nn.Module, processor, directory: Path, state: dict | None = None) -> None:
+    """A full model directory in the official layout, with the processor and tokenizer files; `state`: the whole
+    state dict when the model's own parameters are shards (ZeRO-3, FSDP2)."""
     directory.mkdir(parents=True, exist_ok=True)
     use_cache = model.config.use_cache
     model.config.use_cache = True  # training turns the cache off; the official file says true
     try:
-        model.save_pretrained(str(directory))
+        if state is None:
+            model.save_pretrained(str(directory))
+        else:
+            from training_core.model.modeling import WTE_ALIAS
+
+            model.save_pretrained(str(directory), state_dict={k: v for k, v in state.items() if k != WTE_ALIAS})
     finally:
         model.config.use_cache = use_cache
     processor.save_pretrained(directory)
 
 
-def save_adapter(model: nn.Module, spec: RunSpec, processor, directory: Path, base: str) -> None:
-    """The injected LoRA weights in peft's standard layout; `base` names the model they apply to."""
+def save_adapter(model: nn.Module, spec: RunSpec, processor, directory: Path, base: str,
+                 state: dict | None = None) -> None:
+    """The injected LoRA weights in peft's standard layout; `base` names the model they apply to; `state`: the whole
+    state dict when the model's own parameters are shards (FSDP2)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -65,7 +73,7 @@ def save_adapter(model: nn.Module, spec: RunSpec, processor, directory: Path, ba
 
     directory.mkdir(parents=True, exist_ok=True)
     # save_embedding_layers=False: lm_head carries a LoRA, its base weight is not trained and not an adapter weight
-    state = get_peft_model_state_dict(model, save_embedding_layers=False)
+    state = get_peft_model_state_dict(model, state_dict=state, save_embedding_layers=False)
     tensors = {ADAPTER_PREFIX + name: value.detach().to("cpu").contiguous() for name, value in state.items()}
     save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     config = lora_config(spec)

@@ -34,11 +34,11 @@ from .precision import weights_dtype
 from .result import RESULT_FILE, Diverged, Outcome, build_row, classify_exception, write_json_atomic
 from .spec import RunSpec, SpecError
 from .strategies import get_strategy
-from .strategies.base import build_base, count_parameters, enable_checkpointing, model_config
+from .strategies.base import build_base, count_parameters, enable_checkpointing, freeze_never_used, model_config
 from .strategies.lora import qlora_quantization
 from .tasks import get_task
 from .trackers.energy import EnergyTracker
-from .trackers.flops import mfu, model_shape, no_peak_reason, peak_flops, trainable_for, training_flops
+from .trackers.flops import executed_flops, mfu, model_shape, no_peak_reason, peak_flops, trainable_for, training_flops
 from .trackers.gradients import GradientCoverage
 from .trackers.memory import MemoryTracker, model_state_bytes
 from .trackers.throughput import ThroughputTracker
@@ -101,8 +101,9 @@ class Cell:
         model = build_base(spec, device.torch, weights_dtype(spec), quantization, keep_random=keep_random,
                            scratch=self.out)
         model = self.strategy.prepare(model, spec)
-        if spec.gradient_checkpointing:
-            enable_checkpointing(model, spec)
+        if spec.train_engine in ("ddp", "fsdp2"):
+            freeze_never_used(model)
+        enable_checkpointing(model, spec)
         model.config.use_cache = False  # training; generation asks for the cache explicitly
         model.train()
         trainable, total = count_parameters(model)
@@ -115,7 +116,7 @@ class Cell:
                 print(f"warning: {loader.note}", file=sys.stderr)
         self.batches = inputs.MicroBatches(self.train_records, self.task, self.processor, spec, loader)
         self.total_steps = total_steps(spec, self.batches.per_epoch)
-        self.engine = build_engine(self.strategy.engine, model, spec, device, self.total_steps)
+        self.engine = build_engine(spec, model, device, self.total_steps)
         self.start_step = 0
         position, skipped = (checkpoint.resume(self.engine, self.out, spec.run_id, self.total_steps, device.torch)
                              if self.args.resume else (None, []))
@@ -149,13 +150,14 @@ class Cell:
         tokens = sum(sum(b["lengths"]) for b in micro)
         samples = sum(len(b["lengths"]) for b in micro)
         trainable = trainable_for(self.spec.strategy, self.spec.vision_frozen, self.spec.recipe_revision,
-                                  self.spec.gradient_checkpointing)
-        flops = 0.0
+                                  self.spec.checkpointing)
+        flops = executed = 0.0
         for b in micro:
             crops = b["pixel_values"].shape[0] * b["pixel_values"].shape[1] if "pixel_values" in b else 0
             image_tokens = int((b["input_ids"] < 0).sum())
             flops += training_flops(self.shape, b["lengths"], crops, image_tokens, trainable)
-        return images, tokens, samples, flops
+            executed += executed_flops(self.shape, b["lengths"], crops, image_tokens, trainable)
+        return images, tokens, samples, (flops, executed)
 
     def train(self) -> None:
         spec, outcome = self.spec, self.outcome
@@ -208,7 +210,8 @@ class Cell:
         images_total = sum_all(sum(s.images for s in tracker.measured))
         samples_total = sum_all(sum(s.samples for s in tracker.measured))
         outcome.metrics.update(energy.metrics(images_total, sum_all, min_all))
-        self._flops_metrics(sum_all(sum(window_flops)), samples_total)
+        self._flops_metrics(sum_all(sum(f for f, _ in window_flops)), sum_all(sum(e for _, e in window_flops)),
+                            samples_total)
         if spec.precision == "fp16":  # the loss scaler's skipped steps: counted, said in the report
             outcome.metrics["skipped_steps"], outcome.metrics["skipped_steps_measured"] = skipped_steps
             if "model_state_bytes" not in outcome.metrics:
@@ -220,7 +223,8 @@ class Cell:
     def _gradient_coverage(self) -> GradientCoverage:
         module = self.engine.module
         unused = module.unused_parameter_names() if hasattr(module, "unused_parameter_names") else ()
-        return GradientCoverage(module, unused)
+        # FSDP2: the reduced gradient shards, read before the optimizer step
+        return GradientCoverage(module, unused, before_step=getattr(self.engine, "before_optimizer_step", None))
 
     def _check_gradients(self, coverage: GradientCoverage) -> None:
         """After the first optimizer step: record which trainable parameters got no gradient; with
@@ -245,12 +249,15 @@ class Cell:
         if self.args.stop_after and done == self.args.stop_after:
             raise StopRequested(f"stopped after optimizer step {done} (--stop-after)")
 
-    def _flops_metrics(self, flops_total: float, samples_total: float) -> None:
+    def _flops_metrics(self, flops_total: float, executed_total: float, samples_total: float) -> None:
+        """Model FLOPs (MFU's numerator: no recompute) and executed FLOPs (what the cell's activation checkpointing
+        recomputes added: none for `none`, every K-th layer's forward for `every-K`)."""
         metrics = self.outcome.metrics
         wall = metrics.get("measured_wall_s")
         if not wall or not metrics.get("measured_steps"):
             return
         metrics["model_flops_per_s"] = flops_total / wall
+        metrics["executed_flops_per_s"] = executed_total / wall
         metrics["flops_per_sample"] = flops_total / max(samples_total, 1)
         if self.spec.strategy == "qlora":
             return  # 4-bit dequantisation work makes an MFU figure meaningless
@@ -260,8 +267,9 @@ class Cell:
         if reason is not None:
             self.outcome.unmeasured["mfu"] = reason  # said in the row and the report, not silently missing
             return
-        metrics["mfu"] = mfu(flops_total, wall, distributed.world_size(),
-                             peak_flops(self.device.name, self.spec.precision))
+        peak = peak_flops(self.device.name, self.spec.precision)
+        metrics["mfu"] = mfu(flops_total, wall, distributed.world_size(), peak)
+        metrics["hfu"] = mfu(executed_total, wall, distributed.world_size(), peak)  # hardware FLOPs utilisation
 
     def run(self) -> None:
         self.build()
@@ -275,17 +283,18 @@ class Cell:
             self.save_model()
 
     def save_model(self) -> None:
-        """The trained model (full / frozen_vision) or adapter (lora / qlora) in `--out/model` (main rank: ZeRO-2
-        and DDP hold every trained parameter on every rank)."""
+        """The trained model (full / frozen_vision) or adapter (lora / qlora) in `--out/model`, written by the main
+        rank from the engine's whole state (ZeRO-3 and FSDP2 gather their shards first: every rank takes part)."""
         directory = self.out / MODEL_DIR
-        if distributed.is_main():
-            module = self.engine.module
-            if is_adapter(self.spec):
-                base = directory / BASE_DIR if self.spec.weights == "random" else Path(self.spec.model).resolve()
-                save_adapter(module, self.spec, self.processor, directory, base=str(base.resolve()))
-            else:
-                save_model_dir(module, self.processor, directory)
-            self.outcome.artifacts["model"] = str(directory)
+        with self.engine.full_state() as state:
+            if distributed.is_main():
+                module = self.engine.module
+                if is_adapter(self.spec):
+                    base = directory / BASE_DIR if self.spec.weights == "random" else Path(self.spec.model).resolve()
+                    save_adapter(module, self.spec, self.processor, directory, base=str(base.resolve()), state=state)
+                else:
+                    save_model_dir(module, self.processor, directory, state=state)
+                self.outcome.artifacts["model"] = str(directory)
         distributed.barrier()
 
 
@@ -319,7 +328,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(spec.cpu_threads)
     # NCCL names the network it chose only in its log: asked for before its first communicator (training_core/nccl.py)
     nccl_set = nccl.prepare(args.out) if nccl.wanted(device.type, int(os.environ.get("WORLD_SIZE", "1"))) else None
-    distributed.init(device.type, always=get_strategy(spec.strategy).engine == "deepspeed")
+    distributed.init(device.type, always=spec.train_engine != "ddp")  # DeepSpeed and FSDP2 need a group, even of one
     rank_failures.clear(args.out, distributed.rank())  # an earlier run's record is not this run's
     _record_host(args.out)
     reason = unsupported_reason(spec, device)

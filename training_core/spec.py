@@ -19,12 +19,25 @@ from training_core.errors import UserError
 STRATEGIES = ("full", "frozen_vision", "lora", "qlora")
 PRECISIONS = ("bf16", "fp16", "fp32")
 ATTENTIONS = ("eager", "sdpa", "flash_attention_2")
+ENGINES = ("ddp", "zero1", "zero2", "zero3", "fsdp2")
+# The engine the recipe trains each strategy with (the default: existing grids, run ids and rows are unchanged)
+RECIPE_ENGINES = {"full": "zero2", "frozen_vision": "zero2", "lora": "ddp", "qlora": "ddp"}
+# The engines each strategy can run on, and why not the others
+ENGINES_FOR = {"full": ENGINES, "frozen_vision": ENGINES, "lora": ("ddp", "fsdp2"), "qlora": ("ddp",)}
+_NOT_ON = {
+    "lora": "LoRA is trained with DDP (the recipe) or FSDP2 here; DeepSpeed ZeRO holds nothing worth sharding for "
+            "a frozen base (its optimiser states are the adapters')",
+    "qlora": "QLoRA's 4-bit base (bitsandbytes Params4bit) is not sharded by FSDP2 or ZeRO here; use engine: ddp",
+}
+CHECKPOINTING_PATTERN = r"^(all|none|every-[1-9][0-9]{0,2})$"
 
 
 # Fields added after run ids were first recorded; a None value is left out of the id.
-_LATER_FIELDS = ("cpu_threads", "longrope_generation", "recipe_revision", "require_gradients")
+_LATER_FIELDS = ("cpu_threads", "longrope_generation", "recipe_revision", "require_gradients", "engine",
+                 "fsdp2_reshard", "activation_checkpointing")
 # What the later fields mean when unset: written out explicitly they are the same cell, so the same run id.
-_LATER_DEFAULTS = {"longrope_generation": "official", "recipe_revision": "current", "require_gradients": False}
+_LATER_DEFAULTS = {"longrope_generation": "official", "recipe_revision": "current", "require_gradients": False,
+                   "fsdp2_reshard": False}
 
 
 class SpecError(UserError):
@@ -47,7 +60,16 @@ class RunSpec(BaseModel):
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     attention: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
     num_crops: int | None = Field(default=None, ge=1, le=16)  # None: the task's (16, UCF-101 4)
+    # activation checkpointing (non-reentrant; reentrant under recipe_revision 2024-06): "all" (the recipe: every
+    # decoder and CLIP layer), "none", or "every-K" (layers 0, K, 2K, ... of the decoder and of CLIP). Unset: from
+    # `gradient_checkpointing` (the older spelling, kept for old grids: true = "all", false = "none")
+    activation_checkpointing: str | None = Field(default=None, pattern=CHECKPOINTING_PATTERN)
     gradient_checkpointing: bool = True
+    # the distributed engine (training_core/engine.py); unset: the recipe's for the strategy (RECIPE_ENGINES)
+    engine: Literal["ddp", "zero1", "zero2", "zero3", "fsdp2"] | None = None
+    # fsdp2 only: free each layer's gathered parameters after its forward (the ZeRO-3 analogue); false keeps them
+    # until the backward (the ZeRO-2 analogue)
+    fsdp2_reshard: bool | None = None
     # the recipe revision whose training behaviour the cell reproduces (training_core/recipe_revisions.py): None or
     # "current" (Cookbook f1cc970 on), "2024-06" (d2cdae5, the revision the guide's speed tables were measured with)
     recipe_revision: Literal["current", "2024-06"] | None = None
@@ -102,8 +124,43 @@ class RunSpec(BaseModel):
             raise ValueError(f"unknown task {value!r}; choose one of {sorted(TASKS)}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _checkpointing_spellings(cls, data):
+        """`activation_checkpointing` and its older spelling `gradient_checkpointing` are one setting: each is filled
+        from the other (every-1 is all), and a spec that gives both must give the same choice."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        policy, old = data.get("activation_checkpointing"), data.get("gradient_checkpointing")
+        if policy == "every-1":
+            policy = data["activation_checkpointing"] = "all"
+        if isinstance(policy, str) and old is not None and isinstance(old, bool) and (policy != "none") != old:
+            raise ValueError(f"activation_checkpointing: {policy!r} contradicts gradient_checkpointing: "
+                             f"{str(old).lower()} (the older spelling of the same setting); give one of them")
+        if isinstance(policy, str) and old is None:
+            data["gradient_checkpointing"] = policy != "none"
+        elif policy is None and isinstance(old, bool):
+            data["activation_checkpointing"] = "all" if old else "none"
+        elif policy is None and old is None:
+            data["activation_checkpointing"] = "all"
+        return data
+
     @model_validator(mode="after")
     def _combinations(self) -> RunSpec:
+        if self.engine is not None and self.engine not in ENGINES_FOR[self.strategy]:
+            raise ValueError(f"engine: {self.engine!r} cannot train strategy {self.strategy!r}: "
+                             f"{_NOT_ON[self.strategy]}; choose one of {list(ENGINES_FOR[self.strategy])}")
+        if self.fsdp2_reshard is not None and self.train_engine != "fsdp2":
+            raise ValueError(f"fsdp2_reshard: only applies to engine 'fsdp2' (this cell's engine is "
+                             f"{self.train_engine!r}); remove it")
+        if self.train_engine == "fsdp2" and self.precision == "fp16":
+            raise ValueError("engine: fsdp2 with precision fp16 is not built (the loss scaler over FSDP2's shards is "
+                             "not implemented or tested here); use bf16, or fp16 on ddp or a ZeRO stage")
+        if self.revision == "2024-06" and self.train_engine != RECIPE_ENGINES[self.strategy]:
+            raise ValueError(f"engine: the 2024-06 recipe revision replays the recipe as it ran, on its own engine "
+                             f"({RECIPE_ENGINES[self.strategy]!r} for {self.strategy}); use recipe_revision: current "
+                             "to choose another")
         per_step = self.world_size * self.per_device_batch
         if self.global_batch % per_step:
             raise ValueError(
@@ -145,6 +202,16 @@ class RunSpec(BaseModel):
         return self.strategy == "frozen_vision" if self.freeze_vision is None else self.freeze_vision
 
     @property
+    def train_engine(self) -> str:
+        """The engine that trains the cell: `engine`, or the recipe's for the strategy."""
+        return self.engine or RECIPE_ENGINES[self.strategy]
+
+    @property
+    def checkpointing(self) -> str:
+        """The activation-checkpointing policy: "all", "none" or "every-K"."""
+        return self.activation_checkpointing or ("all" if self.gradient_checkpointing else "none")
+
+    @property
     def revision(self) -> str:
         """The recipe revision's name ("current" when unset)."""
         return self.recipe_revision or "current"
@@ -167,8 +234,11 @@ class RunSpec(BaseModel):
     def run_id(self) -> str:
         """A hash of the normalised spec and the data version: a cell measured on other data has another id."""
         identity = {**self.model_dump(mode="json"), "data_version": self.data_version}
+        defaults = {**_LATER_DEFAULTS, "engine": RECIPE_ENGINES[self.strategy],
+                    # all / none is `gradient_checkpointing` true / false, which the id has always held
+                    "activation_checkpointing": "all" if self.gradient_checkpointing else "none"}
         for name in _LATER_FIELDS:  # added later: at their default (unset or written out) ids stay as they were
-            if identity[name] is None or (name in _LATER_DEFAULTS and identity[name] == _LATER_DEFAULTS[name]):
+            if identity[name] is None or (name in defaults and identity[name] == defaults[name]):
                 del identity[name]
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -151,9 +151,11 @@ def test_a_gpu_cell_without_a_known_peak_says_so_in_its_row(gpu, precision, expe
     outcome = Outcome(metrics={"measured_wall_s": 10.0, "measured_steps": 4})
     cell = types.SimpleNamespace(outcome=outcome, spec=RunSpec(strategy="lora", precision=precision, gpu="auto"),
                                  device=Device("cuda", 0, gpu, (9, 0), 80 * 2**30))
-    Cell._flops_metrics(cell, flops_total=1e15, samples_total=8)
+    Cell._flops_metrics(cell, flops_total=1e15, executed_total=1.3e15, samples_total=8)
     row = build_row(run_id="x", spec={}, outcome=outcome, env={}, process_start=0.0)
     if expected is None:
         assert "mfu" not in row["metrics"] and row["unmeasured"]["mfu"] == no_peak_reason(gpu, precision)
     else:
         assert row["metrics"]["mfu"] == pytest.approx(expected) and "unmeasured" not in row
+        assert row["metrics"]["hfu"] == pytest.approx(1.3 * expected)  # the recompute counted: hardware FLOPs
+    assert row["metrics"]["executed_flops_per_s"] == pytest.approx(1.3e14)

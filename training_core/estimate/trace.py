@@ -39,7 +39,7 @@ from training_core.optim import param_groups
 from training_core.precision import DTYPES, weights_dtype
 from training_core.spec import RunSpec
 from training_core.strategies import get_strategy
-from training_core.strategies.base import enable_checkpointing, model_config
+from training_core.strategies.base import enable_checkpointing, freeze_never_used, model_config
 from training_core.tasks import get_task
 
 from .tracker import BLOCK, CATEGORIES, PeakTracker, rounded
@@ -257,6 +257,13 @@ def _embedder(model: nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- trace
+ESTIMATED_ENGINES = ("ddp", "zero2")
+
+
+class NotEstimated(Exception):
+    """A cell the estimator does not cover; the reason is said where the prediction would be."""
+
+
 def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     """`block`: allocation rounding (the CUDA caching allocator's 512 bytes; 1 to compare with a CPU's allocator)."""
     started = time.perf_counter()
@@ -268,7 +275,10 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     if attention == "flash_attention_2":
         attention = "sdpa"
         notes.append("flash_attention_2 traced as sdpa's fused kernel (no L x L matrix either)")
-    deepspeed = strategy.engine == "deepspeed"
+    if spec.train_engine not in ESTIMATED_ENGINES:
+        raise NotEstimated(f"engine {spec.train_engine!r} is not estimated yet (the estimator covers "
+                           f"{', '.join(ESTIMATED_ENGINES)}); its memory is measured when the cell runs")
+    deepspeed = spec.train_engine == "zero2"
     dtype = weights_dtype(spec)
     if deepspeed and spec.precision != "fp32":
         dtype = DTYPES[spec.precision]  # DeepSpeed's bf16/fp16 modes hold the module in that dtype
@@ -289,8 +299,9 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
             model = strategy.prepare(model, spec)
         if strategy.quantized:
             _peft_clones(model)
-        if spec.gradient_checkpointing:
-            enable_checkpointing(model, spec)
+        if spec.train_engine == "ddp":
+            freeze_never_used(model)
+        enable_checkpointing(model, spec)
         model.config.use_cache = False
         model.train()
         tracker.enter("setup", "inputs")

@@ -26,7 +26,7 @@ from training_core.engine import build_engine, model_inputs
 from training_core.precision import weights_dtype
 from training_core.spec import RunSpec
 from training_core.strategies import get_strategy
-from training_core.strategies.base import build_base, enable_checkpointing, model_config
+from training_core.strategies.base import build_base, enable_checkpointing, freeze_never_used, model_config
 from training_core.strategies.lora import qlora_quantization
 
 from .trace import accumulated, longest_batch
@@ -101,7 +101,7 @@ def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
                          f"{started} were started")
     strategy = get_strategy(spec.strategy)
     # joins torchrun's group when there is one: before the twin is read, which local rank 0 writes behind a barrier
-    distributed.init("cpu", always=strategy.engine == "deepspeed")
+    distributed.init("cpu", always=spec.train_engine != "ddp")
     batch, _ = longest_batch(spec, data_dir)
     device = Device("cpu", 0, "cpu", None, None)
     config = model_config(spec)
@@ -112,13 +112,14 @@ def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
         model = build_base(spec, torch.device("cpu"), weights_dtype(spec), quantization)
         _own_mapped_weights(model)
         model = strategy.prepare(model, spec)
-        if spec.gradient_checkpointing:
-            enable_checkpointing(model, spec)
+        if spec.train_engine in ("ddp", "fsdp2"):
+            freeze_never_used(model)
+        enable_checkpointing(model, spec)
         model.config.use_cache = False
         model.train()
-        engine = build_engine(strategy.engine, model, spec, device, total_steps=1)
+        engine = build_engine(spec, model, device, total_steps=1)
         # the plain engine steps the optimizer once per call, as traced; DeepSpeed at its accumulation boundary
-        micro = spec.grad_accum if strategy.engine == "deepspeed" else accumulated(spec)
+        micro = spec.grad_accum if spec.train_engine.startswith("zero") else accumulated(spec)
         with torch.profiler.record_function(STEPS):
             for _ in range(steps):
                 engine.train_step([{k: v.clone() for k, v in model_inputs(batch, torch.device("cpu")).items()}

@@ -1,4 +1,5 @@
-"""What a strategy is: how to build the trainable model for a spec, and which engine trains it."""
+"""What a strategy is: how to build the trainable model for a spec (the engine that trains it is the spec's:
+`RunSpec.train_engine`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -24,7 +24,6 @@ from training_core.spec import RunSpec
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    engine: Literal["deepspeed", "ddp"]
     prepare: Callable[[nn.Module, RunSpec], nn.Module]  # freezing / adapters on a built base model
     quantized: bool = False
     requires: tuple[str, ...] = ()  # optional packages it imports (training_core.capabilities.PACKAGES)
@@ -146,17 +145,40 @@ def _load_quantized(directory, spec, device, dtype, quantization) -> Phi3VForCau
 
 
 def enable_checkpointing(model: nn.Module, spec: RunSpec) -> None:
-    """Activation checkpointing of the decoder (and CLIP) layers as the cell's recipe revision ran it: non-reentrant
-    (current), or torch's reentrant default (2024-06). transformers 5 makes the embedding output require grad for every
-    `input_ids` model; transformers 4.38.1, which the 2024-06 recipe pinned, did so for peft models only, so that is
-    undone for the others (under a frozen tower their decoder then gets no gradient, as it did)."""
+    """Activation checkpointing of the decoder and CLIP layers by the cell's policy (`all`, `none`, `every-K`: layers
+    0, K, 2K, ... of each stack), as the cell's recipe revision ran it: non-reentrant (current), or torch's reentrant
+    default (2024-06). transformers 5 makes the embedding output require grad for every `input_ids` model;
+    transformers 4.38.1, which the 2024-06 recipe pinned, did so for peft models only, so that is undone for the
+    others (under a frozen tower their decoder then gets no gradient, as it did)."""
     from training_core.recipe_revisions import get_revision
+    from training_core.trackers.flops import policy_every
 
+    every = policy_every(spec.checkpointing)
+    if every == 0:
+        return
     revision = get_revision(spec.recipe_revision)
     model.activation_checkpointing_enable(
         activation_checkpointing_kwargs={"use_reentrant": revision.reentrant_checkpointing})
+    for layers in checkpointed_stacks(model):
+        for index, layer in enumerate(layers):
+            layer.gradient_checkpointing = index % every == 0
     if revision.input_grads_for_peft_only and spec.strategy not in ("lora", "qlora"):
         model.disable_input_require_grads()
+
+
+def checkpointed_stacks(model: nn.Module) -> list:
+    """The layer stacks activation checkpointing applies to: CLIP's encoder layers and the decoder layers."""
+    return [model.model.vision_embed_tokens.img_processor.vision_model.encoder.layers, model.model.layers]
+
+
+def freeze_never_used(model: nn.Module) -> None:
+    """Parameters no output depends on (CLIP's layers after the feature layer, its post_layernorm) get no gradient on
+    any engine; DDP (`find_unused_parameters=False`) and FSDP2 need them out of the gradient reduction, so they are
+    frozen (nothing that trains changes; the recipe's LoRA path removes them instead)."""
+    unused = model.unused_parameter_names() if hasattr(model, "unused_parameter_names") else set()
+    for name, param in model.named_parameters():
+        if name in unused:
+            param.requires_grad_(False)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -1,4 +1,5 @@
-"""`full` and `frozen_vision`: DeepSpeed ZeRO-2 fine-tuning of all, or all but the image embedder's, parameters."""
+"""`full` and `frozen_vision`: fine-tuning of all, or all but the image embedder's, parameters (the recipe on DeepSpeed
+ZeRO-2; any engine by `engine`)."""
 
 from __future__ import annotations
 
@@ -59,5 +60,5 @@ def _prepare_frozen(model: nn.Module, spec: RunSpec) -> nn.Module:
     return model
 
 
-FULL = Strategy("full", "deepspeed", _prepare_full, requires=("deepspeed",))
-FROZEN_VISION = Strategy("frozen_vision", "deepspeed", _prepare_frozen, requires=("deepspeed",))
+FULL = Strategy("full", _prepare_full)
+FROZEN_VISION = Strategy("frozen_vision", _prepare_frozen)

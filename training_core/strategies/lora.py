@@ -74,5 +74,5 @@ def qlora_quantization(spec: RunSpec, config=None):
                               llm_int8_skip_modules=skip)
 
 
-LORA = Strategy("lora", "ddp", _prepare_lora, requires=("peft",))
-QLORA = Strategy("qlora", "ddp", _prepare_lora, quantized=True, requires=("peft", "bitsandbytes"))
+LORA = Strategy("lora", _prepare_lora, requires=("peft",))
+QLORA = Strategy("qlora", _prepare_lora, quantized=True, requires=("peft", "bitsandbytes"))

@@ -19,6 +19,7 @@ hardware runs, so the ratio of two workloads' executed FLOPs bounds their speedu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -155,22 +156,39 @@ class Trainable:
     vision_weights: bool  # CLIP + projector weights train (full)
     vision_grads: bool  # gradients flow through the vision tower (full, LoRA on the tower)
     head_weights: bool = True  # the LM head's weight trains (full / frozen_vision; LoRA: its adapter only)
-    checkpointed: bool = True  # gradient checkpointing: recomputed forwards (executed FLOPs only)
+    checkpointed: bool = True  # activation checkpointing: recomputed forwards (executed FLOPs only)
+    every: int = 1  # layers 0, every, 2 x every, ... of each stack are checkpointed (1: all of them)
+
+    def recomputed(self, layers: int) -> float:
+        """The fraction of a stack's `layers` whose forward is run again in the backward."""
+        if not self.checkpointed or layers <= 0:
+            return 0.0
+        return math.ceil(layers / self.every) / layers
+
+
+def policy_every(policy: str | bool) -> int:
+    """Activation checkpointing "all" / "none" / "every-K" (or the older true / false) as K, 0 for none."""
+    if isinstance(policy, bool):
+        return 1 if policy else 0
+    named = {"all": 1, "none": 0}
+    return named[policy] if policy in named else int(policy.removeprefix("every-"))
 
 
 def trainable_for(strategy: str, vision_frozen: bool, revision: str | None = None,
-                  checkpointing: bool = True) -> Trainable:
+                  checkpointing: bool | str = True) -> Trainable:
     from training_core.recipe_revisions import decoder_gets_gradients
 
+    every = policy_every(checkpointing)
     weights_train = strategy in ("full", "frozen_vision")
-    decoder = decoder_gets_gradients(strategy, vision_frozen, checkpointing, revision)
+    decoder = decoder_gets_gradients(strategy, vision_frozen, every > 0, revision)
     return Trainable(
         decoder_weights=weights_train and decoder,
         decoder_grads=decoder,
         vision_weights=weights_train and not vision_frozen,
         vision_grads=not vision_frozen,
         head_weights=weights_train,
-        checkpointed=checkpointing,
+        checkpointed=every > 0,
+        every=max(every, 1),
     )
 
 
@@ -213,8 +231,8 @@ def training_flops(cfg: ModelShape, seq_lens: list[int], crops: int, image_token
 
 
 def executed_flops(cfg: ModelShape, seq_lens: list[int], crops: int, image_tokens: int, trainable: Trainable) -> float:
-    """`training_flops` plus what gradient checkpointing recomputes: one more forward of each checkpointed layer
-    (decoder and CLIP layers) that gets a backward. Reentrant checkpointing skips the recompute of a layer no
+    """`training_flops` plus what activation checkpointing recomputes: one more forward of each checkpointed layer
+    (decoder and CLIP layers, all of them or every K-th) that gets a backward. Reentrant checkpointing skips the recompute of a layer no
     gradient reaches (the 2024-06 frozen decoder), as the hardware does."""
     return _flops(cfg, seq_lens, crops, image_tokens, trainable, recompute=trainable.checkpointed)
 
@@ -231,12 +249,12 @@ def _flops(cfg: ModelShape, seq_lens: list[int], crops: int, image_tokens: int, 
         attention_mult = 3 if trainable.decoder_grads else 1
         total += decoder_mult * layers + head_mult * head + attention_mult * attention
         if recompute and trainable.decoder_grads:
-            total += layers + attention
+            total += trainable.recomputed(cfg.num_hidden_layers) * (layers + attention)
     v_weights, v_attention, projector = vision_forward_flops(cfg, crops, image_tokens)
     vision_mult = _mult(trainable.vision_weights, trainable.vision_grads)
     total += vision_mult * (v_weights + projector) + (3 if trainable.vision_grads else 1) * v_attention
     if recompute and trainable.vision_grads:
-        total += v_weights + v_attention
+        total += trainable.recomputed(cfg.vision.num_hidden_layers + 1 + cfg.layer_idx) * (v_weights + v_attention)
     return total
 
 

@@ -1,7 +1,9 @@
 """Which trainable parameters get a gradient: checked in every cell's first optimizer step.
 
 A tensor hook on each trainable parameter sees its gradient as autograd computes it, whatever engine trains it (DDP,
-DeepSpeed ZeRO-2 partitions gradients into its own buffers, so `param.grad` would say nothing there). A parameter
+DeepSpeed ZeRO partitions gradients into its own buffers, so `param.grad` would say nothing there); under FSDP2,
+whose backward runs on gathered copies of the sharded parameters, the reduced gradient shards are read before the
+optimizer step instead (`observe_reduced`). A parameter
 whose hook never fires got no gradient at all (e.g. decoder layers under reentrant checkpointing whose input does not
 require grad: the 2024-06 recipe's frozen tower); one that saw only zeros did not learn either. Two kinds are
 expected and kept apart, not flagged: parameters the forward never uses (CLIP's layers after the feature layer and its
@@ -49,9 +51,10 @@ def human(n: int) -> str:
 
 
 class GradientCoverage:
-    """Hooks on every trainable parameter until `finish()`; `unused`: names the forward never uses."""
+    """Hooks on every trainable parameter until `finish()`; `unused`: names the forward never uses; `before_step`: an
+    engine's list of calls made before its optimizer step (FSDP2), where `observe_reduced` goes until `remove()`."""
 
-    def __init__(self, model: nn.Module, unused: Iterable[str] = ()):
+    def __init__(self, model: nn.Module, unused: Iterable[str] = (), before_step: list | None = None):
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.unused = set(unused)
         named = dict(self.params)  # LoRA A matrices whose B is zero now: their gradient this step is exactly zero
@@ -62,6 +65,9 @@ class GradientCoverage:
         # finish() (not a device sync per parameter)
         self.peaks: list[torch.Tensor | None] = [None] * len(self.params)
         self._handles = [p.register_hook(self._hook(i)) for i, (_, p) in enumerate(self.params)]
+        self._before_step = before_step
+        if before_step is not None:
+            before_step.append(self.observe_reduced)
 
     def _hook(self, i: int) -> Callable[[torch.Tensor], None]:
         def record(grad: torch.Tensor) -> None:
@@ -71,6 +77,22 @@ class GradientCoverage:
             peak = torch.linalg.vector_norm(grad.detach(), ord=float("inf"))  # a reduction: max |g|, no |g| tensor
             self.peaks[i] = peak if self.peaks[i] is None else torch.maximum(self.peaks[i], peak)
         return record
+
+    def observe_reduced(self) -> None:
+        """Read each parameter's reduced gradient shard (`p.grad`, before the optimizer step): for FSDP2, whose
+        backward computes gradients for the gathered parameters, not the sharded ones the hooks sit on. A rank whose
+        shard of a parameter is empty sees it as zero; ranks are combined in `finish`."""
+        import torch
+
+        for i, (_, param) in enumerate(self.params):
+            grad = param.grad
+            if grad is None:
+                continue
+            local = getattr(grad, "_local_tensor", grad).detach()
+            self.seen[i] = True
+            peak = (torch.linalg.vector_norm(local, ord=float("inf")) if local.numel()
+                    else torch.zeros((), device=local.device))
+            self.peaks[i] = peak if self.peaks[i] is None else torch.maximum(self.peaks[i], peak)
 
     def _nonzero(self) -> list[bool]:
         """Whether each parameter's gradient had a non-zero value: the peaks read once per device."""
@@ -91,6 +113,8 @@ class GradientCoverage:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._before_step is not None and self.observe_reduced in self._before_step:
+            self._before_step.remove(self.observe_reduced)
 
     def finish(self, gather: Callable[[object], list] | None = None) -> dict:
         """Remove the hooks and say what got no gradient (combined over ranks with `gather`, all_gather_object)."""

@@ -108,15 +108,26 @@ def _optimizer_tensors(optimizer, seen: set[int]):
     for state in getattr(optimizer, "state", {}).values():
         if isinstance(state, dict):
             yield from (t for t in state.values() if isinstance(t, torch.Tensor))
-    yield from getattr(optimizer, "single_partition_of_fp32_groups", []) or []
+    yield from getattr(optimizer, "single_partition_of_fp32_groups", []) or []  # ZeRO-1/2's fp32 master
+    yield from getattr(optimizer, "fp32_partitioned_groups_flat", []) or []  # ZeRO-3's
     yield from _optimizer_tensors(getattr(optimizer, "optimizer", None), seen)
 
 
+def held(tensor: torch.Tensor) -> torch.Tensor:
+    """What this rank holds of a tensor: a DTensor's local shard (FSDP2), a ZeRO-3 parameter's partition
+    (`ds_tensor`; its own data is empty between uses), else the tensor."""
+    local = getattr(tensor, "_local_tensor", None)
+    if local is not None:
+        return local
+    partition = getattr(tensor, "ds_tensor", None)
+    return partition if partition is not None else tensor
+
+
 def _bytes(tensors) -> int:
-    """Bytes of the distinct memory the tensors hold: a tensor reached twice (the same storage, offset, size and
-    type) counts once."""
+    """Bytes of the distinct memory the tensors hold on this rank: a tensor reached twice (the same storage, offset,
+    size and type) counts once."""
     regions = {}
-    for t in tensors:
+    for t in map(held, tensors):
         key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
         regions[key] = t.numel() * t.element_size()
     return sum(regions.values())
