@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: help setup setup-gpu wheelhouse carry test test-fast test-gpu test-slurm doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
-	bench-gpu-smoke gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
+	bench-gpu-smoke bench-engines-cpu bench-engines-h200 bench-engines-a100 gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
 	test-gate test-estimator estimate-guide reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
 help:
@@ -35,6 +35,8 @@ help:
 	@echo "make bench-gpu-smoke  the full preset on this machine's GPUs (1-8, any NVIDIA), every strategy, a few steps"
 	@echo "make gpu-check  doctor + the GPU tier + gpu_smoke + its report, logs in build/gpu-check (scripts/gpu_check.sh)"
 	@echo "make bench-a100 | bench-v100 | bench-h100   the guide's GPU speed grids (plan-* to preview)"
+	@echo "make bench-engines-cpu | bench-engines-h200 | bench-engines-a100   every engine (ddp, zero1-3, fsdp2) x"
+	@echo "                activation checkpointing (all, every-2, none) side by side, with the report's engines section"
 	@echo "                RUN_ARGS='--filter strategy=lora' etc. are passed to 'python -m harness run'"
 
 setup: $(STAMP)
@@ -152,6 +154,12 @@ bench-h100: setup
 	$(HARNESS) run h100_speed $(RUN_ARGS)
 bench-gpu-smoke: setup
 	$(HARNESS) run gpu_smoke $(RUN_ARGS)
+bench-engines-cpu: setup
+	$(HARNESS) run engines_cpu $(RUN_ARGS); status=$$?; $(HARNESS) report results/runs/engines_cpu && exit $$status
+bench-engines-h200: setup
+	$(HARNESS) run engines_h200 $(RUN_ARGS); status=$$?; $(HARNESS) report results/runs/engines_h200 && exit $$status
+bench-engines-a100: setup
+	$(HARNESS) run engines_a100 $(RUN_ARGS); status=$$?; $(HARNESS) report results/runs/engines_a100 && exit $$status
 gpu-check: setup
 	PYTHON=$(PY) scripts/gpu_check.sh build/gpu-check
 

@@ -23,6 +23,7 @@ from .grid.file import Grid
 from .grid.select import matches
 from .outputs import table_cell
 from .paths import ESTIMATE_DATA
+from .rows import checkpointing_of, engine_of
 from .run.command import shell, torchrun_command
 from .run.options import Nodes
 
@@ -72,7 +73,7 @@ def documented(entry: dict, refs: dict[str, RefRow]) -> tuple[str, str]:
     return f"{value.text()} GB", f"{value.value * GIB / entry['predicted']['peak_bytes']:.2f}x"
 
 
-COLUMNS = ("cell", "strategy", "precision", "attention", "crops", "nodes x GPUs", "ckpt", "tokens", "peak (GiB)",
+COLUMNS = ("cell", "strategy (engine)", "precision", "attention", "crops", "nodes x GPUs", "ckpt", "tokens", "peak (GiB)",
            "phase", "weights", "grads", "optimizer", "activations", "buckets", "temps", "documented", "doc/pred")
 
 
@@ -87,8 +88,8 @@ def rows(entries: list[dict], refs: dict[str, RefRow]) -> tuple[list[str], list[
             continue
         s, p, b = e["spec"], e["predicted"], e["predicted"]["breakdown"]
         gib = lambda n: f"{n / GIB:.2f}"  # noqa: E731
-        out.append([str(e["cell"]), s["strategy"], s["precision"], s["attention"], str(s["num_crops"] or "task"),
-                    f"{s['nodes']}x{s['gpus_per_node']}", "on" if s["gradient_checkpointing"] else "off",
+        out.append([str(e["cell"]), f"{s['strategy']} ({engine_of(s)})", s["precision"], s["attention"], str(s["num_crops"] or "task"),
+                    f"{s['nodes']}x{s['gpus_per_node']}", checkpointing_of(s),
                     str(p["tokens"]), gib(p["peak_bytes"]), p["phase"], gib(b["weights"]), gib(b["gradients"]),
                     gib(b["optimizer states"]), gib(b["activations"]), gib(b.get("communication buckets", 0)),
                     gib(b["temporaries"]), *documented(e, refs),
@@ -135,6 +136,10 @@ def plan_rows(cells, predicted: dict[int, str] | None = None) -> list[list[str]]
                         f"{c.status}: {c.reason}", *extra])
             continue
         strategy = s.strategy + (f" (recipe {s.recipe_revision})" if s.revision != "current" else "")
+        if s.engine is not None:  # a setting beyond the recipe's: named in the plan
+            strategy += f" on {s.train_engine}" + (" (reshard)" if s.fsdp2_reshard else "")
+        if s.checkpointing != "all":
+            strategy += f", ckpt {s.checkpointing}"
         out.append([str(c.index), s.run_id, s.task, strategy, s.precision, s.attention, str(s.nodes),
                     str(s.world_size), str(s.global_batch), f"{s.lr:g}", str(s.num_crops or "task"), s.reference or "",
                     "planned" if c.runnable else f"{c.status}: {c.reason}",

@@ -82,3 +82,16 @@ def on_sockets(row: dict) -> bool:
     the transport NCCL named): its speed is the network's, not the GPUs'."""
     nccl = (row.get("env") or {}).get("nccl") or {}
     return (row.get("spec") or {}).get("nodes", 1) > 1 and str(nccl.get("transport") or "").lower() == "socket"
+
+
+def engine_of(spec: dict) -> str:
+    """A stored spec's engine: its `engine`, or the recipe's for its strategy (rows from before engines were a
+    setting have none)."""
+    from training_core.spec import RECIPE_ENGINES
+
+    return spec.get("engine") or RECIPE_ENGINES.get(spec.get("strategy") or "full", "?")
+
+
+def checkpointing_of(spec: dict) -> str:
+    """A stored spec's activation checkpointing: all, none or every-K (older rows: from gradient_checkpointing)."""
+    return spec.get("activation_checkpointing") or ("all" if spec.get("gradient_checkpointing", True) else "none")

@@ -23,7 +23,7 @@ import numpy as np
 import psutil
 import torch
 
-from . import checkpoint, distributed, inputs, nccl, rank_failures
+from . import checkpoint, communication, distributed, inputs, nccl, rank_failures
 from .capabilities import unsupported_reason
 from .devices import Device, current_device
 from .engine import build_engine
@@ -107,7 +107,8 @@ class Cell:
         model.config.use_cache = False  # training; generation asks for the cache explicitly
         model.train()
         trainable, total = count_parameters(model)
-        self.outcome.metrics.update({"trainable_params": trainable, "total_params": total})
+        self.outcome.metrics.update({"trainable_params": trainable, "total_params": total,
+                                     "comm_bytes_per_step": communication.step_bytes(spec, trainable, total)})
         loader = inputs.loader_settings(spec, device.type)
         self.outcome.metrics.update({"dataloader_workers": loader.num_workers, "pin_memory": loader.pin_memory})
         if loader.note is not None:  # /dev/shm too small for the recipe's workers: fewer, said, instead of a bus error
@@ -354,6 +355,7 @@ def main(argv=None) -> int:
         rank_failures.record(args.out, distributed.rank(), outcome.status, outcome.reason)
     env = capture(world)
     env["hosts"] = _hosts(args.out)
+    env["engine"] = communication.describe(spec)
     if nccl_set is not None:
         env["nccl"] = nccl.describe(args.out, nccl_set, log=args.out / "log.txt")
     if failed and world > 1 and distributed.is_main():

@@ -157,6 +157,11 @@ class RunSpec(BaseModel):
         if self.train_engine == "fsdp2" and self.precision == "fp16":
             raise ValueError("engine: fsdp2 with precision fp16 is not built (the loss scaler over FSDP2's shards is "
                              "not implemented or tested here); use bf16, or fp16 on ddp or a ZeRO stage")
+        if self.mode == "accuracy" and self.train_engine in ("zero3", "fsdp2"):
+            raise ValueError(f"engine: {self.train_engine} shards the parameters, so every rank must run every forward "
+                             "together; evaluation generates on each rank's own examples to its own lengths, which "
+                             "would leave ranks waiting on each other (not built: generation in lockstep). Use "
+                             "ddp, zero1 or zero2 for mode: accuracy")
         if self.revision == "2024-06" and self.train_engine != RECIPE_ENGINES[self.strategy]:
             raise ValueError(f"engine: the 2024-06 recipe revision replays the recipe as it ran, on its own engine "
                              f"({RECIPE_ENGINES[self.strategy]!r} for {self.strategy}); use recipe_revision: current "

@@ -24,6 +24,7 @@ from ..paths import REPORTS, TEMPLATES
 from ..rows import INPUT_BOUND_SHARE, UNREAD, input_bound, on_sockets, peak_memory_gb, size_text
 from ..store import RowStore, check_component
 from .documented import RefRow, load_references
+from .engines import engines_table
 from .guide import Comparability, compare, diff_percent, documented_mfu, measured_gpu, model_family, status
 from .index import META_SUFFIX
 from .summary import NOISY_CV, cell_ranges, grouped_comparability, summary, variability
@@ -309,7 +310,7 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         kept=[r for r in rows if (r.get("artifacts") or {}).get("model")],
         summary=[table_cell(line) for line in opening], comparability=grouped_comparability(comparisons),
         revision_notes=revision_notes, gradient_notes=gradient_notes, memory=memory_table(rows, refs),
-        variability=repeats, noisy_cv=NOISY_CV, cell_ranges=cell_ranges,
+        variability=repeats, noisy_cv=NOISY_CV, cell_ranges=cell_ranges, engines=engines_table(rows),
     )
     outputs.write(out, text)
     meta = {"report": out.name, "date": max((r.get("finished_at") or "") for r in rows) or None,

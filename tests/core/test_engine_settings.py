@@ -53,6 +53,8 @@ def test_the_two_spellings_of_checkpointing_fill_each_other():
     ({"activation_checkpointing": "some"}, "activation_checkpointing"),
     ({"activation_checkpointing": "none", "gradient_checkpointing": True}, "contradicts gradient_checkpointing"),
     ({"engine": "megatron"}, "engine"),
+    ({"engine": "zero3", "mode": "accuracy"}, "every rank must run every forward together"),
+    ({"strategy": "lora", "engine": "fsdp2", "mode": "accuracy"}, "every rank must run every forward together"),
 ])
 def test_combinations_that_cannot_work_are_refused_with_the_reason(fields, words):
     with pytest.raises(SpecError, match=words.replace("(", r"\(")):

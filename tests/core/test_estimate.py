@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from training_core.estimate.fit import GIB, MARGIN_RULE, fit, needed_bytes
-from training_core.estimate.trace import adamw_step_temporaries, deepspeed_states, trace_step
+from training_core.estimate.trace import NotEstimated, adamw_step_temporaries, deepspeed_states, trace_step
 from training_core.estimate.validate import measured_adamw_temporaries, measured_step_peak
 from training_core.gpus import memory_names
 from training_core.spec import RunSpec
@@ -204,10 +204,11 @@ def small_buckets(spec, world):  # the recipe's 2 x 5e8-element buckets would hi
     return config
 engine.ds_config = trace.ds_config = small_buckets
 out = {}
-for strategy, checkpointing in json.loads(sys.argv[2]):
-    spec = RunSpec(model="tiny", precision="fp32", global_batch=1, num_crops=4, strategy=strategy,
-                   gradient_checkpointing=checkpointing)
-    out[f"{strategy}/{checkpointing}"] = [trace.trace_step(spec, Path(sys.argv[1]), block=1).peak_bytes,
+for strategy, checkpointing, *more in json.loads(sys.argv[2]):
+    fields = dict(zip(("engine", "global_batch"), more)) if more else {}
+    spec = RunSpec(model="tiny", precision="fp32", num_crops=4, strategy=strategy,
+                   gradient_checkpointing=checkpointing, **{"global_batch": 1, **fields})
+    out["/".join(str(v) for v in (strategy, checkpointing, *more))] = [trace.trace_step(spec, Path(sys.argv[1]), block=1).peak_bytes,
                                           measured_step_peak(spec, Path(sys.argv[1]))]
 print(json.dumps(out))
 """
@@ -232,6 +233,31 @@ def test_zero2_predictions_against_a_real_deepspeed_step(tmp_path):
     # tower's activations depends on timing); the estimate stays above the measurement
     assert 1.0 <= predicted / measured <= 1.2
     assert results["full/True"][0] != results["frozen_vision/True"][0]
+
+
+@pytest.mark.slow
+def test_the_other_estimated_engines_against_real_steps(tmp_path):
+    """Issue 33: full fine-tuning on plain DDP (fp32 weights and AdamW states, the never-used CLIP layers frozen) and
+    on ZeRO-1 (whose gradients are held whole between accumulation boundaries: global batch 2 on one process is two
+    micro-batches), against the allocator's peak of real steps, within 10%. Measured here: ddp +0.9% (checkpointing)
+    / -2.5% (none, accumulating), zero1 +0.1% / -3.1% (accumulating), zero2 accumulating -3.1%. (At this size the
+    optimizer step's peak is ZeRO-1's and ZeRO-2's alike; its held gradients show in the forward and backward.)"""
+    results = {}
+    for case in ([["full", True, "ddp", 1], ["full", False, "ddp", 2]], [["full", True, "zero1", 1]],
+                 [["full", True, "zero1", 2]], [["full", True, "zero2", 2]]):
+        out = subprocess.run([sys.executable, "-c", ZERO_CHECK, str(tmp_path), json.dumps(case)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode == 0, out.stderr[-3000:]
+        results.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(json.dumps({k: f"{p / m - 1:+.1%}" for k, (p, m) in results.items()}))
+    for case, (predicted, measured) in results.items():
+        assert predicted == pytest.approx(measured, rel=0.10), case
+
+
+def test_engines_the_estimator_does_not_cover_are_said_not_guessed(data):
+    for engine in ("zero3", "fsdp2"):
+        with pytest.raises(NotEstimated, match=f"engine '{engine}' is not estimated yet"):
+            trace_step(tiny(engine=engine), data, block=1)
 
 
 @pytest.mark.estimator

@@ -257,7 +257,7 @@ def _embedder(model: nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- trace
-ESTIMATED_ENGINES = ("ddp", "zero2")
+ESTIMATED_ENGINES = ("ddp", "zero1", "zero2")
 
 
 class NotEstimated(Exception):
@@ -278,7 +278,7 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     if spec.train_engine not in ESTIMATED_ENGINES:
         raise NotEstimated(f"engine {spec.train_engine!r} is not estimated yet (the estimator covers "
                            f"{', '.join(ESTIMATED_ENGINES)}); its memory is measured when the cell runs")
-    deepspeed = spec.train_engine == "zero2"
+    deepspeed = spec.train_engine in ("zero1", "zero2")
     dtype = weights_dtype(spec)
     if deepspeed and spec.precision != "fp32":
         dtype = DTYPES[spec.precision]  # DeepSpeed's bf16/fp16 modes hold the module in that dtype
@@ -346,7 +346,8 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     if deepspeed:
         groups = [sum(p.numel() for p in g["params"]) for g in param_groups(model, spec.weight_decay)]
         peak, phase, breakdown = _with_deepspeed(spec, trainable, tracker, groups)
-        method = "traced forward and backward (fake tensors) + DeepSpeed ZeRO-2 buffers (analytic)"
+        stage = spec.train_engine[-1]
+        method = f"traced forward and backward (fake tensors) + DeepSpeed ZeRO-{stage} buffers (analytic)"
     else:
         peak, phase, breakdown = _steady(tracker)
     return Trace(peak_bytes=int(peak), phase=phase, breakdown=breakdown, tokens=int(ids.numel()),
@@ -414,6 +415,7 @@ class ZeroStates:
     grad_partition: int
     buckets: int
     step_temporaries: int
+    full_gradients: int  # every trainable gradient whole, in the module's dtype (ZeRO-1 between boundaries)
 
 
 def deepspeed_states(spec: RunSpec, trainable: int, groups: list[int] | None = None) -> ZeroStates:
@@ -426,7 +428,8 @@ def deepspeed_states(spec: RunSpec, trainable: int, groups: list[int] | None = N
     flat_grad = sum(rounded(4 * n) for n in group_parts)
     return ZeroStates(master=rounded(4 * part), moments=2 * rounded(4 * part), grad_partition=rounded(grad_bytes * part),
                       buckets=rounded(buckets),
-                      step_temporaries=flat_grad + adamw_step_temporaries(group_parts, target_foreach(spec)))
+                      step_temporaries=flat_grad + adamw_step_temporaries(group_parts, target_foreach(spec)),
+                      full_gradients=rounded(grad_bytes * trainable))
 
 
 def _with_deepspeed(spec: RunSpec, trainable: list, tracker: PeakTracker, groups: list[int]) -> tuple[int, str, dict]:
@@ -438,12 +441,15 @@ def _with_deepspeed(spec: RunSpec, trainable: list, tracker: PeakTracker, groups
     kept = zero.master + zero.moments
     candidates = []
     reducing = zero.buckets + zero.grad_partition
+    # ZeRO-1 reduces only at the accumulation boundary: before the last micro-batch every gradient is held whole
+    # (param.grad in the module's dtype), through the next micro-batch's forward and backward
+    held = zero.full_gradients if spec.train_engine == "zero1" and spec.grad_accum > 1 else 0
     for phase, extra in (("forward", 0), ("backward", 0), ("backward, reducing", reducing)):
         if phase in tracker.phase_peaks:
             total, parts = tracker.phase_peaks[phase][0], tracker.breakdown(phase)
-            parts.update({"optimizer states": kept, "gradients": zero.grad_partition if extra else 0,
+            parts.update({"optimizer states": kept, "gradients": (zero.grad_partition if extra else 0) + held,
                           "communication buckets": zero.buckets if extra else 0})
-            candidates.append((total + kept + extra, phase, parts))
+            candidates.append((total + kept + extra + held, phase, parts))
     setup = tracker.breakdown("setup")
     base = setup["weights"] + setup["inputs"]
     step_parts = {c: 0 for c in CATEGORIES}

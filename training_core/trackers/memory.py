@@ -113,21 +113,24 @@ def _optimizer_tensors(optimizer, seen: set[int]):
     yield from _optimizer_tensors(getattr(optimizer, "optimizer", None), seen)
 
 
-def held(tensor: torch.Tensor) -> torch.Tensor:
-    """What this rank holds of a tensor: a DTensor's local shard (FSDP2), a ZeRO-3 parameter's partition
-    (`ds_tensor`; its own data is empty between uses), else the tensor."""
+def held(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """What this rank holds of a tensor: a DTensor's local shard (FSDP2); a ZeRO-3 parameter's partition (`ds_tensor`)
+    and, when it is there, its whole data too (empty between uses, except for the parameters ZeRO-3 keeps whole on
+    every rank: those under `stage3_param_persistence_threshold`, 1e5 values by default); else the tensor."""
     local = getattr(tensor, "_local_tensor", None)
     if local is not None:
-        return local
+        return [local]
     partition = getattr(tensor, "ds_tensor", None)
-    return partition if partition is not None else tensor
+    if partition is not None:
+        return [partition, tensor] if tensor.numel() else [partition]
+    return [tensor]
 
 
 def _bytes(tensors) -> int:
     """Bytes of the distinct memory the tensors hold on this rank: a tensor reached twice (the same storage, offset,
     size and type) counts once."""
     regions = {}
-    for t in map(held, tensors):
+    for t in (part for tensor in tensors for part in held(tensor)):
         key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.numel(), t.dtype)
         regions[key] = t.numel() * t.element_size()
     return sum(regions.values())
