@@ -257,7 +257,7 @@ def _embedder(model: nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- trace
-ESTIMATED_ENGINES = ("ddp", "zero1", "zero2")
+ESTIMATED_ENGINES = ("ddp", "zero1", "zero2", "fsdp2")
 
 
 class NotEstimated(Exception):
@@ -278,10 +278,13 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     if spec.train_engine not in ESTIMATED_ENGINES:
         raise NotEstimated(f"engine {spec.train_engine!r} is not estimated yet (the estimator covers "
                            f"{', '.join(ESTIMATED_ENGINES)}); its memory is measured when the cell runs")
-    deepspeed = spec.train_engine in ("zero1", "zero2")
+    fsdp = spec.train_engine == "fsdp2"
+    # ZeRO-1/2 and FSDP2: one micro-batch's forward and backward in the compute dtype, each gradient taken away as it
+    # is produced (into ZeRO's buckets, or reduce-scattered into FSDP2's fp32 shards); their own states analytic
+    deepspeed = spec.train_engine in ("zero1", "zero2") or fsdp
     dtype = weights_dtype(spec)
     if deepspeed and spec.precision != "fp32":
-        dtype = DTYPES[spec.precision]  # DeepSpeed's bf16/fp16 modes hold the module in that dtype
+        dtype = DTYPES[spec.precision]  # DeepSpeed's bf16/fp16 modes hold the module in that dtype; FSDP2 gathers in it
     model = build_model(config, device="meta", dtype=dtype, attn_implementation=attention)
     real = model_inputs(batch, torch.device("cpu"))
     ids = real["input_ids"]
@@ -299,7 +302,7 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
             model = strategy.prepare(model, spec)
         if strategy.quantized:
             _peft_clones(model)
-        if spec.train_engine == "ddp":
+        if spec.train_engine in ("ddp", "fsdp2"):
             freeze_never_used(model)
         enable_checkpointing(model, spec)
         model.config.use_cache = False
@@ -343,7 +346,10 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
         notes.append("DDP's gradient buckets counted from the start (gradient_as_bucket_view: the gradients live there)")
         del buckets
     method = "traced (fake tensors): forward, backward, AdamW step; from the second step on, the optimizer states"
-    if deepspeed:
+    if fsdp:
+        peak, phase, breakdown = _with_fsdp2(spec, model, tracker)
+        method = "traced forward and backward (fake tensors) + FSDP2's shards and gathered units (analytic)"
+    elif deepspeed:
         groups = [sum(p.numel() for p in g["params"]) for g in param_groups(model, spec.weight_decay)]
         peak, phase, breakdown = _with_deepspeed(spec, trainable, tracker, groups)
         stage = spec.train_engine[-1]
@@ -457,6 +463,52 @@ def _with_deepspeed(spec: RunSpec, trainable: list, tracker: PeakTracker, groups
                        "gradients": zero.grad_partition, "temporaries": zero.step_temporaries,
                        "communication buckets": 0})
     candidates.append((base + kept + zero.grad_partition + zero.step_temporaries, "optimizer step", step_parts))
+    return max(candidates, key=lambda c: c[0])
+
+
+def _rank0_shard(param: torch.Tensor, world: int) -> int:
+    """Values of a parameter on FSDP2's rank 0: dim 0 split in ceil(d0 / W) rows (rank 0 holds the largest shard)."""
+    if param.dim() == 0:
+        return 1
+    return math.ceil(param.shape[0] / world) * (param.numel() // max(param.shape[0], 1))
+
+
+def _with_fsdp2(spec: RunSpec, model: nn.Module, tracker: PeakTracker) -> tuple[int, str, dict]:
+    """FSDP2 (training_core/engine.py: every used CLIP layer and decoder layer a unit, the root the rest) per rank,
+    from the second step on: the fp32 shards of every parameter and AdamW's two fp32 moments of the trainable ones
+    throughout; the traced forward and backward hold every weight gathered in the compute dtype (without
+    `fsdp2_reshard` every unit stays gathered from its forward to its backward; with it, only the root and the
+    largest unit twice, for the prefetch); the fp32 gradient shards from the backward to the step; between
+    accumulation boundaries the unsharded gradients in the compute dtype. At the step: shards, gradient shards,
+    moments and AdamW's temporaries."""
+    world = spec.world_size
+    params = list(model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    shards = rounded(4 * sum(_rank0_shard(p, world) for p in params))
+    trainable_shard = sum(_rank0_shard(p, world) for p in trainable)
+    moments, grad_shards = 2 * rounded(4 * trainable_shard), rounded(4 * trainable_shard)
+    compute = 4 if spec.precision == "fp32" else 2
+    gathered_freed = 0
+    if spec.fsdp2_reshard:
+        from training_core.engine import shard_units
+
+        units = [sum(p.numel() for p in unit.parameters()) for unit in shard_units(model)]
+        gathered_freed = compute * (sum(units) - 2 * max(units, default=0))
+    held = rounded(compute * sum(p.numel() for p in trainable)) if spec.grad_accum > 1 else 0
+    groups = [sum(_rank0_shard(p, world) for p in g["params"]) for g in param_groups(model, spec.weight_decay)]
+    temporaries = adamw_step_temporaries(groups, target_foreach(spec))
+    candidates = []
+    for phase, grads in (("forward", 0), ("backward", 0), ("backward, reducing", grad_shards)):
+        if phase in tracker.phase_peaks:
+            total, parts = tracker.phase_peaks[phase][0], tracker.breakdown(phase)
+            parts["weights"] += shards - gathered_freed
+            parts.update({"optimizer states": moments, "gradients": grads + held})
+            candidates.append((total - gathered_freed + shards + moments + grads + held, phase, parts))
+    setup = tracker.breakdown("setup")
+    step_parts = {c: 0 for c in CATEGORIES}
+    step_parts.update({"weights": shards, "inputs": setup["inputs"], "optimizer states": moments,
+                       "gradients": grad_shards, "temporaries": temporaries})
+    candidates.append((shards + setup["inputs"] + moments + grad_shards + temporaries, "optimizer step", step_parts))
     return max(candidates, key=lambda c: c[0])
 
 
