@@ -207,15 +207,18 @@ class Fsdp2Engine:
     reduce-scattered in fp32. Accumulation: gradients are reduced on the last micro-batch only."""
 
     def __init__(self, model: nn.Module, spec: RunSpec, device: Device, total_steps: int):
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         self.spec, self.device = spec, device
         compute = {"bf16": torch.bfloat16, "fp32": None}[spec.precision]  # fp16: refused by the spec
         policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
         reshard = bool(spec.fsdp2_reshard)
+        # the cell's own device type: FSDP2's default mesh is CUDA's wherever CUDA is, also for a `gpu: cpu` cell
+        mesh = init_device_mesh(device.type, (distributed.world_size(),))
         for unit in shard_units(model):
-            fully_shard(unit, mp_policy=policy, reshard_after_forward=reshard)
-        fully_shard(model, mp_policy=policy, reshard_after_forward=reshard)
+            fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+        fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
         self.module = self.model = model
         self.optimizer = build_optimizer(model, spec)  # over the sharded (DTensor) parameters
         self.scheduler = build_scheduler(self.optimizer, spec, total_steps)

@@ -265,7 +265,9 @@ out = {}
 for fields in json.loads(sys.argv[2]):
     spec = RunSpec(model="tiny", num_crops=4, strategy="full", engine="fsdp2", precision="fp32", **fields)
     measured = measured_step_peak(spec, Path(sys.argv[1]))  # first: joins the group, local rank 0 writes the twin
-    out[json.dumps(fields, sort_keys=True)] = [trace_step(spec, Path(sys.argv[1]), block=1).peak_bytes, measured]
+    ranks = [None] * dist.get_world_size()
+    dist.all_gather_object(ranks, measured)
+    out[json.dumps(fields, sort_keys=True)] = [trace_step(spec, Path(sys.argv[1]), block=1).peak_bytes, ranks]
 if dist.get_rank() == 0:
     print(json.dumps(out), flush=True)
 dist.barrier()
@@ -276,9 +278,14 @@ dist.destroy_process_group()
 @pytest.mark.slow
 def test_fsdp2_predictions_against_real_steps_on_two_ranks(tmp_path):
     """FSDP2 on 2 gloo ranks (torchrun): the fp32 shards, AdamW's moments of the trainable shards, every unit gathered
-    from its forward to its backward, the fp32 gradient shards, against the allocator's peak of real steps (the
-    larger rank's). Measured here: +9.5% (checkpointing all), +1.1% (none), +6.1% (bf16), -2.1% (accumulating 2).
-    (On one process FSDP2 is predicted 13-22% above the real peak: it gathers less there; kept as an over-estimate.)"""
+    from its forward to its backward, the fp32 gradient shards as the backward reduce-scatters them, against the
+    allocator's peak of real steps on each rank. gloo's CPU collectives allocate their own buffers through torch's
+    CPU allocator (NCCL keeps them outside it on a GPU; the estimate leaves them out), and when they come relative to
+    the activations' peak depends on timing: the same checkpointed cell measured 3.0 to 3.3 MB over 3 runs x 2 ranks
+    here. Measured over those 6 rank-runs: checkpointing all -12.5% .. +2.9%, none -8.5% .. +2.9%, accumulating 2
+    -0.5% .. +1.0%. So the prediction must be above 0.85 x the smaller rank's peak (the gloo buffers are extra) and
+    below 1.10 x the larger. Not gated: resharding (-10.1% on rank 0 in one run), and one process, where FSDP2 is
+    predicted 13-22% above the real peak (it gathers less there)."""
     script = tmp_path / "fsdp2_check.py"
     script.write_text(FSDP2_CHECK)
     cases = [{"gpus_per_node": 2, "global_batch": 2},
@@ -289,8 +296,9 @@ def test_fsdp2_predictions_against_real_steps_on_two_ranks(tmp_path):
                          timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
-    for case, (predicted, measured) in results.items():
-        assert predicted == pytest.approx(measured, rel=0.10), case
+    print(json.dumps({case: [f"{p / r - 1:+.1%}" for r in ranks] for case, (p, ranks) in results.items()}))
+    for case, (predicted, ranks) in results.items():
+        assert 0.85 * min(ranks) <= predicted <= 1.10 * max(ranks), (case, predicted, ranks)
 
 
 def test_engines_the_estimator_does_not_cover_are_said_not_guessed(data):

@@ -252,6 +252,15 @@ def _reduced(tracker: PeakTracker, param: torch.Tensor) -> None:
     tracker.enter("backward, reducing", "activations")
 
 
+def _sharded(tracker: PeakTracker, world: int, kept: list, param: torch.Tensor) -> None:
+    """FSDP2 reduce-scatters a produced gradient into its fp32 shard: the gathered gradient goes, the shard stays (from
+    this point of the backward on, so the shards grow as the backward proceeds)."""
+    param.grad = None
+    tracker.enter("backward, reducing", "gradients")
+    kept.append(torch.empty(_rank0_shard(param, world), dtype=torch.float32))
+    tracker.enter("backward, reducing", "activations")
+
+
 def _embedder(model: nn.Module):
     return model.model.vision_embed_tokens
 
@@ -313,8 +322,12 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
             tracker.track(tensor, "inputs")
         _embedder(model).precomputed = (tuple(fake.from_tensor(p) for p in positions), sizes)
         trainable = [p for p in model.parameters() if p.requires_grad]
+        grad_shards: list = []  # FSDP2's, held to the end of the trace
         for p in trainable:
-            if deepspeed:  # ZeRO-2 takes each gradient into its buckets as it is produced (from the first on)
+            if fsdp:
+                p.register_post_accumulate_grad_hook(functools.partial(_sharded, tracker, spec.world_size,
+                                                                       grad_shards))
+            elif deepspeed:  # ZeRO-2 takes each gradient into its buckets as it is produced (from the first on)
                 p.register_post_accumulate_grad_hook(functools.partial(_reduced, tracker))
             else:
                 p.register_post_accumulate_grad_hook(lambda q: tracker.reclassify(q.grad, "gradients"))
@@ -478,13 +491,14 @@ def _with_fsdp2(spec: RunSpec, model: nn.Module, tracker: PeakTracker) -> tuple[
     from the second step on: the fp32 shards of every parameter and AdamW's two fp32 moments of the trainable ones
     throughout; the traced forward and backward hold every weight gathered in the compute dtype (without
     `fsdp2_reshard` every unit stays gathered from its forward to its backward; with it, only the root and the
-    largest unit twice, for the prefetch); the fp32 gradient shards from the backward to the step; between
+    largest unit twice, for the prefetch); the fp32 gradient shards as the traced backward produces them (each
+    gradient's shard from its reduce-scatter on), to the step; between
     accumulation boundaries the unsharded gradients in the compute dtype. At the step: shards, gradient shards,
     moments and AdamW's temporaries."""
     world = spec.world_size
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
-    shards = rounded(4 * sum(_rank0_shard(p, world) for p in params))
+    shards = rounded(4 * sum(_rank0_shard(p, world) for p in params))  # the gradient shards are traced (`_sharded`)
     trainable_shard = sum(_rank0_shard(p, world) for p in trainable)
     moments, grad_shards = 2 * rounded(4 * trainable_shard), rounded(4 * trainable_shard)
     compute = 4 if spec.precision == "fp32" else 2
@@ -498,12 +512,13 @@ def _with_fsdp2(spec: RunSpec, model: nn.Module, tracker: PeakTracker) -> tuple[
     groups = [sum(_rank0_shard(p, world) for p in g["params"]) for g in param_groups(model, spec.weight_decay)]
     temporaries = adamw_step_temporaries(groups, target_foreach(spec))
     candidates = []
-    for phase, grads in (("forward", 0), ("backward", 0), ("backward, reducing", grad_shards)):
+    for phase in ("forward", "backward", "backward, reducing"):
         if phase in tracker.phase_peaks:
             total, parts = tracker.phase_peaks[phase][0], tracker.breakdown(phase)
             parts["weights"] += shards - gathered_freed
-            parts.update({"optimizer states": moments, "gradients": grads + held})
-            candidates.append((total - gathered_freed + shards + moments + grads + held, phase, parts))
+            parts["optimizer states"] = moments
+            parts["gradients"] += held
+            candidates.append((total - gathered_freed + shards + moments + held, phase, parts))
     setup = tracker.breakdown("setup")
     step_parts = {c: 0 for c in CATEGORIES}
     step_parts.update({"weights": shards, "inputs": setup["inputs"], "optimizer states": moments,
