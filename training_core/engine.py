@@ -73,22 +73,37 @@ def ds_config(spec: RunSpec, world_size: int) -> dict:
 
 
 class PlainEngine:
+    before_optimizer_step: list | None = None  # FSDP2's: calls made once the gradients are reduced, before the step
+
     def __init__(self, model: nn.Module, spec: RunSpec, device: Device, total_steps: int):
         self.spec, self.device = spec, device
         self.module = model
-        self.optimizer = build_optimizer(model, spec)
+        self.model = self._wrap(model)
+        self.optimizer = build_optimizer(model, spec)  # after wrapping: FSDP2's parameters are its shards
         self.scheduler = build_scheduler(self.optimizer, spec, total_steps)
         self.scaler = torch.amp.GradScaler(device.type, enabled=spec.precision == "fp16")
         self.skipped_steps = 0  # optimizer steps the fp16 loss scaler skipped (inf/nan gradients)
         self.last_scale = self.scaler.get_scale() if self.scaler.is_enabled() else None  # None: not counted
-        self.model = model
-        if distributed.world_size() > 1:
-            # gradient_as_bucket_view: the gradients are views into DDP's buckets, not a second copy of them (the
-            # estimator counts the buckets as the gradients, from the start: training_core/estimate/trace.py)
-            self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False,
-                gradient_as_bucket_view=True,
-            )
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """DDP when several processes. gradient_as_bucket_view: the gradients are views into DDP's buckets, not a
+        second copy of them (the estimator counts the buckets as the gradients, from the start:
+        training_core/estimate/trace.py)."""
+        if distributed.world_size() == 1:
+            return model
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=False, gradient_as_bucket_view=True,
+        )
+
+    def _accumulating(self, last: bool):
+        """The context of one micro-batch's forward and backward: gradients synchronised on the last one only."""
+        if last or not isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
+
+    def _forward_context(self):
+        return autocast(self.spec, self.device)
 
     def train_step(self, micro_batches: list[dict]) -> torch.Tensor:
         """One optimizer step; returns the mean micro-batch loss as a 0-d tensor on the device (no host
@@ -96,12 +111,13 @@ class PlainEngine:
         total = torch.zeros((), dtype=torch.float32, device=self.device.torch)
         n = len(micro_batches)
         for i, batch in enumerate(micro_batches):
-            sync = i == n - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
-            with contextlib.nullcontext() if sync else self.model.no_sync():
-                with autocast(self.spec, self.device):
+            with self._accumulating(i == n - 1):
+                with self._forward_context():
                     loss = self.model(**model_inputs(batch, self.device.torch)).loss
                 self.scaler.scale(loss / n).backward()
             total += loss.detach().float()
+        for call in self.before_optimizer_step or ():
+            call()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], MAX_GRAD_NORM)
         self.scaler.step(self.optimizer)
@@ -118,7 +134,7 @@ class PlainEngine:
         return self.module
 
     def generation_context(self):
-        return autocast(self.spec, self.device)
+        return self._forward_context()
 
     @contextlib.contextmanager
     def full_state(self):
@@ -201,52 +217,38 @@ def shard_units(model: nn.Module) -> list[nn.Module]:
     return [*vision.encoder.layers[:embedder.num_layers_used], *model.model.layers]
 
 
-class Fsdp2Engine:
+class Fsdp2Engine(PlainEngine):
     """FSDP2 (`torch.distributed.fsdp.fully_shard`) with ZeRO's precision: fp32 sharded parameters (the master
-    weights) and AdamW states, compute in the cell's bf16 (parameters cast per unit as they are gathered), gradients
-    reduce-scattered in fp32. Accumulation: gradients are reduced on the last micro-batch only."""
+    weights) and AdamW states, compute in the cell's bf16 (parameters cast per unit as they are gathered, so no
+    autocast), gradients reduce-scattered in fp32. Accumulation: gradients are reduced on the last micro-batch only.
+    The step is `PlainEngine`'s (its loss scaler is off: fp16 is refused by the spec)."""
+
+    state_on_main_only = True  # `state_dict` gathers the whole state onto the main rank; the others get none
 
     def __init__(self, model: nn.Module, spec: RunSpec, device: Device, total_steps: int):
+        super().__init__(model, spec, device, total_steps)
+        self.before_optimizer_step = []  # called with no arguments once the gradients are reduced
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        self.spec, self.device = spec, device
-        compute = {"bf16": torch.bfloat16, "fp32": None}[spec.precision]  # fp16: refused by the spec
+        compute = {"bf16": torch.bfloat16, "fp32": None}[self.spec.precision]  # fp16: refused by the spec
         policy = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
-        reshard = bool(spec.fsdp2_reshard)
+        reshard = bool(self.spec.fsdp2_reshard)
         # the cell's own device type: FSDP2's default mesh is CUDA's wherever CUDA is, also for a `gpu: cpu` cell
-        mesh = init_device_mesh(device.type, (distributed.world_size(),))
+        mesh = init_device_mesh(self.device.type, (distributed.world_size(),))
         for unit in shard_units(model):
             fully_shard(unit, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
         fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
-        self.module = self.model = model
-        self.optimizer = build_optimizer(model, spec)  # over the sharded (DTensor) parameters
-        self.scheduler = build_scheduler(self.optimizer, spec, total_steps)
-        self.skipped_steps = 0  # no loss scaler (fp16 is refused)
-        self.before_optimizer_step: list = []  # called with no arguments once the gradients are reduced
+        return model
 
-    state_on_main_only = True  # `state_dict` gathers the whole state onto the main rank; the others get none
-    def train_step(self, micro_batches: list[dict]) -> torch.Tensor:
-        total = torch.zeros((), dtype=torch.float32, device=self.device.torch)
-        n = len(micro_batches)
-        for i, batch in enumerate(micro_batches):
-            self.model.set_requires_gradient_sync(i == n - 1)
-            loss = self.model(**model_inputs(batch, self.device.torch)).loss
-            (loss / n).backward()
-            total += loss.detach().float()
-        for call in self.before_optimizer_step:
-            call()
-        torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], MAX_GRAD_NORM)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total / n
-
-    def generation_model(self) -> nn.Module:
-        return self.module
-
-    def generation_context(self):
+    def _accumulating(self, last: bool):
+        self.model.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
+
+    def _forward_context(self):
+        return contextlib.nullcontext()  # the mixed-precision policy casts each gathered unit
 
     def _options(self, **kw):
         from torch.distributed.checkpoint.state_dict import StateDictOptions
@@ -277,10 +279,10 @@ class Fsdp2Engine:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
         main = distributed.is_main()
-        options = self._options(broadcast_from_rank0=True)
         set_model_state_dict(self.module, state["model"] if main else {},
                              options=self._options(broadcast_from_rank0=True, strict=False))
-        set_optimizer_state_dict(self.module, self.optimizer, state["optimizer"] if main else {}, options=options)
+        set_optimizer_state_dict(self.module, self.optimizer, state["optimizer"] if main else {},
+                                 options=self._options(broadcast_from_rank0=True))
         self.scheduler.load_state_dict(state["scheduler"])
 
 
