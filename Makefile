@@ -216,11 +216,17 @@ reproduce-ucf101: setup
 
 plan-cpu: setup
 	$(HARNESS) plan cpu_smoke
+ENGINE_GPUS = --gpu A100 --gpu H100 --gpu H200 --gpu V100 --gpu RTX8000
 # Predicted peak memory of the guide's speed grids beside the documented peaks (results/estimates/, committed): the
-# real 4.15B preset traced with fake tensors, a few minutes on a CPU, no GPU.
+# real 4.15B preset traced with fake tensors, a few minutes on a CPU, no GPU; and the engines' full fine-tuning cells
+# (README: which engine for which GPU memory).
 estimate-guide: setup
 	$(HARNESS) estimate a100_speed --gpu A100 --gpu H100 --gpu V100 --out results/estimates/a100_speed.md
 	$(HARNESS) estimate v100_speed --gpu V100 --gpu A100 --out results/estimates/v100_speed.md
+	$(HARNESS) estimate engines_a100 --filter strategy=full --filter activation_checkpointing=all $(ENGINE_GPUS) \
+		--out results/estimates/engines_full_8gpu.md
+	$(HARNESS) estimate engines_a100 --filter strategy=full --filter activation_checkpointing=none $(ENGINE_GPUS) \
+		--out results/estimates/engines_full_8gpu_no_ckpt.md
 
 plan-a100: setup
 	$(HARNESS) plan a100_speed

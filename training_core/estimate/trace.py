@@ -8,7 +8,8 @@ and engine code run on tensors that have shapes but no storage, so the real 4.15
   ahead (`precomputed`), which fake tensors cannot be asked for.
 - DDP strategies (lora, qlora) run the real `PlainEngine.train_step`: forward, backward, clipping, AdamW. DeepSpeed
   strategies (full, frozen_vision) run forward and backward with each gradient dropped as it is produced (ZeRO-2
-  moves it into its buckets at once) and get DeepSpeed's own buffers added analytically (`deepspeed_states`).
+  moves it into its buckets at once) and get DeepSpeed's own buffers added analytically (`deepspeed_states`;
+  ZeRO-3's partitions, persistent and gathered parameters in `zero3_states`). FSDP2 likewise (`_with_fsdp2`).
 - QLoRA's 4-bit weights are stand-ins with bitsandbytes' storage (packed uint8, an fp32 absmax per 64 values)
   dequantized in forward and backward (bitsandbytes' Params4bit cannot hold a fake tensor).
 - flash_attention_2 is traced as sdpa's fused kernel (no L x L matrix either): flash-attn needs CUDA.
@@ -266,7 +267,7 @@ def _embedder(model: nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------- trace
-ESTIMATED_ENGINES = ("ddp", "zero1", "zero2", "fsdp2")
+ESTIMATED_ENGINES = ("ddp", "zero1", "zero2", "zero3", "fsdp2")
 
 
 class NotEstimated(Exception):
@@ -290,7 +291,7 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     fsdp = spec.train_engine == "fsdp2"
     # ZeRO-1/2 and FSDP2: one micro-batch's forward and backward in the compute dtype, each gradient taken away as it
     # is produced (into ZeRO's buckets, or reduce-scattered into FSDP2's fp32 shards); their own states analytic
-    deepspeed = spec.train_engine in ("zero1", "zero2") or fsdp
+    deepspeed = spec.train_engine in ("zero1", "zero2", "zero3") or fsdp
     dtype = weights_dtype(spec)
     if deepspeed and spec.precision != "fp32":
         dtype = DTYPES[spec.precision]  # DeepSpeed's bf16/fp16 modes hold the module in that dtype; FSDP2 gathers in it
@@ -362,6 +363,11 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     if fsdp:
         peak, phase, breakdown = _with_fsdp2(spec, model, tracker)
         method = "traced forward and backward (fake tensors) + FSDP2's shards and gathered units (analytic)"
+    elif spec.train_engine == "zero3":
+        peak, phase, breakdown = _with_zero3(spec, model, tracker)
+        method = "traced forward and backward (fake tensors) + DeepSpeed ZeRO-3's partitions and gathered parameters (analytic)"
+        notes.append("ZeRO-3's gathered parameters bounded by its reuse distance, prefetch bucket and largest module "
+                     "(its coordinator is not replayed)")
     elif deepspeed:
         groups = [sum(p.numel() for p in g["params"]) for g in param_groups(model, spec.weight_decay)]
         peak, phase, breakdown = _with_deepspeed(spec, trainable, tracker, groups)
@@ -476,6 +482,111 @@ def _with_deepspeed(spec: RunSpec, trainable: list, tracker: PeakTracker, groups
                        "gradients": zero.grad_partition, "temporaries": zero.step_temporaries,
                        "communication buckets": 0})
     candidates.append((base + kept + zero.grad_partition + zero.step_temporaries, "optimizer step", step_parts))
+    return max(candidates, key=lambda c: c[0])
+
+
+# DeepSpeed 0.19's ZeRO-3 defaults (runtime/zero/config.py), used where the cell's DeepSpeed config sets none
+ZERO3_DEFAULTS = {"stage3_param_persistence_threshold": 100_000, "stage3_prefetch_bucket_size": 50_000_000,
+                  "stage3_max_reuse_distance": 1_000_000_000, "sub_group_size": 1_000_000_000}
+
+
+def zero3_subgroups(group_parts: list[list[int]], size: int) -> list[int]:
+    """ZeRO-3 steps its optimizer one sub-group at a time: each param group's partitions cut where their running
+    total reaches `sub_group_size` (stage3.py `_create_fp16_sub_groups`). Returns each sub-group's numel."""
+    out = []
+    for parts in group_parts:
+        total = sum(parts)
+        if total <= size:
+            out.append(total)
+            continue
+        running = 0
+        for n in parts:
+            running += n
+            if running >= size:
+                out.append(running)
+                running = 0
+        if running:
+            out.append(running)
+    return [n for n in out if n > 0]
+
+
+@dataclass(frozen=True)
+class Zero3States:
+    """DeepSpeed ZeRO-3's memory per rank (deepspeed 0.19, runtime/zero/stage3.py, partition_parameters.py and
+    partitioned_param_coordinator.py), from the cell's DeepSpeed config and DeepSpeed's defaults:
+    - `partitions`: every parameter's partition (ceil(numel / W) values) in the module's dtype;
+    - `persistent`: the parameters of at most `stage3_param_persistence_threshold` values, also whole on every rank;
+    - `live`: the gathered (whole) non-persistent parameters in forward and backward, bounded by the coordinator's
+      reuse distance + prefetch bucket + the largest module's (and by all of them; the coordinator is not replayed);
+    - `master` (none when the module is fp32: DeepSpeed steps those partitions in place), `moments` (AdamW's two
+      fp32), `grad_partition` (the flat gradient partition in the module's dtype), `bucket` (the contiguous-gradients
+      buffer of `reduce_bucket_size` values): all from the engine's start;
+    - `reducing`: while a bucket is reduced, `reduce_scatter_coalesced`'s flat copy of it (and on a CPU gloo's copy
+      of that input: measured, a 200 KB input costs 200 KB);
+    - `step`: one sub-group at a time, its flat fp32 gradient and AdamW's temporaries on the cell's device."""
+    partitions: int
+    persistent: int
+    live: int
+    master: int
+    moments: int
+    grad_partition: int
+    bucket: int
+    reducing: int
+    step: int
+
+
+def zero3_states(spec: RunSpec, model: nn.Module) -> Zero3States:
+    world = spec.world_size
+    config = {**ZERO3_DEFAULTS, **ds_config(spec, world)["zero_optimization"]}
+    threshold = int(config["stage3_param_persistence_threshold"])
+    compute = 4 if spec.precision == "fp32" else 2
+    params = list(model.parameters())
+
+    def part(p) -> int:  # DeepSpeed pads each partition to ceil(numel / W)
+        return math.ceil(p.numel() / world)
+
+    gathered_all = sum(p.numel() for p in params if p.numel() > threshold)
+    largest = max((sum(p.numel() for p in m.parameters(recurse=False) if p.numel() > threshold)
+                   for m in model.modules()), default=0)
+    live = compute * min(gathered_all, int(config["stage3_max_reuse_distance"])
+                         + int(config["stage3_prefetch_bucket_size"]) + largest)
+    groups = [[part(p) for p in g["params"]] for g in param_groups(model, spec.weight_decay)]
+    trainable = sum(sum(g) for g in groups)
+    flat = compute * min(int(config["reduce_bucket_size"]), trainable * world) if world > 1 else 0
+    subgroups = zero3_subgroups(groups, int(config["sub_group_size"]))
+    return Zero3States(
+        partitions=rounded(compute * sum(part(p) for p in params)),
+        persistent=rounded(compute * sum(p.numel() for p in params if p.numel() <= threshold)),
+        live=rounded(live), master=0 if compute == 4 else rounded(4 * trainable), moments=2 * rounded(4 * trainable),
+        grad_partition=rounded(compute * trainable),
+        bucket=rounded(compute * int(config["reduce_bucket_size"])) if config.get("contiguous_gradients") else 0,
+        reducing=rounded(flat) * (2 if spec.gpu.lower() == "cpu" else 1),
+        step=max((rounded(4 * n) + adamw_step_temporaries([n], target_foreach(spec)) for n in subgroups), default=0))
+
+
+def _with_zero3(spec: RunSpec, model: nn.Module, tracker: PeakTracker) -> tuple[int, str, dict]:
+    """ZeRO-3 per rank from the second step on (`Zero3States`): the traced forward and backward hold every weight
+    whole, ZeRO-3 its partitions, the persistent parameters and the live gathered ones; each gradient leaves the
+    backward as it is produced (into the bucket), as ZeRO-2's does. The largest phase is the peak."""
+    z = zero3_states(spec, model)
+    compute = 4 if spec.precision == "fp32" else 2
+    traced_weights = compute * sum(p.numel() for p in model.parameters())  # the trace's: every weight whole
+    kept = z.master + z.moments
+    candidates = []
+    for phase in ("forward", "backward", "backward, reducing"):
+        if phase in tracker.phase_peaks:
+            total, parts = tracker.phase_peaks[phase][0], tracker.breakdown(phase)
+            extra = z.reducing if phase == "backward, reducing" else 0
+            weights = parts["weights"] - traced_weights + z.partitions + z.persistent + z.live
+            parts.update({"weights": weights, "optimizer states": kept, "gradients": z.grad_partition,
+                          "communication buckets": z.bucket + extra})
+            candidates.append((total - traced_weights + z.partitions + z.persistent + z.live + kept
+                               + z.grad_partition + z.bucket + extra, phase, parts))
+    setup = tracker.breakdown("setup")
+    step_parts = {c: 0 for c in CATEGORIES}
+    step_parts.update({"weights": z.partitions + z.persistent, "inputs": setup["inputs"], "optimizer states": kept,
+                       "gradients": z.grad_partition, "temporaries": z.step, "communication buckets": z.bucket})
+    candidates.append((sum(step_parts.values()), "optimizer step", step_parts))
     return max(candidates, key=lambda c: c[0])
 
 

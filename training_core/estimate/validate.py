@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -92,6 +93,23 @@ def _own_mapped_weights(model: torch.nn.Module) -> int:
     return moved
 
 
+class _OneAtATime(Sequence):
+    """A step's micro-batches, each a fresh copy made when the engine reaches it: a cell's loader hands them to the
+    device one at a time (the others wait in host memory), so a list of copies made up front would count every
+    micro-batch's inputs in the CPU's one memory at once."""
+
+    def __init__(self, batch: dict, n: int):
+        self.batch, self.n = batch, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return {k: v.clone() for k, v in model_inputs(self.batch, torch.device("cpu")).items()}
+
+
 def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
     """Peak allocated bytes (weights included) while `steps` optimizer steps of the cell run on its longest batch
     (from the second on, the optimizer states are there in forward and backward)."""
@@ -122,8 +140,7 @@ def measured_step_peak(spec: RunSpec, data_dir: Path, steps: int = 2) -> int:
         micro = spec.grad_accum if spec.train_engine.startswith("zero") else accumulated(spec)
         with torch.profiler.record_function(STEPS):
             for _ in range(steps):
-                engine.train_step([{k: v.clone() for k, v in model_inputs(batch, torch.device("cpu")).items()}
-                                   for _ in range(micro)])
+                engine.train_step(_OneAtATime(batch, micro))
         del engine, model
     return _allocation_peak(prof)
 
