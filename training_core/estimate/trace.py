@@ -620,8 +620,11 @@ def _with_fsdp2(spec: RunSpec, model: nn.Module, tracker: PeakTracker) -> tuple[
         units = [sum(p.numel() for p in unit.parameters()) for unit in shard_units(model)]
         gathered_freed = compute * (sum(units) - 2 * max(units, default=0))
     held = rounded(compute * sum(p.numel() for p in trainable)) if spec.grad_accum > 1 else 0
-    groups = [sum(_rank0_shard(p, world) for p in g["params"]) for g in param_groups(model, spec.weight_decay)]
-    temporaries = adamw_step_temporaries(groups, target_foreach(spec))
+    if target_foreach(spec):  # foreach over each group's shards: one temporary per shard, all at once
+        groups = [sum(_rank0_shard(p, world) for p in g["params"]) for g in param_groups(model, spec.weight_decay)]
+        temporaries = adamw_step_temporaries(groups, True)
+    else:  # the single-tensor path steps shard after shard (FSDP2 keeps no flat partition, unlike DeepSpeed)
+        temporaries = adamw_step_temporaries([_rank0_shard(p, world) for p in trainable], False)
     candidates = []
     for phase in ("forward", "backward", "backward, reducing"):
         if phase in tracker.phase_peaks:
