@@ -5,17 +5,15 @@ file: a syntax error as `file:line:column`, a schema error as dotted keys (`rows
 
 from __future__ import annotations
 
-import errno
-import os
-import stat
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from training_core import files
 from training_core.errors import UserError
+from training_core.files import MIB, kind_of  # noqa: F401 - kind_of is read from here by the harness
 
-MIB = 2**20
 TEXT_LIMIT = 16 * MIB  # a grid, a rules file, a documented table, a result.json, env.json: kilobytes in practice
 
 
@@ -23,67 +21,25 @@ class UnreadableError(UserError):
     """A file the harness will not read (a link, a pipe, a directory, too large, not UTF-8), named with the fix."""
 
 
-def kind_of(path: Path) -> str | None:
-    """What a path is when it is not a regular file: 'a symbolic link', 'a directory', 'a named pipe (FIFO)', ...;
-    None for a regular file or a path that does not exist."""
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        return None
-    return _kind(mode)
-
-
-def _kind(mode: int) -> str | None:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
-                       (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return name
-    return None if stat.S_ISREG(mode) else "not a regular file"
-
-
 def open_regular(path: Path, what: str = "file"):
     """A binary handle on `path`, which must be a regular file reached without following a link in its last part.
     Opened without blocking (a named pipe is refused, never waited on); UnreadableError otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnreadableError(f"{path}: the {what} is a symbolic link; the harness reads only the file itself "
-                                  "(copy it in place of the link)") from None
-        raise UnreadableError(f"{path}: the {what} cannot be read ({exc.strerror or exc})") from None
-    kind = _kind(os.fstat(fd).st_mode)
-    if kind is not None:
-        os.close(fd)
-        raise UnreadableError(f"{path}: the {what} is {kind}, not a regular file; move it aside")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+    return files.open_regular(path, what, error=UnreadableError)
 
 
 def read_bytes(path: Path, what: str = "file", limit: int = TEXT_LIMIT) -> bytes:
     """A regular file's bytes, at most `limit` of them (a larger file is refused, not read)."""
-    with open_regular(path, what) as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise UnreadableError(f"{path}: the {what} is larger than {limit // MIB} MiB; a {what} is far smaller "
-                              "(is it the right file?)")
-    return data
+    return files.read_bytes(path, what, limit, error=UnreadableError)
 
 
 def decode(data: bytes, path: Path, what: str = "file") -> str:
     """UTF-8 text (a BOM is dropped); UTF-16 and invalid bytes are refused naming the line."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise UnreadableError(f"{path}: is UTF-16 text; save the {what} as UTF-8")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise UnreadableError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); save the {what} as UTF-8") from None
+    return files.decode(data, path, what, UnreadableError)
 
 
 def read_text(path: Path, what: str = "file", limit: int = TEXT_LIMIT) -> str:
     """A regular file's UTF-8 text, bounded (see read_bytes and decode)."""
-    return decode(read_bytes(path, what, limit), path, what)
+    return files.read_text(path, what, limit, follow_links=False, error=UnreadableError)
 
 
 MAX_VALUES = 100_000  # values in a YAML file after its aliases are expanded (the shipped grids hold a few hundred)
