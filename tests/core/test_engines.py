@@ -107,6 +107,21 @@ def _rank0_rows(shape, world=2) -> int:
 
 
 @pytest.mark.slow
+def test_each_strategy_trains_its_parameters_on_the_recipes_engine(results):
+    """Every strategy x precision pair that tests/core/test_cells.py does not launch through the entry point: on the
+    recipe's engine, the strategy's trainable parameters, all of them with a gradient."""
+    from .test_cells import TRAINABLE
+
+    pairs = [("full", "bf16"), ("frozen_vision", "fp32"), ("lora", "fp32"), ("lora", "bf16"), ("qlora", "fp32")]
+    for strategy, precision in pairs:
+        engine = "zero2" if strategy in ("full", "frozen_vision") else "ddp"
+        r = _find(results, **({"strategy": strategy} if strategy != "full" else {}), engine=engine, precision=precision)
+        assert r["metrics"]["trainable_params"] == TRAINABLE[strategy], (strategy, precision)
+        assert r["gradients"]["flag"] is None and r["metrics"]["untrained_params"] == 0, (strategy, precision)
+        assert r["gradients"]["trainable_params"] == TRAINABLE[strategy], (strategy, precision)
+
+
+@pytest.mark.slow
 def test_model_state_bytes_per_rank_follow_each_engines_formula_exactly(results):
     """Parameters as held plus the optimizer's states, each tensor once, max over the 2 ranks (`model_state_bytes`;
     gradients are not model state there). T: trainable values, N: all values, n: trainable tensors, W = 2.
