@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help setup setup-gpu wheelhouse carry test test-fast test-gpu test-slurm doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
 	bench-gpu-smoke bench-engines-cpu bench-engines-h200 bench-engines-a100 gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
-	test-gate test-estimator estimate-guide reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
+	test-gate test-estimator estimate-guide tune-cpu tune-a100 tune-h100 tune-h200 tune-v100 tune-predict reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
@@ -38,6 +38,10 @@ help:
 	@echo "make bench-engines-cpu | bench-engines-h200 | bench-engines-a100   every engine (ddp, zero1-3, fsdp2) x"
 	@echo "                activation checkpointing (all, every-2, none) side by side, with the report's engines section"
 	@echo "                RUN_ARGS='--filter strategy=lora' etc. are passed to 'python -m harness run'"
+	@echo "make tune-cpu    harness tune on this CPU (tune_cpu grid, an 8 MiB budget): recipe vs the fastest config that fits"
+	@echo "make tune-a100 | tune-h100 | tune-v100 | tune-h200   the guide's speed grids tuned on that GPU (trials run here)"
+	@echo "make tune-predict  tune --predict-only of a100_speed for A100 and H200 (no GPU; results/estimates/tune_*)"
+	@echo "                TUNE_ARGS='--trials 5 --budget-s 3600' etc. are passed to 'python -m harness tune'"
 
 setup: $(STAMP)
 
@@ -160,6 +164,27 @@ bench-engines-h200: setup
 	$(HARNESS) run engines_h200 $(RUN_ARGS); status=$$?; $(HARNESS) report results/runs/engines_h200 && exit $$status
 bench-engines-a100: setup
 	$(HARNESS) run engines_a100 $(RUN_ARGS); status=$$?; $(HARNESS) report results/runs/engines_a100 && exit $$status
+
+# harness tune: the fastest configuration of each cell that fits (engine, checkpointing, micro-batch, attention),
+# predicted by the estimator and a stated step-time model, confirmed by short trials stored as ordinary cells; writes
+# matrices/tuned/<grid>-<gpu>.yaml and reports/tune/<grid>-<gpu>.md
+tune-cpu: setup
+	$(HARNESS) tune tune_cpu --memory-gib 0.008 $(TUNE_ARGS)
+tune-a100: setup
+	$(HARNESS) tune a100_speed $(TUNE_ARGS)
+tune-h100: setup
+	$(HARNESS) tune h100_speed $(TUNE_ARGS)
+tune-v100: setup
+	$(HARNESS) tune v100_speed $(TUNE_ARGS)
+tune-h200: setup
+	$(HARNESS) tune a100_speed --gpu H200 $(TUNE_ARGS)
+# the committed predictions (no GPU; the 1-node flash-attention cells; a few tens of minutes on a CPU, the second GPU
+# reuses the first's traces)
+TUNE_PREDICT = a100_speed --predict-only --filter nodes=1 --filter attention=flash_attention_2 \
+	--checkpointing all --checkpointing none --max-micro-batch 4
+tune-predict: setup
+	$(HARNESS) tune $(TUNE_PREDICT) --gpu A100 --report results/estimates/tune_a100_speed-A100.md
+	$(HARNESS) tune $(TUNE_PREDICT) --gpu H200 --report results/estimates/tune_a100_speed-H200.md
 gpu-check: setup
 	PYTHON=$(PY) scripts/gpu_check.sh build/gpu-check
 

@@ -1,7 +1,7 @@
 """The house rules of `harness/` (docs/ARCHITECTURE.md), held by reading every module's imports (ast, no import):
 
 - layers point down only: training_core's light modules < paths, outputs, rows < store < grid < run, report, gate
-  (side by side) < plan, doctor < cli < __main__; a stage never imports a stage above it;
+  (side by side) < plan, tune, doctor < cli < __main__; a stage never imports a stage above it;
 - `report/` and `gate/` read stored rows and never import `grid/`, `run/` or each other; `run/` and `grid/` never
   import `report/` or `gate/`;
 - launchers never import the runner (they get their options' slice, a row finisher and a captured environment);
@@ -32,7 +32,7 @@ LAYERS = {
     "harness.store": 2,
     "harness.grid": 3,
     "harness.run": 4, "harness.report": 4, "harness.gate": 4,
-    "harness.plan": 5, "harness.later_predictions": 5, "harness.doctor": 5, "harness.launchers": 5,  # the last: the old path's shim over run/
+    "harness.plan": 5, "harness.tune": 5, "harness.later_predictions": 5, "harness.doctor": 5, "harness.launchers": 5,  # the last: the old path's shim over run/
     "harness.cli": 6,
     "harness.__main__": 7,  # python -m harness
     "harness": 0,  # the package itself (a docstring): a module not listed above falls here, and may import nothing

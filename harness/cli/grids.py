@@ -95,6 +95,41 @@ def add(sub) -> None:
     run.add_argument("--dry-run", action="store_true", help="print commands / write sbatch scripts, run nothing")
     run.set_defaults(func=cmd_run)
 
+    tune = sub.add_parser("tune", help="the fastest configuration of each cell that fits its GPU (engine, "
+                                       "checkpointing, micro-batch, attention), predicted then measured in trials")
+    tune.add_argument("matrix", help="a grid file or a shipped grid's NAME")
+    tune.add_argument("--profile", help="a profile of the grid")
+    tune.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="select cells")
+    tune.add_argument("--gpu", type=nonempty, help="tune for this GPU of the catalogue (default: the cells' own)")
+    tune.add_argument("--memory-gib", type=positive(float),
+                      help="the memory budget in GiB (default: the GPU's; needed on a CPU, where the CPU allocator's "
+                           "peak is checked against it)")
+    tune.add_argument("--trials", type=ranged(0, 64), default=3,
+                      help="measured candidates per cell beside the recipe's own configuration (default 3)")
+    tune.add_argument("--engine", action="append", default=[], metavar="NAME",
+                      choices=("ddp", "zero1", "zero2", "zero3", "fsdp2"), help="search only these engines")
+    tune.add_argument("--checkpointing", action="append", default=[], metavar="POLICY",
+                      help="search only these activation-checkpointing policies (all, none, every-K)")
+    tune.add_argument("--max-micro-batch", type=positive(int), default=8,
+                      help="the largest per-device micro-batch tried (default 8)")
+    tune.add_argument("--budget-s", type=positive(float), help="wall-clock seconds for the trials (the rest are "
+                                                                "not run; rerun to go on)")
+    tune.add_argument("--predict-only", action="store_true",
+                      help="rank by prediction only (no GPU needed): the candidates, their fit and predicted speed")
+    tune.add_argument("--results", type=Path, default=Path("results/runs"), help="results root of the trials")
+    tune.add_argument("--group", help="results group of the trials (default: this machine)")
+    tune.add_argument("--timeout", type=positive(float), help="per-trial timeout in seconds")
+    tune.add_argument("--launcher", choices=("local", "slurm"), default="local", help="how each trial runs")
+    tune.add_argument("--allow-hardware-mismatch", action="store_true",
+                      help="run the trials although this machine does not match the grid's GPUs")
+    tune.add_argument("--out", type=Path, metavar="FILE.yaml",
+                      help="the tuned grid (default matrices/tuned/<grid>-<gpu>.yaml)")
+    tune.add_argument("--report", type=Path, metavar="FILE.md",
+                      help="the recipe-vs-tuned report (default reports/tune/<grid>-<gpu>.md)")
+    tune.add_argument("--data-root", type=Path, default=ESTIMATE_DATA,
+                      help="where the estimator writes the cells' synthetic twins")
+    tune.set_defaults(func=cmd_tune)
+
 
 def _grid(args, **extra):
     from harness.grid.file import load_grid
@@ -280,3 +315,62 @@ def _print_outcome(console, outcome, runner, grid, dry_run: bool) -> None:
         cells = ", ".join(f"{c.index} ({status})" for c, status in outcome.kept_failures)
         console.print(f"[red]{len(outcome.kept_failures)} cell(s) failed in an earlier run and were not rerun: "
                       f"{cells}; --retry-failed reruns only those, --force reruns every cell[/red]")
+
+
+def cmd_tune(args) -> int:
+    import re
+
+    from rich.console import Console
+
+    from harness import outputs
+    from harness.grid import hardware
+    from harness.grid.select import check_selection, parse_filters
+    from harness.outputs import plain
+    from harness.paths import ROOT
+    from harness.run.options import RunOptions
+    from harness.tune import output, search
+    from training_core.spec import CHECKPOINTING_PATTERN
+
+    for policy in args.checkpointing:
+        if not re.fullmatch(CHECKPOINTING_PATTERN, policy):
+            raise outputs.OutputError(f"--checkpointing {policy!r}: use all, none or every-K (K >= 2)")
+    if args.report is not None:
+        outputs.check(args.report, "--report")
+    if args.out is not None:
+        output.check_grid_out(args.out)
+    machine = hardware.detect()
+    grid = _grid(args, machine=machine)
+    filters = parse_filters(args.filter)
+    check_selection(grid, filters)
+    gpu = args.gpu or grid.file.hardware.gpu
+    options = search.TuneOptions(gpu=args.gpu, memory_gib=args.memory_gib, trials=args.trials,
+                                 engines=tuple(args.engine), policies=tuple(args.checkpointing),
+                                 max_micro_batch=args.max_micro_batch, predict_only=args.predict_only,
+                                 budget_s=args.budget_s, data_root=args.data_root)
+    run_options = RunOptions(results=args.results, group=args.group, timeout_s=args.timeout, launcher=args.launcher,
+                             check_hardware=not args.allow_hardware_mismatch, estimate=False,
+                             skip_predicted_oom=False)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+    print(plain(output.SAME_MODEL), flush=True)
+    record = search.tune_grid(grid, filters, options, run_options, machine, console,
+                              progress=lambda line: print(plain(line), flush=True))
+    grid_out, report_out = output.default_paths(grid, gpu, ROOT)
+    grid_out, report_out = args.out or grid_out, args.report or report_out
+    outputs.write(report_out, output.report(grid, record, gpu), marked=True)
+    print(f"wrote {report_out}")
+    if not args.predict_only:
+        outputs.write(args.results / f"{grid.name}-tune" / f"tune-{gpu}.json",
+                      json.dumps(output.summary_record(record), indent=1, default=str))
+        outputs.write(grid_out, output.tuned_grid(grid, record, gpu))
+        print(f"wrote {grid_out}")
+    for entry in record["cells"]:
+        s = entry["summary"]
+        best = next((j for j in entry["judged"] if j.fits and j.seconds is not None), None)
+        chosen = (f"best predicted: {best.candidate.label}" if args.predict_only else
+                  f"winner: {entry.get('winner') or 'none (no measured candidate fits)'}") if best or not \
+            args.predict_only else "nothing predicted to fit"
+        print(plain(f"cell {entry['cell']}: {s['candidates']} candidates, {s['dropped']} dropped by memory "
+                    f"({s['rule']}); {chosen}"))
+    if record.get("interrupted"):
+        return 130
+    return 0

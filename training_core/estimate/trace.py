@@ -56,6 +56,8 @@ class Trace:
     method: str
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    params: int = 0  # values of the model's parameters as the cell holds them (QLoRA's 4-bit weights not counted)
+    trainable: int = 0  # of them, the trainable ones
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -376,7 +378,8 @@ def trace_step(spec: RunSpec, data_dir: Path, block: int = BLOCK) -> Trace:
     else:
         peak, phase, breakdown = _steady(tracker)
     return Trace(peak_bytes=int(peak), phase=phase, breakdown=breakdown, tokens=int(ids.numel()),
-                 examples=examples, method=method, notes=notes, seconds=round(time.perf_counter() - started, 2))
+                 examples=examples, method=method, notes=notes, seconds=round(time.perf_counter() - started, 2),
+                 params=sum(p.numel() for p in model.parameters()), trainable=sum(p.numel() for p in trainable))
 
 
 def _steady(tracker: PeakTracker) -> tuple[int, str, dict]:
@@ -663,4 +666,5 @@ def estimate_cell(spec: RunSpec, root: Path | None, cell_dir: Path | None = None
     trace.notes[:0] = notes
     return {"peak_bytes": trace.peak_bytes, "phase": trace.phase, "breakdown": trace.breakdown,
             "tokens": trace.tokens, "examples": trace.examples, "method": trace.method, "notes": trace.notes,
+            "params": trace.params, "trainable": trace.trainable,
             "seconds": trace.seconds}

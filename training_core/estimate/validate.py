@@ -160,3 +160,36 @@ def measured_adamw_temporaries(group_numels: list[int], foreach: bool) -> int:
         with torch.profiler.record_function(STEPS):
             optimizer.step()
     return _allocation_peak(prof)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`torchrun --nproc_per_node=W -m training_core.estimate.validate --spec S --data-root R`: the allocator's peak of
+    two real steps of the cell on every rank, as JSON on rank 0's stdout ({"ranks": [bytes, ...]}): how `harness
+    tune` checks a CPU trial's memory (a CPU row has only the process's RSS)."""
+    import argparse
+    import json
+
+    import torch.distributed as dist
+
+    from .trace import twin_dir
+
+    parser = argparse.ArgumentParser(prog="python -m training_core.estimate.validate", description=main.__doc__)
+    parser.add_argument("--spec", required=True, type=Path)
+    parser.add_argument("--data-root", required=True, type=Path)
+    args = parser.parse_args(argv)
+    spec = RunSpec.load(args.spec)
+    peak = measured_step_peak(spec, twin_dir(spec, args.data_root))
+    ranks = [peak]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, peak)
+    if distributed.is_main():
+        print(json.dumps({"ranks": ranks}), flush=True)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
