@@ -162,3 +162,20 @@ def test_tune_on_this_cpu_beats_the_recipe_within_the_budget_and_its_grid_reruns
     ratio = row["metrics"]["images_per_s"] / best["trial"]["images_per_s"]
     print(f"the tuned grid's row: {ratio:.2f}x its trial's images/s")
     assert 0.5 < ratio < 2.0  # this machine's noise: 2x between runs
+
+
+def test_the_winner_is_the_fastest_measured_trial_that_fits_never_an_oom_or_one_predicted_not_to_fit():
+    from harness.tune.candidates import Candidate, settings_of
+    from harness.tune.search import Judged, winner
+
+    def judged(micro, fits, trial):
+        spec = RunSpec(model="tiny", strategy="full", precision="fp32", global_batch=8, per_device_batch=micro,
+                       engine="ddp")
+        return Judged(Candidate(spec, settings_of(spec)), recipe=False, fits=fits, trial=trial)
+
+    oom = judged(8, True, {"status": "oom", "images_per_s": None, "measured_fits": False})
+    too_big = judged(4, False, {"status": "ok", "images_per_s": 90.0, "measured_fits": True})  # never tried, but
+    over = judged(2, True, {"status": "ok", "images_per_s": 80.0, "measured_fits": False})  # measured over budget
+    ok = judged(1, True, {"status": "ok", "images_per_s": 50.0, "measured_fits": True})
+    assert winner([oom, too_big, over, ok]) is ok
+    assert winner([oom, over]) is None
