@@ -47,7 +47,8 @@ def describe(settings: dict) -> str:
 def changes(recipe: dict, tuned: dict) -> str:
     """What a candidate changes from the recipe's cell, e.g. 'engine zero2 -> ddp; ckpt all -> none'."""
     names = {"activation_checkpointing": "ckpt", "per_device_batch": "micro-batch", "fsdp2_reshard": "reshard"}
-    out = [f"{names.get(k, k)} {recipe[k]} -> {tuned[k]}" for k in TUNED if recipe.get(k) != tuned.get(k)]
+    out = [f"{names.get(k, k)} {recipe[k]} -> {tuned[k]}" for k in TUNED if recipe.get(k) != tuned.get(k)
+           and not (k == "fsdp2_reshard" and None in (recipe.get(k), tuned.get(k)))]  # said by the engine
     return "; ".join(out) or "nothing (the recipe's configuration)"
 
 

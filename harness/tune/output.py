@@ -156,8 +156,9 @@ def report(grid: Grid, record: dict, gpu: str) -> str:
             f"Assumed rates: {record['cells'][0]['summary']['rates'] if record['cells'] else '-'}."]
     scales = record.get("scales")
     if scales:
-        out.append("Fitted scales (measured / predicted, per term): "
-                   + ", ".join(f"{k} {v:.3g}" for k, v in scales.items()) + ".")
+        out.append("Fitted scales (measured / predicted, per term; 0: the term explained none of the differences): "
+                   + ", ".join(f"{k} {v:.3g}" for k, v in scales.items()) + f"; fitted rates: "
+                   f"{record.get('fitted_rates', '-')}.")
     rho = record.get("spearman")
     out.append(f"Spearman rank correlation over all {record.get('trials_measured', 0)} measured trials: "
                f"{'not enough trials' if rho is None else f'{rho:+.2f}'}.")

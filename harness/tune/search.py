@@ -345,3 +345,6 @@ def fit_model(record: dict) -> None:
     record["spearman"] = steptime.spearman(predicted, measured)
     record["trials_measured"] = len(measured)
     record["scales"] = steptime.fit_scales(parts, measured)
+    if record["scales"] and record["cells"]:
+        rates = steptime.rates_for(RunSpec.model_validate(record["cells"][0]["spec"]))
+        record["fitted_rates"] = steptime.fitted_rates(rates, record["scales"]).describe()
