@@ -352,8 +352,13 @@ def cmd_tune(args) -> int:
                              skip_predicted_oom=False)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
     print(plain(output.SAME_MODEL), flush=True)
-    record = search.tune_grid(grid, filters, options, run_options, machine, console,
-                              progress=lambda line: print(plain(line), flush=True))
+    try:
+        record = search.tune_grid(grid, filters, options, run_options, machine, console,
+                                  progress=lambda line: print(plain(line), flush=True))
+    except KeyboardInterrupt:  # between trials or while predicting: the finished trials' rows and traces are kept
+        print("interrupted: the finished trials and predictions are kept; run the same command again to go on",
+              file=sys.stderr)
+        return 130
     grid_out, report_out = output.default_paths(grid, gpu, ROOT)
     grid_out, report_out = args.out or grid_out, args.report or report_out
     outputs.write(report_out, output.report(grid, record, gpu), marked=True)

@@ -41,8 +41,10 @@ ADAMW_BYTES = 28  # read + written per updated value: fp32 weight (8), gradient 
 # memory bandwidth (bytes/s) from the data sheets; others 1 TB/s
 HBM = {"V100": 0.90e12, "T4": 0.32e12, "RTX8000": 0.672e12, "A100": 2.0e12, "A800": 2.0e12, "A10G": 0.6e12,
        "A10": 0.6e12, "L40S": 0.864e12, "H100": 3.35e12, "H800": 3.35e12, "H200": 4.8e12}
-# a CPU process (gloo): nominal rates, only to order candidates before the trials measure them
-CPU = {"flops": 2e10, "link": 2e9, "memory": 1e10, "micro_batch_s": 0.010}
+# a CPU process (gloo), only to order candidates before the trials measure them: compute and per-micro-batch rates
+# as the tune_cpu trials on the project's 2-core machine fitted them (nominal 20 GFLOP/s and 10 ms came out 2.6x and
+# 2.0x off: 7.8 GFLOP/s, 20 ms); link and memory nominal
+CPU = {"flops": 8e9, "link": 2e9, "memory": 1e10, "micro_batch_s": 0.020}
 EAGER_ATTENTION = 3.0  # eager's attention core costs this many times more than a fused kernel's (an assumption)
 TOKENS_PER_CROP = 144  # image tokens per 336x336 crop after the projector's 2x2 merge ((336 / 14 / 2)^2)
 

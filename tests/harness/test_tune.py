@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,12 +123,26 @@ def test_tune_on_this_cpu_beats_the_recipe_within_the_budget_and_its_grid_reruns
     layer at micro-batch 1) under a budget of 8 MiB, where no checkpointing fits at micro-batch 1 and 2 (predicted 4.5
     and 6.3 MiB) but not at 4 (10.1 MiB). Tune must pick a configuration measured faster than the recipe's trial of
     the same run by more than 1.15x (1.47x here: ddp without checkpointing at micro-batch 2, 45.8 vs 31.0 images/s),
-    whose measured CPU allocator peak fits the budget, and that was predicted to fit. A second tune reuses the trials
-    (no new row); the tuned grid runs with `harness run` to images/s within noise of its trial."""
+    whose measured CPU allocator peak fits the budget, and that was predicted to fit. A first run stopped by Ctrl-C
+    after its first trial keeps that trial's row and the next run does not run it again; a further tune reuses every
+    trial (no new row); the tuned grid runs with `harness run` to images/s within noise of its trial."""
     results, out, report = tmp_path / "runs", tmp_path / "tuned.yaml", tmp_path / "tune.md"
     args = ["tune", "tune_cpu", "--memory-gib", 8 / 1024, "--engine", "ddp", "--engine", "zero2",
             "--checkpointing", "all", "--checkpointing", "none", "--trials", 2, "--results", results, "--out", out,
             "--report", report, "--data-root", tmp_path / "est"]
+    store = results / "tune_cpu-tune" / "cpu" / "rows.jsonl"
+    # Ctrl-C once the first trial has its row: the run stops (130), what finished stays
+    interrupted = subprocess.Popen([sys.executable, "-m", "harness", *map(str, args)], cwd=ROOT, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 600
+    while not (store.exists() and store.read_text().strip()) and time.monotonic() < deadline:
+        assert interrupted.poll() is None, interrupted.stdout.read()[-3000:]
+        time.sleep(0.5)
+    interrupted.send_signal(signal.SIGINT)
+    assert interrupted.wait(timeout=300) == 130, interrupted.stdout.read()[-3000:]
+    kept = [json.loads(line) for line in store.read_text().splitlines()]
+    assert kept and kept[0]["status"] == "ok"
     first = harness(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "trains the same model" in first.stdout
@@ -146,11 +162,13 @@ def test_tune_on_this_cpu_beats_the_recipe_within_the_budget_and_its_grid_reruns
                           and c["settings"]["activation_checkpointing"] == "none"]
     assert {c["predicted_fits"] for c in checkpointing_none} == {True, False}  # fits at some micro-batches only
     assert "## Recipe vs tuned" in report.read_text() and f"{speedup:.2f}x" in report.read_text()
-    rows = (results / "tune_cpu-tune" / "cpu" / "rows.jsonl").read_text().splitlines()
+    rows = store.read_text().splitlines()
+    finished = [json.loads(line) for line in rows if json.loads(line)["status"] == "ok"]
+    assert len({r["run_id"] for r in finished}) == len(finished) == 3  # the interrupted run's trial was not run again
 
     again = harness(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (results / "tune_cpu-tune" / "cpu" / "rows.jsonl").read_text().splitlines() == rows  # reused
+    assert store.read_text().splitlines() == rows  # reused
 
     plan = harness("plan", out)
     assert plan.returncode == 0 and "tune_cpu-tuned-cpu" in plan.stdout, plan.stderr[-2000:]
@@ -179,3 +197,33 @@ def test_the_winner_is_the_fastest_measured_trial_that_fits_never_an_oom_or_one_
     ok = judged(1, True, {"status": "ok", "images_per_s": 50.0, "measured_fits": True})
     assert winner([oom, too_big, over, ok]) is ok
     assert winner([oom, over]) is None
+
+
+def test_a_gpu_trials_fit_is_its_reserved_peak_and_the_context_and_a_spent_budget_runs_nothing(tmp_path):
+    """On a GPU a trial fits when its reserved peak (the allocator's, what it holds) + the CUDA context (+ NCCL on
+    more than one rank) is within the GPU's memory; with no wall-clock left no trial runs and each says so."""
+    from harness.grid.file import load_grid
+    from harness.run.options import RunOptions
+    from harness.tune.candidates import Candidate, settings_of
+    from harness.tune.search import Judged, TuneOptions, read_trial, run_trials
+    from training_core.estimate.fit import CONTEXT, NCCL
+
+    spec = RunSpec(model="tiny", strategy="lora", precision="bf16", gpu="H200", gpus_per_node=8, global_batch=64)
+    judged = Judged(Candidate(spec, settings_of(spec)), recipe=True, fits=True)
+    total = 100 * GIB
+    row = {"status": "ok", "metrics": {"images_per_s": 32.0, "peak_mem_reserved_bytes": total - CONTEXT - NCCL,
+                                       "peak_mem_allocated_bytes": 50 * GIB}}
+    read_trial(judged, row, total, TuneOptions())
+    assert judged.trial["measured_fits"] and judged.trial["peak_kind"] == "reserved"
+    assert judged.trial["step_s"] == pytest.approx(64 / 32.0)
+    row["metrics"]["peak_mem_reserved_bytes"] += 1
+    read_trial(judged, row, total, TuneOptions())
+    assert judged.trial["measured_fits"] is False
+    read_trial(judged, {"status": "oom", "reason": "CUDA out of memory", "metrics": {}}, total, TuneOptions())
+    assert judged.trial["status"] == "oom" and judged.trial["measured_fits"] is False
+
+    grid = load_grid(ROOT / "matrices" / "tune_cpu.yaml")
+    cell = grid.cells[0].spec
+    rows, interrupted, skipped = run_trials(grid, [cell], RunOptions(results=tmp_path), None, None, budget_s=-1)
+    assert rows == {} and interrupted is None and skipped == [cell.run_id]
+    assert not (tmp_path / "tune_cpu-tune" / "cpu").exists()  # nothing ran
