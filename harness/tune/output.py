@@ -9,7 +9,7 @@ from harness.grid.file import Grid
 from training_core.spec import RunSpec
 
 from . import steptime
-from .candidates import changes, describe
+from .candidates import changes
 
 SAME_MODEL = ("A tuned cell changes only the engine, activation checkpointing, per-device micro-batch (gradient "
               "accumulation keeps the global batch) and attention kernel: global batch, optimizer, schedule, "
@@ -200,4 +200,4 @@ def default_paths(grid: Grid, gpu: str, root: Path) -> tuple[Path, Path]:
     return root / "matrices" / "tuned" / f"{grid.name}-{gpu}.yaml", root / "reports" / "tune" / f"{grid.name}-{gpu}.md"
 
 
-__all__ = ["check_grid_out", "default_paths", "describe", "report", "summary_record", "tuned_grid"]
+__all__ = ["check_grid_out", "default_paths", "report", "summary_record", "tuned_grid"]

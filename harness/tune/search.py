@@ -99,27 +99,37 @@ def prediction_key(spec: RunSpec) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-def _predict(spec: RunSpec, options: TuneOptions) -> dict:
-    """The estimator's prediction of a candidate, from the cache under --data-root when it was traced before."""
-    from training_core.estimate.trace import estimate_cell
+class PredictionCache:
+    """The predictions traced before (PREDICTIONS under --data-root), read once; a new trace is added to it and
+    appended to the file. A line cut short by a kill is skipped (that candidate is traced again)."""
 
-    cache = options.data_root / PREDICTIONS
-    key = prediction_key(spec)
-    if cache.is_file() and not cache.is_symlink():
-        for line in cache.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:  # a line cut short by a kill: traced again
-                continue
-            if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("predicted"), dict):
-                return entry["predicted"]
-    predicted = estimate_cell(spec, options.data_root)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with open(cache, "a", encoding="utf-8") as out:
-        out.write(json.dumps({"key": key, "predicted": {k: predicted[k] for k in
-                                                        ("peak_bytes", "phase", "tokens", "params", "trainable")}})
-                  + "\n")
-    return predicted
+    def __init__(self, path: Path):
+        self.path, self.entries = path, {}
+        if path.is_file() and not path.is_symlink():
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("key"), str) \
+                        and isinstance(entry.get("predicted"), dict):
+                    self.entries[entry["key"]] = entry["predicted"]
+
+    def predict(self, spec: RunSpec, data_root: Path) -> dict:
+        """The estimator's prediction of a candidate: cached, else traced now and kept."""
+        from training_core.estimate.trace import estimate_cell
+
+        key = prediction_key(spec)
+        if key in self.entries:
+            return self.entries[key]
+        predicted = estimate_cell(spec, data_root)
+        kept = {k: predicted[k] for k in ("peak_bytes", "phase", "tokens", "params", "trainable")}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a+b") as out:
+            torn = out.seek(0, os.SEEK_END) > 0 and out.seek(-1, os.SEEK_END) >= 0 and out.read(1) != b"\n"
+            out.write((b"\n" if torn else b"") + json.dumps({"key": key, "predicted": kept}).encode() + b"\n")
+        self.entries[key] = kept
+        return predicted
 
 
 def judge_cell(spec: RunSpec, options: TuneOptions, progress=print) -> tuple[list[Judged], dict]:
@@ -134,6 +144,7 @@ def judge_cell(spec: RunSpec, options: TuneOptions, progress=print) -> tuple[lis
     shape = model_shape(model_config(spec).to_dict())
     judged = [Judged(c, recipe=i == 0) for i, c in enumerate(found.candidates)]
     too_big: set = set()
+    cache = PredictionCache(options.data_root / PREDICTIONS)
     for j in sorted(judged, key=lambda j: j.candidate.settings["per_device_batch"]):
         s = j.candidate.settings
         family = (s["engine"], s["fsdp2_reshard"], s["activation_checkpointing"], s["attention"])
@@ -141,7 +152,7 @@ def judge_cell(spec: RunSpec, options: TuneOptions, progress=print) -> tuple[lis
             j.fits, j.why = False, "a smaller micro-batch of this configuration does not fit"
             continue
         try:
-            predicted = _predict(j.candidate.spec, options)
+            predicted = cache.predict(j.candidate.spec, options.data_root)
         except Exception as exc:  # noqa: BLE001 - one candidate's failure is said, the search goes on
             j.fits, j.why = False, f"not estimated: {type(exc).__name__}: {exc}"
             continue

@@ -87,12 +87,12 @@ def test_a_candidate_predicted_not_to_fit_is_dropped_and_its_larger_micro_batche
 
     traced = []
 
-    def fake_predict(spec, options):  # memory grows with the micro-batch, more without checkpointing
+    def fake_predict(cache, spec, data_root):  # memory grows with the micro-batch, more without checkpointing
         traced.append(spec.run_id)
         peak = (2 + spec.per_device_batch * (3 if spec.checkpointing == "none" else 1)) * 2**20
         return {"peak_bytes": peak, "tokens": 100 * spec.per_device_batch, "params": 174_880, "trainable": 174_880}
 
-    monkeypatch.setattr(search, "_predict", fake_predict)
+    monkeypatch.setattr(search.PredictionCache, "predict", fake_predict)
     cell = RunSpec(model="tiny", strategy="full", precision="fp32", global_batch=8, num_crops=4)
     options = search.TuneOptions(memory_gib=8 / 1024, engines=("ddp",), policies=("all", "none"))
     judged, summary = search.judge_cell(cell, options, progress=lambda line: None)
@@ -116,6 +116,33 @@ def harness(*args, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "harness", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
+
+
+def test_the_prediction_cache_is_read_once_and_a_new_trace_is_appended(tmp_path, monkeypatch):
+    """tune's predictions under --data-root: the file is read once per cell (not once per candidate), a cached
+    candidate is not traced again, a line cut short by a kill is skipped, a new trace is appended and reused."""
+    import types
+
+    from harness.tune.search import PREDICTIONS, PredictionCache, prediction_key
+
+    traced = []
+    fake = types.SimpleNamespace(estimate_cell=lambda spec, root: traced.append(spec) or {
+        "peak_bytes": 1000 + len(traced), "phase": "step", "tokens": 1, "params": 2, "trainable": 3, "notes": []})
+    monkeypatch.setitem(sys.modules, "training_core.estimate.trace", fake)
+    old, new = RunSpec(model="tiny", strategy="full", global_batch=8), RunSpec(model="tiny", strategy="lora")
+    path = tmp_path / PREDICTIONS
+    path.write_text(json.dumps({"key": prediction_key(old), "predicted": {"peak_bytes": 7}}) + "\n" + '{"key": "cut')
+    reads = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self) or real(self, *a, **k))
+    cache = PredictionCache(path)
+    assert cache.predict(old, tmp_path)["peak_bytes"] == 7 and traced == []
+    assert cache.predict(new, tmp_path)["peak_bytes"] == 1001 and cache.predict(new, tmp_path)["peak_bytes"] == 1001
+    assert len(traced) == 1 and reads == [path]
+    assert PredictionCache(path).entries[prediction_key(new)]["peak_bytes"] == 1001  # appended for the next run,
+    assert path.read_text().splitlines()[1] == '{"key": "cut'  # on a line of its own after the torn one
+    cache.predict(RunSpec(model="tiny", strategy="qlora"), tmp_path)
+    assert len(path.read_text().splitlines()) == 4 and "" not in path.read_text().splitlines()  # no blank line
 
 @pytest.mark.slow
 def test_tune_on_this_cpu_beats_the_recipe_within_the_budget_and_its_grid_reruns(tmp_path):
