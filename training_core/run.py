@@ -41,6 +41,7 @@ from .trackers.energy import EnergyTracker
 from .trackers.flops import executed_flops, mfu, model_shape, no_peak_reason, peak_flops, trainable_for, training_flops
 from .trackers.gradients import GradientCoverage
 from .trackers.memory import MemoryTracker, model_state_bytes
+from .trackers.steps import StepLog
 from .trackers.throughput import ThroughputTracker
 
 
@@ -171,7 +172,8 @@ class Cell:
         outcome.metrics["time_to_first_step_s"] = round(time.time() - self.process_start, 3)
         tracker = ThroughputTracker(spec.warmup_steps, sync=self.device.synchronize,
                                     cpu_clock=time.thread_time if self.device.type == "cpu" else None)
-        with MemoryTracker(self.device) as memory, EnergyTracker(self.device) as energy:
+        steps = StepLog(self.out, distributed.is_main(), distributed.world_size(), resumed=self.start_step > 0)
+        with MemoryTracker(self.device) as memory, EnergyTracker(self.device) as energy, steps:
             tracker.on_window_start += [memory.start_window, energy.start_window]
             with tracker:
                 for step in range(self.start_step, self.total_steps):
@@ -205,6 +207,9 @@ class Cell:
                         raise Diverged(step + 1, value)
                     outcome.series["step_time_s"].append(tracker.steps[-1].seconds)
                     outcome.series["data_wait_s"].append(data_wait)
+                    done = tracker.steps[-1]
+                    steps.write(step + 1, value, done.seconds, done.images, done.tokens, data_wait,
+                                self._allocated(), self._learning_rate())
                     self._after_step(step + 1, tracker)
         outcome.metrics.update(tracker.metrics(distributed.world_size(), sum_all, max_all))
         outcome.metrics.update(memory.metrics(max_all, min_all))
@@ -220,6 +225,15 @@ class Cell:
                                                            "the optimizer's states never existed")
         outcome.metrics["loss_first"] = outcome.series["loss"][0] if outcome.series["loss"] else None
         outcome.metrics["loss_last"] = outcome.series["loss"][-1] if outcome.series["loss"] else None
+
+    def _allocated(self) -> int | None:
+        """Bytes torch's CUDA allocator holds for tensors now (the per-step log's); None on a CPU."""
+        return torch.cuda.memory_allocated(self.device.index) if self.device.type == "cuda" else None
+
+    def _learning_rate(self) -> float | None:
+        """The first parameter group's learning rate after this step's scheduler step (the per-step log's)."""
+        groups = getattr(getattr(self.engine, "optimizer", None), "param_groups", None)
+        return float(groups[0]["lr"]) if groups else None
 
     def _gradient_coverage(self) -> GradientCoverage:
         module = self.engine.module
