@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help setup setup-gpu wheelhouse carry test test-fast test-gpu test-slurm doctor lint bench-micro bench-cli clean bench-cpu bench-a100 bench-v100 bench-h100 \
 	bench-gpu-smoke bench-engines-cpu bench-engines-h200 bench-engines-a100 gpu-check plan-cpu plan-a100 plan-v100 plan-h100 plan-gpu-smoke report regress regress-baseline \
-	test-gate test-estimator estimate-guide tune-cpu tune-a100 tune-h100 tune-h200 tune-v100 tune-predict reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
+	test-gate test-estimator test-tracking estimate-guide tune-cpu tune-a100 tune-h100 tune-h200 tune-v100 tune-predict reproduce-docvqa reproduce-hateful-memes reproduce-nlvr2 reproduce-ucf101
 
 help:
 	@echo "make setup      create $(VENV) and install the CPU stack (idempotent)"
@@ -20,6 +20,7 @@ help:
 	@echo "make test-fast  the unit tier (no cells, torchrun or grids; under 2 minutes): run it before every commit"
 	@echo "make test-gpu   the GPU tier only (pytest -m gpu): attention backends, memory, MFU, QLoRA, DeepSpeed/NCCL"
 	@echo "make test-estimator  the memory estimator against real CPU steps of the wide-2l preset (a few minutes)"
+	@echo "make test-tracking   the trackers against a real MLflow server on 127.0.0.1 (CI runs it; ~1.5 minutes)"
 	@echo "make test-slurm the SLURM tier (pytest -m slurm) on a real 2-node cluster it starts and stops (tests/slurm/cluster.sh)"
 	@echo "make doctor     what this machine can run (GPUs, kernels, packages, cells of the shipped grids)"
 	@echo "make lint       ruff over the project"
@@ -38,6 +39,7 @@ help:
 	@echo "make bench-engines-cpu | bench-engines-h200 | bench-engines-a100   every engine (ddp, zero1-3, fsdp2) x"
 	@echo "                activation checkpointing (all, every-2, none) side by side, with the report's engines section"
 	@echo "                RUN_ARGS='--filter strategy=lora' etc. are passed to 'python -m harness run'"
+	@echo "make cost-guide what each documented configuration of the guide costs (results/prices.yaml): reports/cost/guide.md"
 	@echo "make tune-cpu    harness tune on this CPU (tune_cpu grid, an 8 MiB budget): recipe vs the fastest config that fits"
 	@echo "make tune-a100 | tune-h100 | tune-v100 | tune-h200   the guide's speed grids tuned on that GPU (trials run here)"
 	@echo "make tune-predict  tune --predict-only of a100_speed for A100 and H200 (no GPU; results/estimates/tune_*)"
@@ -70,7 +72,7 @@ $(STAMP): pyproject.toml constraints.txt
 	  grep -v '^torch==' constraints.txt > $(CONSTRAINTS); echo "torch==$$version" >> $(CONSTRAINTS); \
 	  echo "TORCH=system: keeping torch $$version")
 	$(if $(CUDA),$(PY) -m pip install --quiet $(PIP_SOURCE) $(if $(WHEELS),,--index-url https://download.pytorch.org/whl/$(CUDA)) "torch==$(TORCH_PIN)")
-	$(PY) -m pip install --quiet $(PIP_SOURCE) -c $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install --quiet $(PIP_SOURCE) -c $(CONSTRAINTS) -e '.[dev,track]'
 	printf 'CUDA ?= %s\nTORCH ?= %s\nWHEELS ?= %s\n' "$(CUDA)" "$(TORCH)" "$(WHEELS)" > $(VENV)/install.mk
 	touch $(STAMP)
 
@@ -191,6 +193,10 @@ gpu-check: setup
 report: setup
 	$(HARNESS) report results/runs
 
+# The guide's documented configurations at sourced GPU-hour prices (results/prices.yaml): reports/cost/guide.md
+cost-guide: setup
+	$(HARNESS) cost
+
 # The regression gate (CI runs it after the tests): the regress_cpu cells (every strategy, one thread, 32 measured
 # steps) run as REGRESS_PASSES interleaved passes and compared against results/baselines: each cell normalised to the
 # full cell of its own pass, the median over passes judged (a burst of load moves one pass, not the median).
@@ -217,6 +223,11 @@ test-gate: setup
 # a few minutes; CI runs it; not part of `make test`).
 test-estimator: setup
 	$(PY) -m pytest -q -rA -m estimator tests/core/test_estimate.py $(PYTEST_ARGS)
+
+# Experiment tracking against a real MLflow server on 127.0.0.1 (started and stopped by the test: a grid whose server
+# stops after its first cell, then `harness track` completes it; ~1.5 minutes; CI runs it; not part of `make test`).
+test-tracking: setup
+	$(PY) -m pytest -q -rA -m tracking tests/harness/test_tracking.py $(PYTEST_ARGS)
 
 # Accuracy reproductions: MODEL=<checkpoint dir> DATA=<dataset dir or cache> RESULTS=<dir> REPEATS=<N seeds>;
 # PROFILE=tiny runs the same grids on a CPU with the tiny preset and the synthetic twins; KEEP_MODEL=1 keeps each

@@ -80,15 +80,16 @@ def check(path: Path, what: str = "--out", sidecar: Path | None = None) -> Path:
     return path
 
 
-def write(path: Path, text: str, marked: bool = False) -> Path:
-    """`text` into `path` whole or not at all (`marked`: with MARK as its first line); on any error (a full disk)
-    the temporary file goes too, so nothing 0-byte or half-written is left beside `path`."""
+def write(path: Path, text: str | bytes, marked: bool = False) -> Path:
+    """`text` (or bytes: an export) into `path` whole or not at all (`marked`: with MARK as its first line); on any
+    error (a full disk) the temporary file goes too, so nothing 0-byte or half-written is left beside `path`."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = text if isinstance(text, bytes) else ((MARK + "\n" if marked else "") + text).encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary.unlink(missing_ok=True)
-        with open(temporary, "x", encoding="utf-8") as out:
-            out.write((MARK + "\n" if marked else "") + text)
+        with open(temporary, "xb") as out:
+            out.write(data)
         os.replace(temporary, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

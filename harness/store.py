@@ -76,6 +76,17 @@ def check_component(value: str, what: str) -> str:
     return value
 
 
+def group_dirs(path: Path) -> list[Path]:
+    """A group directory itself, every group of a grid's directory, or every group under a results root."""
+    path = Path(path)
+    if (path / ROWS).exists():
+        return [path]
+    found = sorted(p.parent for p in path.glob(f"*/{ROWS}")) or sorted(p.parent for p in path.glob(f"*/*/{ROWS}"))
+    if not found:
+        raise StoreError(f"{path}: no {ROWS} below it (expected results/runs/<matrix>/<group>/{ROWS})")
+    return found
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text())

@@ -90,7 +90,8 @@ def _the_unit_tier_starts_no_cells(request, monkeypatch):
 def pytest_collection_modifyitems(config, items):
     """The GPU tier (`-m gpu`) runs only where CUDA is: elsewhere those tests are skipped, saying why. The gate's
     own proof (`-m gate`, minutes of timed runs under a CPU burner) runs only when asked for: make test-gate; so does the
-estimator's check at real widths (`-m estimator`, minutes of real CPU steps): make test-estimator."""
+estimator's check at real widths (`-m estimator`, minutes of real CPU steps): make test-estimator, and the MLflow
+server round trip (`-m tracking`, a real server started twice): make test-tracking."""
     markexpr = config.getoption("markexpr", "") or ""
     gate_asked = "gate" in markexpr
     slurm_asked = "slurm" in markexpr and "not slurm" not in markexpr
@@ -99,6 +100,8 @@ estimator's check at real widths (`-m estimator`, minutes of real CPU steps): ma
     estimator_asked = "estimator" in markexpr and "not estimator" not in markexpr
     skip_estimator = pytest.mark.skip(reason="the estimator's check at real widths: make test-estimator (CI runs it)")
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device (the GPU tier: make test-gpu on a GPU machine)")
+    tracking_asked = "tracking" in markexpr and "not tracking" not in markexpr
+    skip_tracking = pytest.mark.skip(reason="the MLflow server round trip: make test-tracking (CI runs it)")
     for item in items:
         if "gate" in item.keywords and not gate_asked:
             item.add_marker(skip_gate)
@@ -106,5 +109,7 @@ estimator's check at real widths (`-m estimator`, minutes of real CPU steps): ma
             item.add_marker(skip_slurm)
         if "estimator" in item.keywords and not estimator_asked:
             item.add_marker(skip_estimator)
+        if "tracking" in item.keywords and not tracking_asked:
+            item.add_marker(skip_tracking)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)

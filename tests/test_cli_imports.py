@@ -26,6 +26,10 @@ REPORTING = ("harness.report", "matplotlib", "jinja2")
 GRIDS = ("harness.grid", "harness.run", "harness.plan")
 COMPARING = ("harness.gate",)
 DOCTOR = ("harness.doctor", "training_core.probes")
+# Results as data and the trackers: pandas, pyarrow, mlflow and tensorboard load only in `results`, `track`, `run
+# --track` and a report that has repeats to aggregate.
+TRACKING = ("harness.track", "harness.results", "mlflow", "tensorboard")  # pandas brings pyarrow when it is there
+TABLES = TRACKING + ("pandas", "pyarrow")
 # What the parser itself may load of those: the stages' package docstrings, the cell limit it states in --help, the
 # launchers' names, and the base class of user errors that main() catches.
 LIGHT = ("harness.grid", "harness.grid.limits", "harness.run", "harness.run.launchers", "training_core",
@@ -33,23 +37,29 @@ LIGHT = ("harness.grid", "harness.grid.limits", "harness.run", "harness.run.laun
 
 # command -> (its arguments, given the test's temporary directory; the modules it must not load)
 COMMANDS = {
-    "help": (lambda t: ["--help"], HEAVY + REPORTING + GRIDS + COMPARING + DOCTOR + ("training_core", "pydantic")),
-    "run --help": (lambda t: ["run", "--help"], HEAVY + REPORTING + GRIDS + COMPARING + DOCTOR + ("training_core",)),
-    "plan": (lambda t: ["plan", "a100_speed"], HEAVY + REPORTING + COMPARING + DOCTOR),
-    "plan --json": (lambda t: ["plan", "cpu_smoke", "--json"], HEAVY + REPORTING + COMPARING + DOCTOR),
+    "help": (lambda t: ["--help"], HEAVY + REPORTING + GRIDS + COMPARING + DOCTOR + TABLES
+             + ("training_core", "pydantic")),
+    "run --help": (lambda t: ["run", "--help"], HEAVY + REPORTING + GRIDS + COMPARING + DOCTOR + TABLES
+                   + ("training_core",)),
+    "plan": (lambda t: ["plan", "a100_speed"], HEAVY + REPORTING + COMPARING + DOCTOR + TABLES),
+    "plan --json": (lambda t: ["plan", "cpu_smoke", "--json"], HEAVY + REPORTING + COMPARING + DOCTOR + TABLES),
     "report": (lambda t: ["report", str(BASELINE_GROUP), "--out", str(t / "reports" / "r.md")],
-               HEAVY + GRIDS + COMPARING + DOCTOR),
+               HEAVY + GRIDS + COMPARING + DOCTOR + TRACKING),
+    "results": (lambda t: ["results", str(BASELINE_GROUP), "--out", str(t / "rows.csv")],
+                HEAVY + GRIDS + COMPARING + DOCTOR + ("harness.track", "mlflow", "tensorboard")),
+    "cost": (lambda t: ["cost", "--out", str(t / "reports" / "cost.md")],
+             HEAVY + GRIDS + COMPARING + DOCTOR + TABLES),
     "compare": (lambda t: ["compare", str(ROOT / "results" / "baselines"), str(BASELINE_GROUP), "--rules",
                            str(ROOT / "results" / "baselines" / "ci_rules.yaml")],
-                HEAVY + REPORTING + GRIDS + DOCTOR),
+                HEAVY + REPORTING + GRIDS + DOCTOR + TABLES),
     "baseline": (lambda t: ["baseline", str(BASELINE_GROUP), "--root", str(t / "baselines")],
-                 HEAVY + REPORTING + GRIDS + DOCTOR),
+                 HEAVY + REPORTING + GRIDS + DOCTOR + TABLES),
     "data synth": (lambda t: ["data", "synth", "ucf101", "--out", str(t / "twin"), "--n-train", "3", "--n-eval", "2"],
-                   HEAVY + REPORTING + GRIDS + COMPARING + DOCTOR),
+                   HEAVY + REPORTING + GRIDS + COMPARING + DOCTOR + TABLES),
     "data validate": (lambda t: ["data", "validate", "ucf101", str(_twin(t / "twin"))],
-                      HEAVY + REPORTING + GRIDS + COMPARING + DOCTOR),
+                      HEAVY + REPORTING + GRIDS + COMPARING + DOCTOR + TABLES),
     "run --dry-run": (lambda t: ["run", "cpu_smoke", "--dry-run", "--results", str(t / "runs")],
-                      HEAVY + REPORTING + COMPARING + DOCTOR),
+                      HEAVY + REPORTING + COMPARING + DOCTOR + TABLES),
 }
 
 

@@ -25,7 +25,7 @@ def dry(*args: str, venv: Path) -> list[str]:
 def test_cuda_takes_the_pinned_torch_from_that_cudas_index(tmp_path):
     lines = dry("setup", "CUDA=cu126", venv=tmp_path / "v")
     assert any(f'--index-url https://download.pytorch.org/whl/cu126 "torch=={PIN}"' in line for line in lines), lines
-    assert any("-c constraints.txt -e '.[dev]'" in line for line in lines)
+    assert any("-c constraints.txt -e '.[dev,track]'" in line for line in lines)
     assert not any("download.pytorch.org" in line for line in dry("setup", venv=tmp_path / "v"))  # the CPU default
 
 

@@ -29,10 +29,10 @@ HEAVY = ("torch", "transformers", "peft", "deepspeed", "bitsandbytes", "accelera
 # The layer of each part of harness/ (longest prefix wins); a module may import its own part or a lower layer.
 LAYERS = {
     "harness.paths": 1, "harness.outputs": 1, "harness.rows": 1, "harness.readers": 1,
-    "harness.store": 2,
-    "harness.grid": 3,
+    "harness.store": 2, "harness.prices": 2, "harness.table": 2,
+    "harness.grid": 3, "harness.track": 3,
     "harness.run": 4, "harness.report": 4, "harness.gate": 4,
-    "harness.plan": 5, "harness.tune": 5, "harness.later_predictions": 5, "harness.doctor": 5, "harness.launchers": 5,  # the last: the old path's shim over run/
+    "harness.plan": 5, "harness.tune": 5, "harness.results": 5, "harness.later_predictions": 5, "harness.doctor": 5, "harness.launchers": 5,  # the last: the old path's shim over run/
     "harness.cli": 6,
     "harness.__main__": 7,  # python -m harness
     "harness": 0,  # the package itself (a docstring): a module not listed above falls here, and may import nothing

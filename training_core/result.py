@@ -74,6 +74,8 @@ ROW_KEYS: tuple[RowKey, ...] = (
     RowKey("log", "str or null", RUNNER, "the cell's log file"),
     RowKey("log_tail", "list[str]", RUNNER, "the log's last lines, for a row that is not ok"),
     RowKey("predicted", "object", RUNNER, "the memory estimator's prediction made before the cell ran"),
+    RowKey("tracking", "object", RUNNER, "run --track: per tracker (mlflow, tensorboard), sent (where, its run) or "
+                                         "failed (the error); harness track sends failed rows later"),
     RowKey("survivors", "list[int]", LAUNCHER, "local: processes of the cell that survived SIGKILL"),
     RowKey("slurm", "object", LAUNCHER, "SLURM: job id, state, exit code, whether its nodes were its own"),
     RowKey("pass", "int", GATE, "which interleaved pass of the same cells the row was measured in"),

@@ -6,6 +6,9 @@ compare B C    regression gate: C against baseline B (exit 1 on a regression); s
 export CELL    write a cell's kept model (official layout) or adapter (peft layout; --merge: folded into the base)
 baseline DIR   store a clean run as a baseline
 report DIR     markdown reports of stored rows beside the guide's documented numbers
+results DIR    the rows as one table (pandas): CSV, Parquet or JSON lines
+track DIR      send stored rows to MLflow or TensorBoard (each row once)
+cost           what the guide's documented configurations cost at sourced GPU-hour prices
 plan MATRIX    the expanded cells of a grid (a table, or --json) and their launch commands; runs nothing
 run MATRIX     run a grid's cells (one torchrun process group each), rows to results/runs/<matrix>/<group>/
 data synth     write a synthetic twin of a task (deterministic by seed)

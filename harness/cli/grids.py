@@ -92,6 +92,11 @@ def add(sub) -> None:
                           "running it (the default under SLURM)")
     oom.add_argument("--run-predicted-oom", dest="skip_predicted_oom", action="store_false",
                      help="run (or submit) a cell even when it is predicted not to fit")
+    run.add_argument("--track", action="append", choices=("mlflow", "tensorboard"), default=[],
+                     help="send each cell to an experiment tracker while it trains (repeatable): MLflow "
+                          "(MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME; default an sqlite store in --results) or "
+                          "TensorBoard (TENSORBOARD_LOGDIR; default <results>/tensorboard); a tracker that fails never "
+                          "fails a cell (`harness track` sends its rows later)")
     run.add_argument("--dry-run", action="store_true", help="print commands / write sbatch scripts, run nothing")
     run.set_defaults(func=cmd_run)
 
@@ -282,7 +287,7 @@ def cmd_run(args) -> int:
                          launcher=args.launcher, dry_run=args.dry_run, sbatch_args=tuple(args.sbatch_arg),
                          check_hardware=not args.allow_hardware_mismatch, retry_failed=args.retry_failed,
                          wait=args.wait, keep_model=args.keep_model, estimate=args.estimate,
-                         skip_predicted_oom=args.skip_predicted_oom)
+                         skip_predicted_oom=args.skip_predicted_oom, track=tuple(dict.fromkeys(args.track)))
     refusal = prepare(grid, options, machine)
     if refusal:
         from harness.outputs import plain

@@ -1,5 +1,6 @@
-"""`harness report | compare | baseline`: the commands that read stored rows (never the ML stack). Each parses,
-calls the library (harness.report, harness.gate), prints, and chooses the exit code."""
+"""`harness report | compare | baseline | results | track`: the commands that read stored rows (never the ML stack).
+Each parses, calls the library (harness.report, harness.gate, harness.results, harness.track), prints, and chooses
+the exit code."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ def add(sub) -> None:
     report.add_argument("results_dir", type=Path, help="a results group, matrix or root directory")
     report.add_argument("--out", type=Path, help="the markdown file (one group only; default reports/<matrix>/<group>.md)")
     report.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    report.add_argument("--prices", type=Path, help="GPU-hour prices with sources (default results/prices.yaml)")
     report.set_defaults(func=cmd_report)
 
     compare = sub.add_parser("compare", help="regression gate: compare a run against a baseline")
@@ -28,11 +30,37 @@ def add(sub) -> None:
                           help="replace the baseline already stored for this grid, model and hardware")
     baseline.set_defaults(func=cmd_baseline)
 
+    results = sub.add_parser("results", help="the rows as one table: CSV, Parquet or JSON lines (pandas)")
+    results.add_argument("results_dir", type=Path, help="a results group, matrix or root directory")
+    results.add_argument("--format", choices=("csv", "parquet", "jsonl"), help="default: from --out's name, else csv")
+    results.add_argument("--out", type=Path, help="the file (default: CSV or JSON lines on stdout)")
+    results.add_argument("--replace", action="store_true", help="write over an existing --out file")
+    results.add_argument("--all-runs", action="store_true",
+                         help="every stored row (reruns, interrupted attempts), not only each cell's newest")
+    results.add_argument("--prices", type=Path, help="GPU-hour prices with sources (default results/prices.yaml)")
+    results.set_defaults(func=cmd_results)
+
+    track = sub.add_parser("track", help="send stored rows to an experiment tracker (each row once)")
+    track.add_argument("results_dir", type=Path, help="a results group, matrix or root directory")
+    track.add_argument("--to", required=True, choices=("mlflow", "tensorboard"),
+                       help="MLflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME) or TensorBoard (TENSORBOARD_LOGDIR)")
+    track.add_argument("--all-runs", action="store_true",
+                       help="every stored row (reruns, interrupted attempts), not only each cell's newest")
+    track.add_argument("--results-root", type=Path,
+                       help="where a local default store goes (default: the folder that holds the grids' folders)")
+    track.set_defaults(func=cmd_track)
+
+    cost = sub.add_parser("cost", help="what the guide's documented configurations cost (GPU-hour prices with "
+                                       "sources): $ per 1,000 images and per DocVQA fine-tune")
+    cost.add_argument("--prices", type=Path, help="GPU-hour prices with sources (default results/prices.yaml)")
+    cost.add_argument("--out", type=Path, default=Path("reports/cost/guide.md"), help="the markdown file")
+    cost.set_defaults(func=cmd_cost)
+
 
 def cmd_report(args) -> int:
     from harness.report.render import write_reports
 
-    for path in write_reports(args.results_dir, args.out, plots=not args.no_plots):
+    for path in write_reports(args.results_dir, args.out, plots=not args.no_plots, prices=args.prices):
         print(f"wrote {path}")
     return 0
 
@@ -57,4 +85,47 @@ def cmd_baseline(args) -> int:
     key, target, count = store_baseline(args.group, args.root, replace=args.replace)
     passes = len(args.group)
     print(f"baseline {key}: {count} rows ({passes} pass{'es' if passes > 1 else ''}) written to {target}")
+    return 0
+
+
+def cmd_results(args) -> int:
+    import sys
+
+    from harness import outputs
+    from harness.results import export, load_rows
+
+    suffixes = {v: k for k, v in export.FORMATS.items()}
+    fmt = args.format or (suffixes.get(args.out.suffix) if args.out else None) or "csv"
+    if args.out:
+        export.check_target(args.out, fmt, args.replace)
+    elif fmt == "parquet":
+        raise export.ExportError("--format parquet writes a file: give --out FILE.parquet")
+    frame = load_rows(args.results_dir, all_runs=args.all_runs, prices=args.prices)
+    data = export.to_bytes(frame, fmt)
+    if args.out:
+        outputs.write(args.out, data)
+        print(f"wrote {args.out}: {len(frame)} rows x {len(frame.columns)} columns ({fmt})", file=sys.stderr)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_track(args) -> int:
+    from harness.track.send import send_stored
+
+    outcome = send_stored(args.results_dir, args.to, all_runs=args.all_runs, results_root=args.results_root)
+    for line in outcome.sent:
+        print(f"sent {line}")
+    print(f"{args.to} ({outcome.to}): {len(outcome.sent)} row(s) sent, {outcome.already} already there"
+          + (f", {outcome.replaced} incomplete run(s) replaced" if outcome.replaced else ""))
+    return 0
+
+
+def cmd_cost(args) -> int:
+    from harness.prices import load_prices
+    from harness.report.cost import write_guide_report
+    from harness.report.documented import load_references
+
+    print(f"wrote {write_guide_report(args.out, load_references(), load_prices(args.prices))}")
     return 0

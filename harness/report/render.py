@@ -21,8 +21,12 @@ from training_core.result import clip_reason
 from .. import outputs
 from ..outputs import plain, table_cell
 from ..paths import REPORTS, TEMPLATES
+from ..prices import Prices, load_prices
 from ..rows import INPUT_BOUND_SHARE, UNREAD, input_bound, on_sockets, peak_memory_gb, size_text
-from ..store import RowStore, check_component
+from ..store import RowStore, StoreError, check_component
+from ..store import group_dirs as store_groups
+from .cost import measured_costs
+from .cost import sources as cost_sources
 from .documented import RefRow, load_references
 from .engines import engines_table
 from .guide import Comparability, compare, diff_percent, documented_mfu, measured_gpu, model_family, status
@@ -243,7 +247,8 @@ def environment(rows: list[dict]) -> list[tuple[str, str]]:
     return keys
 
 
-def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, plots: bool = True) -> Path:
+def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, plots: bool = True,
+           prices: Prices | None = None) -> Path:
     import jinja2  # imported on use: only reports need it
 
     store = RowStore(group_dir)
@@ -251,13 +256,14 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
     if not rows:
         raise ReportError(f"{group_dir}: no rows to report (run the grid first)")
     refs = refs if refs is not None else load_references()
+    prices = prices if prices is not None else load_prices()
     speed_rows = [r for r in rows if r["spec"].get("mode") == "throughput"]
     accuracy_rows = [r for r in rows if r["spec"].get("mode") == "accuracy"]
     lines, baseline = speed_lines(speed_rows, refs)
     acc_results: list[AccuracyResult] = []
     acc_table, acc_comparisons = accuracy_table(accuracy_rows, refs, acc_results)
     comparisons = [line.comparison for line in lines] + acc_comparisons
-    repeats = variability(repeat_groups(rows))
+    repeats = variability(rows)
     doc_mfu = {line.ref.key: line.doc_mfu for line in lines if line.ref is not None and line.doc_mfu is not None}
     assets = out.with_suffix("").name + ".assets"
     images, plot_note = [], None
@@ -311,6 +317,8 @@ def render(group_dir: Path, out: Path, refs: dict[str, RefRow] | None = None, pl
         summary=[table_cell(line) for line in opening], comparability=grouped_comparability(comparisons),
         revision_notes=revision_notes, gradient_notes=gradient_notes, memory=memory_table(rows, refs),
         variability=repeats, noisy_cv=NOISY_CV, cell_ranges=cell_ranges, engines=engines_table(rows),
+        cost=(cost_table := measured_costs(rows, refs, prices)),
+        cost_sources=cost_sources(prices) if cost_table else [],
     )
     outputs.write(out, text)
     meta = {"report": out.name, "date": max((r.get("finished_at") or "") for r in rows) or None,
@@ -334,13 +342,10 @@ def check_out(out: Path) -> Path:
 
 def group_dirs(path: Path) -> list[Path]:
     """A group directory itself, every group of a matrix directory, or every group under a results root."""
-    path = Path(path)
-    if (path / "rows.jsonl").exists():
-        return [path]
-    found = sorted(p.parent for p in path.glob("*/rows.jsonl")) or sorted(p.parent for p in path.glob("*/*/rows.jsonl"))
-    if not found:
-        raise ReportError(f"{path}: no rows.jsonl below it (expected results/runs/<matrix>/<group>/rows.jsonl)")
-    return found
+    try:
+        return store_groups(path)
+    except StoreError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def default_out(group_dir: Path) -> Path:
@@ -350,7 +355,8 @@ def default_out(group_dir: Path) -> Path:
         f"{check_component(group_dir.name, 'the results group')}.md"
 
 
-def write_reports(results_dir: Path, out: Path | None = None, plots: bool = True) -> list[Path]:
+def write_reports(results_dir: Path, out: Path | None = None, plots: bool = True,
+                  prices: Path | None = None) -> list[Path]:
     """`harness report`: a report per group under `results_dir` (one group with `out`), every target refused before
     any is written, then the index of every report beside them (reports/index.md; with `out`: in its folder). The
     files written, the index last."""
@@ -362,5 +368,6 @@ def write_reports(results_dir: Path, out: Path | None = None, plots: bool = True
     targets = [check_out(out or default_out(group)) for group in groups]
     folder = out.parent if out else REPORTS
     index_path(folder)
-    written = [render(group, target, plots=plots) for group, target in zip(groups, targets, strict=True)]
+    table = load_prices(prices)
+    written = [render(group, target, plots=plots, prices=table) for group, target in zip(groups, targets, strict=True)]
     return [*written, write_index(folder)]

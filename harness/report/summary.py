@@ -12,13 +12,14 @@ show. The pieces:
 
 from __future__ import annotations
 
-import statistics
+import json
 from collections import Counter
 from dataclasses import dataclass
 
 from training_core.result import LINE_REASON_LIMIT, clip_reason
 
 from ..rows import INPUT_BOUND_SHARE, cell_label, input_bound, peak_memory_gb
+from ..table import repeat_table
 from .guide import TOLERANCE, Comparability, diff_percent
 
 # A documented row is flagged when the utilisation it implies (its images/s x the analytic FLOPs per image over
@@ -55,15 +56,9 @@ class RepeatStats:
     cells: list[int]
     label: str
     metric: str
-    values: list[float]
-
-    @property
-    def mean(self) -> float:
-        return statistics.mean(self.values)
-
-    @property
-    def sd(self) -> float:
-        return statistics.stdev(self.values)
+    mean: float
+    sd: float  # the sample standard deviation
+    n: int
 
     @property
     def cv(self) -> float:
@@ -74,22 +69,19 @@ class RepeatStats:
         return self.cv > NOISY_CV
 
 
-def variability(groups: list[list[dict]]) -> list[RepeatStats]:
-    """Per group of repeats (rows that differ only in their seed) with two or more finished rows: the spread of
-    images/s (speed cells) or of the final metric (accuracy cells)."""
-    out = []
-    for group in groups:
-        ok = [r for r in group if r["status"] == "ok"]
-        if len(ok) < 2:
-            continue
-        spec = ok[0]["spec"]
-        metric = "images_per_s" if spec.get("mode") == "throughput" else (
-            "anls" if "anls" in ok[0]["metrics"] else "accuracy")
-        values = [r["metrics"][metric] for r in ok if isinstance(r["metrics"].get(metric), (int, float))]
-        if len(values) >= 2:
-            label = f"{spec.get('task')} {spec.get('strategy')} {spec.get('attention')} {spec.get('precision')}"
-            out.append(RepeatStats([r.get("cell", 0) for r in ok], label, metric, values))
-    return out
+def variability(rows: list[dict]) -> list[RepeatStats]:
+    """Per group of repeats (rows that differ only in their seed, `--repeats`; in order of first appearance) with two
+    or more finished rows: the spread of images/s (speed cells) or of the final metric (accuracy cells)."""
+    if len({json.dumps({k: v for k, v in r["spec"].items() if k != "seed"}, sort_keys=True) for r in rows}) == len(rows):
+        return []  # no repeats: nothing to aggregate (and pandas is not loaded: the stock GPU image has none)
+    frame = repeat_table(rows)
+    ok = frame[frame["status"] == "ok"]
+    groups = ok.groupby("repeat", sort=True).agg(
+        cells=("cell", list), finished=("cell", "size"), label=("label", "first"), metric=("metric", "first"),
+        n=("value", "count"), mean=("value", "mean"), sd=("value", "std"))
+    groups = groups[(groups["finished"] >= 2) & (groups["n"] >= 2)]
+    return [RepeatStats(g.cells, g.label, g.metric, float(g.mean), float(g.sd), int(g.n))
+            for g in groups.itertuples()]
 
 
 @dataclass

@@ -56,6 +56,7 @@ class RunOptions:
     slurm_shared: bool = False  # SLURM: let jobs share their nodes with other jobs (default: exclusive)
     estimate: bool | None = None  # predict each cell's peak memory before it starts (None: GPU cells only)
     skip_predicted_oom: bool | None = None  # a cell predicted not to fit is recorded, not run (None: SLURM only)
+    track: tuple[str, ...] = ()  # experiment trackers each cell is sent to (harness/track): mlflow, tensorboard
 
     @property
     def local(self) -> LocalOptions:

@@ -61,6 +61,7 @@ class Runner:
         self.store = self.outcome.store
         self.launcher: Launcher | None = None  # built once the run's environment is captured
         self.retried: set[str] = set()  # run_ids of failed cells rerun now (--retry-failed)
+        self.tracking = None  # --track: harness/track/live.py, made when the run starts
 
     # ---------------------------------------------------------------- selection
     def cells(self) -> tuple[list[Cell], list[tuple[Cell, str]]]:
@@ -104,6 +105,12 @@ class Runner:
         self.launcher = self.launcher_class(self.launcher_class.options_of(self.options), rows, self.console)
         if self.outcome.main_node and not self.options.dry_run:
             self.store.write_env(env)
+        if self.options.track and self.outcome.main_node and not self.options.dry_run:
+            from ..track.live import LiveTracking  # the trackers' packages load only when asked for
+
+            self.tracking = LiveTracking(self.options.track, self.options.results, self.grid.name,
+                                         self.store.directory.name,
+                                         warn=lambda text: self.console.print(f"[yellow]{escape(plain(text))}[/yellow]"))
 
     def _run(self) -> None:
         self._start_launcher()
@@ -121,6 +128,8 @@ class Runner:
                 if row is None:
                     continue
                 row = attach_prediction(row, self.store.cell_dir(cell.spec.run_id))
+                if self.tracking is not None:
+                    row = self.tracking.end(row, self.store.cell_dir(cell.spec.run_id))
                 self.outcome.rows.append(row)
                 if self.outcome.main_node:
                     self.store.append(row)
@@ -128,6 +137,8 @@ class Runner:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if self.tracking is not None:
+                self.tracking.close()
 
     def _on_interrupt(self, signum, frame) -> None:
         """Ctrl-C or SIGTERM (a scheduler or `kill`): the running cell's tree is ended, it is recorded
@@ -168,6 +179,8 @@ class Runner:
             job = launcher.submit(cell, cell_dir, spec_path, spent_s=time.monotonic() - predicting)
         if job.row is not None:
             return job.row
+        if self.tracking is not None:
+            self.tracking.begin(cell.index, cell.spec.run_id, json.loads(spec_path.read_text()), cell_dir)
         state = self._watch(job) if launcher.waits else launcher.poll(job)
         if state.problem:
             self.outcome.problems.append(state.problem)

@@ -157,8 +157,8 @@ def test_report_of_a_real_cpu_smoke_run(tmp_path):
     env_cmd = [sys.executable, "-m", "harness"]
     results = tmp_path / "runs"
     run = subprocess.run([*env_cmd, "run", "cpu_smoke", "--results", str(results), "--filter", "strategy=lora",
-                          "--filter", "attention=sdpa", "--keep-model"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600)
+                          "--filter", "attention=sdpa", "--keep-model", "--track", "tensorboard"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     out = tmp_path / "cpu.md"
     report = subprocess.run([*env_cmd, "report", str(results / "cpu_smoke"), "--out", str(out)], cwd=ROOT,
@@ -183,6 +183,44 @@ def test_report_of_a_real_cpu_smoke_run(tmp_path):
         model_dir = results / "cpu_smoke" / "cpu" / "cells" / row["run_id"] / "model"
         assert row["artifacts"]["model"] == str(model_dir) and (model_dir / "adapter_model.safetensors").is_file()
         assert [str(row["cell"]), "lora", row["run_id"], f"`{model_dir}`"] in kept
+    _the_same_run_as_data(results, rows)
+    _the_same_run_in_tensorboard(results, rows)
+
+
+def _the_same_run_as_data(results, rows):
+    """Issue 35: the run's DataFrame: one row per cell, flat columns with units in their names, equal to the rows."""
+    from harness.results import load_rows
+
+    frame = load_rows(results / "cpu_smoke")
+    assert len(frame) == len(rows) == 2 and sorted(frame["run_id"]) == sorted(r["run_id"] for r in rows)
+    for column in ("matrix", "group", "cell", "status", "spec.strategy", "spec.precision", "env.torch", "images_per_s",
+                   "tokens_per_s", "step_time_s_p50", "peak_rss_bytes", "peak_memory_gib", "documented.images_per_s",
+                   "tracking.tensorboard.status"):
+        assert column in frame.columns, column
+    for record in frame.to_dict("records"):
+        row = next(r for r in rows if r["run_id"] == record["run_id"])
+        assert record["images_per_s"] == row["metrics"]["images_per_s"] and record["group"] == "cpu"
+        assert record["peak_memory_gib"] == row["metrics"]["peak_rss_bytes"] / 2**30
+        assert record["spec.precision"] == row["spec"]["precision"] and record["documented.images_per_s"] == 5.591
+
+
+def _the_same_run_in_tensorboard(results, rows):
+    """Issue 35: `--track tensorboard` wrote each cell's per-step loss and final metrics, read back with
+    tensorboard's own reader; `harness track` afterwards finds every row there and writes nothing."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for row in rows:
+        assert row["tracking"]["tensorboard"]["status"] == "sent", row["tracking"]
+        events = EventAccumulator(row["tracking"]["tensorboard"]["dir"])
+        events.Reload()
+        loss = events.Scalars("train/loss")
+        assert [e.step for e in loss] == list(range(1, len(row["series"]["loss"]) + 1))
+        assert [e.value for e in loss] == pytest.approx(row["series"]["loss"], rel=1e-6)  # float32 in the events
+        (speed,) = events.Scalars("final/images_per_s")
+        assert speed.value == pytest.approx(row["metrics"]["images_per_s"], rel=1e-6)
+    again = subprocess.run([sys.executable, "-m", "harness", "track", str(results / "cpu_smoke"), "--to",
+                            "tensorboard"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "0 row(s) sent, 2 already there" in again.stdout, again.stdout + again.stderr
 
 
 def test_repeats_are_reported_as_mean_and_spread(tmp_path):
