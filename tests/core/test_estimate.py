@@ -291,7 +291,15 @@ def test_fsdp2_predictions_against_real_steps_on_two_ranks(tmp_path):
     ZeRO-3 rides along (small reduce buckets, as in the one-process check): its partitions, the persistent parameters,
     the gradient partition and bucket, the reducing bucket's flat copy (and gloo's copy of it); accumulating 2 measured
     -3.9% / -9.8% (ranks 0 / 1) here, -8.4% / -2.7% and -18.0% / -9.7% in two later runs (rank 0's peak moved by 9%
-    between runs of the same cell), checkpointing all at global batch 2 -7.5% / -0.6%."""
+    between runs of the same cell), checkpointing all at global batch 2 -7.5% / -0.6%. Later, 12 more runs of the
+    accumulating cell (prediction 3.76 MB) measured 3.88 to 4.75 MB per rank: -3% .. -21%, the low end on a loaded
+    machine (a fresh-clone CI run failed the 0.85 gate at 4.71 / 4.75 MB). Not the number of buckets in flight (with
+    one 200,000-value bucket for all 174,880 gradients: 5.02 .. 6.31 MB against 5.36 predicted), not overlap_comm
+    (off: 3.88 .. 4.68 MB), not Python's garbage collector (off: 4.05 .. 4.73 MB): gloo's threads, whose allocations
+    the profiler counts in the rank's total. So ZeRO-3 on gloo is gated at [0.75 x the smaller rank's peak, 1.10 x the
+    larger]: it still fails a prediction whose partitions are not divided by the world (fp32 partition, moments and
+    gradient partition, 16 B x 87,440 values more: +1.4 MB, +37%); each term of ZeRO-3 is held to 10% by the
+    one-process check."""
     script = tmp_path / "sharded_check.py"
     script.write_text(SHARDED_CHECK)
     cases = [{"gpus_per_node": 2, "global_batch": 2},
@@ -305,7 +313,8 @@ def test_fsdp2_predictions_against_real_steps_on_two_ranks(tmp_path):
     results = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps({case: [f"{p / r - 1:+.1%}" for r in ranks] for case, (p, ranks) in results.items()}))
     for case, (predicted, ranks) in results.items():
-        assert 0.85 * min(ranks) <= predicted <= 1.10 * max(ranks), (case, predicted, ranks)
+        low = 0.75 if json.loads(case).get("engine") == "zero3" else 0.85  # gloo's own allocations: see above
+        assert low * min(ranks) <= predicted <= 1.10 * max(ranks), (case, predicted, ranks)
 
 
 def test_an_engine_the_estimator_does_not_cover_is_said_not_guessed(data, monkeypatch):
