@@ -111,6 +111,15 @@ def artifacts(row: dict, cell_dir: Path | None) -> list[Path]:
     return [p for p in found if p.is_file() and not p.is_symlink()]
 
 
+def send_row(sink: Sink, grid: str, group: str, row: dict, cell_dir: Path | None) -> dict:
+    """A stored row sent whole to one tracker (a run of its own: its steps, then the row): `harness track`'s unit,
+    and the runner's for a row made without a run of its own (refused, or collected from an earlier job). Returns
+    what `finish_cell` returns."""
+    handle = sink.start_cell(grid, group, row.get("cell"), row["run_id"], row.get("spec") or {})
+    sink.log_steps(handle, steps_of(row, cell_dir))
+    return sink.finish_cell(handle, row, grid, group, cell_dir)
+
+
 class Sink:
     """One tracker. A method that fails raises; the caller (live, send) records it and never lets it reach a cell."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from training_core.trackers.steps import STEPS_FILE
 
 from . import make_sink
-from .base import Sink, read_steps, steps_of
+from .base import Sink, read_steps, send_row
 
 POLL_S = 1.0
 ERROR_LIMIT = 500
@@ -94,12 +94,10 @@ class LiveTracking:
             if sink is not None and name not in self.failed:
                 handle = handles.get(name)
                 if handle is None:  # a row made without a run of its own (refused, or collected from an earlier job)
-                    handle = self.guard(name, lambda s=sink: s.start_cell(self.grid, self.group, row.get("cell"),
-                                                                          row["run_id"], row.get("spec") or {}))
-                    if handle is not None and cell_dir is not None:
-                        self.guard(name, lambda s=sink, h=handle: s.log_steps(h, steps_of(row, cell_dir)))
-                sent = self.guard(name, lambda s=sink, h=handle: s.finish_cell(h, row, self.grid, self.group,
-                                                                               cell_dir)) if handle else None
+                    sent = self.guard(name, lambda s=sink: send_row(s, self.grid, self.group, row, cell_dir))
+                else:
+                    sent = self.guard(name, lambda s=sink, h=handle: s.finish_cell(h, row, self.grid, self.group,
+                                                                                   cell_dir))
                 if sent is not None:
                     record[name] = {"status": "sent", "to": sink.where(), **sent}
                     continue

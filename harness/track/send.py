@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..store import RowStore, group_dirs
 from . import make_sink
-from .base import steps_of
+from .base import send_row
 
 
 @dataclass
@@ -43,9 +43,7 @@ def send_stored(results_dir: Path, to: str, all_runs: bool = False, results_root
                         outcome.replaced += 1
                 cell_dir = store.cell_dir(row["run_id"])
                 cell_dir = cell_dir if cell_dir.is_dir() else None
-                handle = sink.start_cell(grid, group_dir.name, row.get("cell"), row["run_id"], row.get("spec") or {})
-                sink.log_steps(handle, steps_of(row, cell_dir))
-                sink.finish_cell(handle, row, grid, group_dir.name, cell_dir)
+                send_row(sink, grid, group_dir.name, row, cell_dir)
                 outcome.sent.append(f"{grid}/{group_dir.name} cell {row.get('cell', '?')} {row['run_id']}")
     finally:
         sink.close()

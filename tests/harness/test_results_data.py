@@ -254,6 +254,20 @@ def test_a_cells_steps_reach_the_tracker_while_it_trains(tmp_path, monkeypatch):
                                                                               "run": "handle"}
 
 
+def test_a_row_made_without_a_run_of_its_own_is_sent_whole_with_its_series(tmp_path, monkeypatch):
+    """A row the runner makes without starting the cell (refused, or collected from an earlier SLURM job; no cell
+    directory): sent the way `harness track` sends a stored row, its steps from the row's series."""
+    recorder = _Recorder()
+    monkeypatch.setattr("harness.track.live.make_sink", lambda name, root: recorder)
+    live = LiveTracking(("mlflow",), tmp_path, "g", "cpu")
+    row = {"run_id": "r9", "cell": 9, "status": "ok", "spec": {}, "finished_at": "t",
+           "series": {"loss": [3.0, 2.5], "step_time_s": [0.2, 0.2]}}
+    sent = live.end(row, None)
+    live.close()
+    assert recorder.logged == [1, 2] and sent["tracking"]["mlflow"] == {"status": "sent", "to": "here",
+                                                                       "run": "handle"}
+
+
 def test_a_tracker_that_is_not_installed_says_what_to_install(tmp_path, monkeypatch):
     from harness.track import TrackerError, make_sink
 
