@@ -211,12 +211,13 @@ def check_base(base: Path) -> None:
                           f"hold {stored:,}; the config does not belong to these weights")
 
 
-def adapter_base(model_dir: Path) -> Path:
-    """The base model directory an adapter applies to: the kept random base, else the checkpoint it was trained on."""
+def adapter_base(model_dir: Path, config: dict | None = None) -> Path:
+    """The base model directory an adapter applies to: the kept random base, else the checkpoint it was trained on
+    (the adapter config's base_model_name_or_path; `config`: that config, already read and checked)."""
     if (model_dir / BASE_DIR / "config.json").is_file():
         return model_dir / BASE_DIR
-    base = json.loads((model_dir / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if not base or not (Path(base) / "config.json").is_file():
+    base = (config or _adapter_config(model_dir)).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base or not (Path(base) / "config.json").is_file():
         raise ExportError(f"{model_dir / ADAPTER_CONFIG}: base_model_name_or_path {base!r} is not a model directory "
                           "here; --merge needs the base checkpoint the adapter was trained on")
     return Path(base)
@@ -229,9 +230,10 @@ def merged_model(model_dir: Path, dtype: torch.dtype | None = None) -> nn.Module
     from training_core.model import Phi3VForCausalLM
     from training_core.model.build import checkpoint_config
 
-    directory = adapter_base(model_dir)
+    adapter = _adapter_config(model_dir)
+    directory = adapter_base(model_dir, adapter)
     config = checkpoint_config(directory)
-    rank = _adapter_config(model_dir)["r"]
+    rank = adapter["r"]
     if rank > config.hidden_size:
         raise ExportError(f"{model_dir / ADAPTER_CONFIG}: r {rank} is wider than the base's hidden_size "
                           f"{config.hidden_size}; the adapter config was edited")

@@ -42,9 +42,10 @@ def load_rows(path: str | Path, all_runs: bool = False, prices: str | Path | Non
     records = []
     for group_dir in group_dirs(Path(path)):
         store = RowStore(group_dir)
-        rows = list(store.iter_rows()) if all_runs else store.latest(drop=UNREAD)[0]
         if all_runs:
-            rows = [{k: v for k, v in r.items() if k not in UNREAD} for r in rows]
+            rows = [{k: v for k, v in r.items() if k not in UNREAD} for r in store.iter_rows()]
+        else:
+            rows = store.latest(drop=UNREAD)[0]
         records += [flat_row(row, group_dir.name, refs, table) for row in rows]
     frame = rows_frame(records)
     if not frame.empty:

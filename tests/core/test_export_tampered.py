@@ -112,3 +112,15 @@ def test_an_export_that_fails_half_way_leaves_nothing_at_out(kept_lora, tmp_path
     assert main(["export", str(kept_lora), "--out", str(tmp_path / "out")]) == 0
     exported = tmp_path / "out" / "adapter_model.safetensors"
     assert exported.read_bytes() == (kept_lora / "model" / "adapter_model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("config", [["not", "a", "dict"], {"peft_type": "LORA", "r": 4, "target_modules": ["qkv_proj"],
+                                                            "base_model_name_or_path": 42}])
+def test_an_adapters_base_is_read_from_a_checked_config(tmp_path, config):
+    """Without a kept base, the adapter's base comes from its config read through the same checks as kept_model's
+    (a list, or a base path that is not text, is an ExportError naming the file, not a TypeError/AttributeError)."""
+    from training_core.export import ADAPTER_CONFIG, ExportError, adapter_base
+
+    (tmp_path / ADAPTER_CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ExportError, match=ADAPTER_CONFIG):
+        adapter_base(tmp_path)
