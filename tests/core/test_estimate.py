@@ -263,7 +263,8 @@ engine.ds_config = trace.ds_config = small_buckets
 out = {}
 for fields in json.loads(sys.argv[2]):
     spec = RunSpec(model="tiny", num_crops=4, strategy="full", precision="fp32", **{"engine": "fsdp2", **fields})
-    measured = measured_step_peak(spec, Path(sys.argv[1]))  # first: joins the group, local rank 0 writes the twin
+    # first: joins the group, local rank 0 writes the twin; the smaller of two measurements (gloo's threads only add)
+    measured = min(measured_step_peak(spec, Path(sys.argv[1])) for _ in range(2))
     ranks = [None] * dist.get_world_size()
     dist.all_gather_object(ranks, measured)
     out[json.dumps(fields, sort_keys=True)] = [trace_step(spec, Path(sys.argv[1]), block=1).peak_bytes, ranks]
@@ -299,7 +300,12 @@ def test_fsdp2_predictions_against_real_steps_on_two_ranks(tmp_path):
     the profiler counts in the rank's total. So ZeRO-3 on gloo is gated at [0.75 x the smaller rank's peak, 1.10 x the
     larger]: it still fails a prediction whose partitions are not divided by the world (fp32 partition, moments and
     gradient partition, 16 B x 87,440 values more: +1.4 MB, +37%); each term of ZeRO-3 is held to 10% by the
-    one-process check."""
+    one-process check.
+
+    Each rank's peak is the smaller of two measurements of the same cell in the same process (gloo's threads only
+    add to the peak): over 3 runs, two idle and one with both cores busy, FSDP2 measured -7.9% .. +6.7% (it had
+    reached -10.9% with one measurement under load), ZeRO-3 -16.9% .. +3.1%; the test took 20-55 s, as with one
+    measurement."""
     script = tmp_path / "sharded_check.py"
     script.write_text(SHARDED_CHECK)
     cases = [{"gpus_per_node": 2, "global_batch": 2},
