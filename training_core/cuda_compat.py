@@ -14,10 +14,24 @@ tests feed them what real machines report.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 # the PyTorch wheel index per CUDA, for the fix (make setup CUDA=...)
 CHOICES = {12: "cu126", 13: "cu130"}
 # the last driver branch of each CUDA major (what to install, in words)
 DRIVERS = {12: "R525 or newer", 13: "R580 or newer"}
+
+
+class Problem(NamedTuple):
+    """What does not fit (`why`) and what to do (`fix`), kept apart for doctor's two columns; `str()` is the
+    sentence."""
+
+    why: str
+    fix: str
+    joint: str = "; "
+
+    def __str__(self) -> str:
+        return f"{self.why}{self.joint}{self.fix}"
 
 
 def _major_minor(text: str) -> tuple[int, int]:
@@ -25,7 +39,7 @@ def _major_minor(text: str) -> tuple[int, int]:
     return int(major), int(minor.split(".")[0] or 0)
 
 
-def driver_problem(torch_cuda: str | None, driver_cuda: int | None) -> str | None:
+def driver_problem(torch_cuda: str | None, driver_cuda: int | None) -> Problem | None:
     """`torch_cuda`: torch.version.cuda ("13.0"; None for a CPU build); `driver_cuda`: NVML's
     nvmlSystemGetCudaDriverVersion (12020 for CUDA 12.2). None when they fit or when either is unknown."""
     if torch_cuda is None or not driver_cuda:
@@ -37,11 +51,11 @@ def driver_problem(torch_cuda: str | None, driver_cuda: int | None) -> str | Non
     choice = CHOICES.get(driver[0])
     fix = (f"install torch built for CUDA {driver[0]} (make setup CUDA={choice})" if choice
            else f"install a torch build for CUDA {driver[0]}")
-    return (f"torch is built for CUDA {torch_cuda}, but the driver supports CUDA up to {driver[0]}.{driver[1]}: "
-            f"torch sees no GPU; {fix}, or update the driver to {DRIVERS.get(built[0], 'a newer branch')}")
+    return Problem(f"torch is built for CUDA {torch_cuda}, but the driver supports CUDA up to {driver[0]}.{driver[1]}: "
+                   "torch sees no GPU", f"{fix}, or update the driver to {DRIVERS.get(built[0], 'a newer branch')}")
 
 
-def arch_problem(capability: tuple[int, int], arch_list: list[str], torch_cuda: str | None) -> str | None:
+def arch_problem(capability: tuple[int, int], arch_list: list[str], torch_cuda: str | None) -> Problem | None:
     """`capability`: the GPU's (major, minor); `arch_list`: torch.cuda.get_arch_list() ("sm_80", "compute_90", ...).
     None when torch has code the GPU runs (or the list is empty: not known)."""
     if not arch_list:
@@ -59,5 +73,6 @@ def arch_problem(capability: tuple[int, int], arch_list: list[str], torch_cuda: 
     shown = ", ".join(arch_list)
     hint = (" (CUDA 13 builds dropped Volta: make setup CUDA=cu126)" if major == 7 and torch_cuda
             and _major_minor(torch_cuda)[0] >= 13 else "")
-    return (f"this GPU is sm_{major}{minor}, but torch {('(CUDA ' + torch_cuda + ') ') if torch_cuda else ''}carries "
-            f"code only for {shown}{hint}: install a torch build that includes sm_{major}{minor}")
+    return Problem(f"this GPU is sm_{major}{minor}, but torch {('(CUDA ' + torch_cuda + ') ') if torch_cuda else ''}"
+                   f"carries code only for {shown}{hint}", f"install a torch build that includes sm_{major}{minor}",
+                   ": ")

@@ -100,16 +100,14 @@ def cuda_build() -> list[Check]:
                                             f"({type(exc).__name__})")]
     problem = driver_problem(built, driver)
     if problem is not None:
-        why, _, fix = problem.partition("; ")
-        return [Check("CUDA build", "fail", why, fix)]
+        return [Check("CUDA build", "fail", problem.why, problem.fix)]
     checks = [Check("CUDA build", "ok", f"torch built for CUDA {built}; the driver supports CUDA "
                                         f"{driver // 1000}.{(driver % 1000) // 10}")]
     arch_list = torch.cuda.get_arch_list() if torch.cuda.is_available() else []
     for capability in sorted(set(capabilities)):
         problem = arch_problem(capability, arch_list, built)
         if problem is not None:
-            why, _, fix = problem.partition(": install")
-            checks.append(Check(f"kernels for sm_{capability[0]}{capability[1]}", "fail", why, "install" + fix))
+            checks.append(Check(f"kernels for sm_{capability[0]}{capability[1]}", "fail", problem.why, problem.fix))
     return checks
 
 
