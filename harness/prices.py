@@ -19,6 +19,7 @@ from training_core.gpus import lookup
 
 from .paths import ROOT
 from .readers import load_yaml, schema_problems
+from .rows import cell_gpus
 
 PRICES = ROOT / "results" / "prices.yaml"
 
@@ -27,7 +28,9 @@ class PricesError(UserError):
     """A malformed prices file, naming the file and the key."""
 
 
-class _Price(BaseModel):
+class Price(BaseModel):
+    """One machine's GPU-hour price, with where it comes from."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     gpu: str = Field(min_length=1)
     machine: str = Field(min_length=1)
@@ -37,47 +40,30 @@ class _Price(BaseModel):
     source: str = Field(min_length=10)
     date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
 
+    @property
+    def usd_per_gpu_hour(self) -> float:
+        return self.usd_per_hour / self.gpus
 
-class _Finetune(BaseModel):
+
+class Finetune(BaseModel):
+    """A task's fine-tune: its training examples x epochs, with where they come from."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     task: str = Field(min_length=1)
     examples: int = Field(gt=0)
     epochs: float = Field(gt=0)
     source: str = Field(min_length=10)
 
+    @property
+    def images(self) -> float:
+        return self.examples * self.epochs
+
 
 class _Prices(BaseModel):
     model_config = ConfigDict(extra="forbid")
     currency: str = "USD"
-    prices: list[_Price]
-    finetunes: list[_Finetune] = []
-
-
-@dataclass(frozen=True)
-class Price:
-    gpu: str
-    machine: str
-    gpus: int
-    usd_per_hour: float
-    region: str
-    source: str
-    date: str
-
-    @property
-    def usd_per_gpu_hour(self) -> float:
-        return self.usd_per_hour / self.gpus
-
-
-@dataclass(frozen=True)
-class Finetune:
-    task: str
-    examples: int
-    epochs: float
-    source: str
-
-    @property
-    def images(self) -> float:
-        return self.examples * self.epochs
+    prices: list[Price]
+    finetunes: list[Finetune] = []
 
 
 @dataclass(frozen=True)
@@ -117,8 +103,7 @@ def load_prices(path: Path | None = None) -> Prices:
         if entry.gpu.upper() in seen:
             raise PricesError(f"{path}: gpu {entry.gpu!r} has two prices; keep one")
         seen.add(entry.gpu.upper())
-    return Prices(path, data.currency, tuple(Price(**p.model_dump()) for p in data.prices),
-                  tuple(Finetune(**f.model_dump()) for f in data.finetunes))
+    return Prices(path, data.currency, tuple(data.prices), tuple(data.finetunes))
 
 
 def usd_per_1k_images(images_per_s: float | None, gpus: int, price: Price | None) -> float | None:
@@ -137,3 +122,24 @@ def finetune_hours(images_per_s: float | None, finetune: Finetune | None) -> flo
 
 def finetune_usd(hours: float | None, gpus: int, price: Price | None) -> float | None:
     return None if hours is None or price is None else hours * gpus * price.usd_per_gpu_hour
+
+
+@dataclass(frozen=True)
+class CellCost:
+    """A cell's cost at its measured images/s on its GPUs (the report's Cost table and the results table's columns)."""
+    gpus: int
+    price: Price
+    usd_per_1k_images: float | None
+    finetune_hours: float | None
+    finetune_usd: float | None
+
+
+def cell_cost(spec: dict, images_per_s: float | None, prices: Prices) -> CellCost | None:
+    """What a cell of `spec` costs at `images_per_s`; None when its GPU has no sourced price."""
+    price = prices.price(str(spec.get("gpu") or ""))
+    if price is None:
+        return None
+    gpus = cell_gpus(spec)
+    hours = finetune_hours(images_per_s, prices.finetune(spec.get("task")))
+    return CellCost(gpus, price, usd_per_1k_images(images_per_s, gpus, price), hours,
+                    finetune_usd(hours, gpus, price))

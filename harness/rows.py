@@ -3,6 +3,7 @@ peak-memory rule, input-bound, the newest row of each cell, a cell's label, size
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from training_core.result import FINAL
@@ -61,6 +62,16 @@ def newest(rows: Iterable[dict], final_only: bool = False, drop: tuple[str, ...]
             latest[key] = {k: v for k, v in row.items() if k not in drop} if drop else row
         finals[key] = finals.get(key, 0) + final
     return latest, sorted({key[0] for key, n in finals.items() if n > 1})
+
+
+def cell_gpus(spec: dict) -> int:
+    """The GPUs a cell runs on: nodes x GPUs per node."""
+    return int(spec.get("nodes") or 1) * int(spec.get("gpus_per_node") or 1)
+
+
+def repeat_key(spec: dict) -> str:
+    """What repeats of a cell (`--repeats`: rows that differ only in their seed) share: the spec without its seed."""
+    return json.dumps({k: v for k, v in spec.items() if k != "seed"}, sort_keys=True)
 
 
 def spec_label(spec: dict) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from . import prices as cost
-from .rows import GIB, input_bound, peak_memory
+from .rows import GIB, cell_gpus, input_bound, peak_memory, repeat_key
 
 WHO = ("matrix", "group", "cell", "run_id", "status", "reason", "profile", "pass", "started_at", "finished_at",
        "wall_s")
@@ -36,8 +36,7 @@ def flat_row(row: dict, group: str, refs: dict, prices: cost.Prices | None) -> d
         if not isinstance(value, (dict, list)):
             out[key] = value
     flatten("unmeasured", row.get("unmeasured") or {}, out)
-    gpus = int(spec.get("nodes") or 1) * int(spec.get("gpus_per_node") or 1)
-    out["gpus"] = gpus
+    out["gpus"] = cell_gpus(spec)
     peak = peak_memory(metrics)
     out["peak_memory_gib"] = peak[0] / GIB if peak else None
     out["peak_memory_kind"] = peak[1] if peak else None
@@ -52,17 +51,14 @@ def flat_row(row: dict, group: str, refs: dict, prices: cost.Prices | None) -> d
         out["documented.key"] = ref.key
         for name, value in ref.values.items():
             out[f"documented.{name}"] = value.value
-    if prices is not None:
-        price = prices.price(str(spec.get("gpu") or ""))
-        images = metrics.get("images_per_s")
-        if price is not None:
-            out["usd_per_gpu_hour"] = price.usd_per_gpu_hour
-            out["price.machine"] = price.machine
-            out["price.source"] = price.source
-            out["usd_per_1k_images"] = cost.usd_per_1k_images(images, gpus, price)
-            hours = cost.finetune_hours(images, prices.finetune(spec.get("task")))
-            out["finetune_hours"] = hours
-            out["finetune_usd"] = cost.finetune_usd(hours, gpus, price)
+    paid = cost.cell_cost(spec, metrics.get("images_per_s"), prices) if prices is not None else None
+    if paid is not None:
+        out["usd_per_gpu_hour"] = paid.price.usd_per_gpu_hour
+        out["price.machine"] = paid.price.machine
+        out["price.source"] = paid.price.source
+        out["usd_per_1k_images"] = paid.usd_per_1k_images
+        out["finetune_hours"] = paid.finetune_hours
+        out["finetune_usd"] = paid.finetune_usd
     return out
 
 
@@ -77,8 +73,6 @@ def rows_frame(records: list[dict]):
     return frame[first + sorted(c for c in frame.columns if c not in first)]
 
 
-
-
 def repeat_table(rows: list[dict]):
     """One record per row for the statistics of repeats (`--repeats`: rows that differ only in their seed):
     `repeat` (the group's number, in order of first appearance), `cell`, `status`, `label`, `metric` (images/s for a
@@ -89,10 +83,9 @@ def repeat_table(rows: list[dict]):
     records = []
     for row in rows:
         spec, metrics = row["spec"], row.get("metrics") or {}
-        key = json.dumps({k: v for k, v in spec.items() if k != "seed"}, sort_keys=True)
         metric = "images_per_s" if spec.get("mode") == "throughput" else ("anls" if "anls" in metrics else "accuracy")
         value = metrics.get(metric)
-        records.append({"repeat": groups.setdefault(key, len(groups)), "cell": row.get("cell", 0),
+        records.append({"repeat": groups.setdefault(repeat_key(spec), len(groups)), "cell": row.get("cell", 0),
                         "status": row["status"], "metric": metric,
                         "label": f"{spec.get('task')} {spec.get('strategy')} {spec.get('attention')} "
                                  f"{spec.get('precision')}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .. import outputs
 from ..outputs import table_cell
-from ..prices import Prices, finetune_hours, finetune_usd, usd_per_1k_images
+from ..prices import Prices, cell_cost, finetune_hours, finetune_usd, usd_per_1k_images
 from .documented import RefRow
 
 
@@ -18,11 +18,8 @@ def _hours(value: float | None) -> str:
     return "-" if value is None else (f"{value:.2f} h" if value >= 1 else f"{value * 60:.1f} min")
 
 
-def _finetune_text(images_per_s: float | None, gpus: int, prices: Prices, task: str | None, price) -> str:
-    hours = finetune_hours(images_per_s, prices.finetune(task))
-    if hours is None:
-        return "-"
-    return f"{_hours(hours)}, {_money(finetune_usd(hours, gpus, price))}"
+def _finetune_text(hours: float | None, usd: float | None) -> str:
+    return "-" if hours is None else f"{_hours(hours)}, {_money(usd)}"
 
 
 def measured_costs(rows: list[dict], refs: dict[str, RefRow], prices: Prices) -> list[list[str]]:
@@ -31,18 +28,17 @@ def measured_costs(rows: list[dict], refs: dict[str, RefRow], prices: Prices) ->
     table = []
     for row in rows:
         spec, metrics = row["spec"], row.get("metrics") or {}
-        price = prices.price(str(spec.get("gpu") or ""))
-        if price is None or row["status"] != "ok" or not metrics.get("images_per_s"):
+        images = metrics.get("images_per_s")
+        paid = cell_cost(spec, images, prices) if row["status"] == "ok" and images else None
+        if paid is None:
             continue
-        gpus = int(spec.get("nodes") or 1) * int(spec.get("gpus_per_node") or 1)
-        images = metrics["images_per_s"]
         ref = refs.get(spec.get("reference") or "")
         documented = ref.values.get("images_per_s") if ref is not None else None
         doc_price = prices.price(ref.gpu) if ref is not None and ref.gpu else None
         table.append([str(row.get("cell", "?")), table_cell(spec.get("strategy")), table_cell(spec.get("attention")),
-                      table_cell(spec.get("precision")), f"{gpus}x {table_cell(spec.get('gpu'))}",
-                      f"{images:.2f}", f"${price.usd_per_gpu_hour:.3f}", _money(usd_per_1k_images(images, gpus, price)),
-                      _finetune_text(images, gpus, prices, spec.get("task"), price),
+                      table_cell(spec.get("precision")), f"{paid.gpus}x {table_cell(spec.get('gpu'))}",
+                      f"{images:.2f}", f"${paid.price.usd_per_gpu_hour:.3f}", _money(paid.usd_per_1k_images),
+                      _finetune_text(paid.finetune_hours, paid.finetune_usd),
                       _money(usd_per_1k_images(documented.value, ref.gpus, doc_price)) if documented else "-"])
     return table
 
@@ -61,7 +57,8 @@ def guide_costs(refs: dict[str, RefRow], prices: Prices) -> list[list[str]]:
                       table_cell(s.get("precision", "?")), f"{ref.gpus}x {ref.gpu}", documented.text(3),
                       f"${price.usd_per_gpu_hour:.3f} ({table_cell(price.machine)})" if price else "no price",
                       _money(usd_per_1k_images(documented.value, ref.gpus, price)),
-                      _finetune_text(documented.value, ref.gpus, prices, ref.task, price)])
+                      _finetune_text(hours := finetune_hours(documented.value, prices.finetune(ref.task)),
+                                     finetune_usd(hours, ref.gpus, price))])
     return table
 
 

@@ -22,7 +22,7 @@ from .. import outputs
 from ..outputs import plain, table_cell
 from ..paths import REPORTS, TEMPLATES
 from ..prices import Prices, load_prices
-from ..rows import INPUT_BOUND_SHARE, UNREAD, input_bound, on_sockets, peak_memory_gb, size_text
+from ..rows import INPUT_BOUND_SHARE, UNREAD, input_bound, on_sockets, peak_memory_gb, repeat_key, size_text
 from ..store import RowStore, StoreError, check_component
 from ..store import group_dirs as store_groups
 from .cost import measured_costs
@@ -147,8 +147,7 @@ def repeat_groups(rows: list[dict]) -> list[list[dict]]:
     """Rows that differ only in their seed (`--repeats`), in order of first appearance."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        key = json.dumps({k: v for k, v in row["spec"].items() if k != "seed"}, sort_keys=True)
-        groups.setdefault(key, []).append(row)
+        groups.setdefault(repeat_key(row["spec"]), []).append(row)
     return list(groups.values())
 
 

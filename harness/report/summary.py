@@ -12,13 +12,12 @@ show. The pieces:
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 
 from training_core.result import LINE_REASON_LIMIT, clip_reason
 
-from ..rows import INPUT_BOUND_SHARE, cell_label, input_bound, peak_memory_gb
+from ..rows import INPUT_BOUND_SHARE, cell_label, input_bound, peak_memory_gb, repeat_key
 from ..table import repeat_table
 from .guide import TOLERANCE, Comparability, diff_percent
 
@@ -72,7 +71,7 @@ class RepeatStats:
 def variability(rows: list[dict]) -> list[RepeatStats]:
     """Per group of repeats (rows that differ only in their seed, `--repeats`; in order of first appearance) with two
     or more finished rows: the spread of images/s (speed cells) or of the final metric (accuracy cells)."""
-    if len({json.dumps({k: v for k, v in r["spec"].items() if k != "seed"}, sort_keys=True) for r in rows}) == len(rows):
+    if len({repeat_key(r["spec"]) for r in rows}) == len(rows):
         return []  # no repeats: nothing to aggregate (and pandas is not loaded: the stock GPU image has none)
     frame = repeat_table(rows)
     ok = frame[frame["status"] == "ok"]
